@@ -1,0 +1,115 @@
+"""The ``cxr-triage`` command: one entry point that dispatches lazily to each package.
+
+Each subcommand lives with the package that owns it and has its own ``main(argv)`` with its own
+``--help``; this module only knows their names, so ``cxr-triage gateway`` never imports torch.
+Errors a person can fix (a wrong path, URL or setting) end as one line on stderr, not a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+# name -> (module, one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("cxr_triage.up", "run gateway + worker + web on this machine (embedded defaults)"),
+    "demo": ("cxr_triage.demo", "prepare a demo model and synthetic studies, run and push them"),
+    "gateway": ("dicom_gateway.main", "run the DICOM gateway (C-ECHO, C-STORE SCP)"),
+    "worker": ("worker.main", "run a Celery triage worker (one process per GPU)"),
+    "web": ("web.main", "run the web server: worklist, study pages, API, metrics"),
+    "db": ("migrations.cli", "database schema: upgrade, current"),
+    "predict": ("worker.predict", "score DICOM files offline; JSON lines on stdout"),
+    "synth": ("training.synthetic", "write synthetic chest radiograph studies as DICOM"),
+    "train": ("training.train", "train, calibrate, export and register a ResNet-50"),
+    "model": ("governance.cli", "model versions: list, register, activate"),
+    "policy": ("governance.policy_cli", "threshold policies: list, set"),
+}
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: cxr-triage [--log-level LEVEL] COMMAND [ARGS...]",
+        "",
+        "Chest X-ray pneumonia triage beside a PACS (research software; assistive triage only).",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += [
+        "",
+        "Run `cxr-triage COMMAND --help` for a command's options. Settings come from CXR_*",
+        "environment variables or a .env file (see README.md).",
+    ]
+    return "\n".join(lines)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    for noisy in ("pynetdicom", "PIL", "matplotlib", "multipart", "alembic.runtime.plugins"):
+        if level.upper() != "DEBUG":
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load(name: str) -> Callable[[list[str]], int | None]:
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main  # type: ignore[no-any-return]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    level = os.environ.get("CXR_LOG_LEVEL", "INFO")
+    if len(args) >= 2 and args[0] == "--log-level":
+        level, args = args[1], args[2:]
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    if args[0] == "--version":
+        from cxr_triage import __version__
+
+        print(f"cxr-triage {__version__}")
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"cxr-triage: unknown command {name!r}; run `cxr-triage --help`", file=sys.stderr)
+        return 2
+    if level.upper() not in logging.getLevelNamesMapping():
+        print(f"cxr-triage: unknown log level {level!r}", file=sys.stderr)
+        return 2
+    configure_logging(level)
+    return run_command(name, rest)
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    """Run one subcommand, turning the errors a person can fix into one line."""
+    from pydantic import ValidationError
+
+    from governance.errors import TriageError
+
+    try:
+        result = _load(name)(argv)
+    except KeyboardInterrupt:
+        return 130
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        print(f"cxr-triage {name}: bad setting CXR_{where.upper()}: {first['msg']}",
+              file=sys.stderr)
+        return 2
+    except TriageError as exc:
+        print(f"cxr-triage {name}: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        target = exc.filename or ""
+        print(f"cxr-triage {name}: {exc.strerror}: {target}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""ORM models of the store. The schema changes only through Alembic revisions in ``migrations``.
+
+No patient identifiers are stored: a study is known by its Study Instance UID; the only patient
+attributes kept are sex and age in years, for subgroup monitoring.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+UID = String(64)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on both SQLite (which keeps no zone) and PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+class StudyStatus:
+    RECEIVED = "received"
+    QUEUED = "queued"
+    TRIAGING = "triaging"
+    TRIAGED = "triaged"
+    NO_FRONTAL = "no_frontal"
+    NO_MODEL = "no_model"
+    FAILED = "failed"
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.RECEIVED)
+    status_detail: Mapped[str | None] = mapped_column(Text)
+    first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    queued_at: Mapped[dt.datetime | None]
+    triaged_at: Mapped[dt.datetime | None]
+    patient_sex: Mapped[str | None] = mapped_column(String(1))
+    patient_age_years: Mapped[int | None] = mapped_column(Integer)
+    result_id: Mapped[int | None] = mapped_column(
+        ForeignKey("study_inferences.id", use_alter=True, ondelete="SET NULL")
+    )
+
+    instances: Mapped[list[Instance]] = relationship(
+        back_populates="study", order_by="Instance.id", cascade="all, delete-orphan"
+    )
+    result: Mapped[StudyInference | None] = relationship(foreign_keys=[result_id], post_update=True)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str | None] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(String(1024))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    view_position: Mapped[str | None] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    peer_address: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    study: Mapped[Study] = relationship(back_populates="instances")
+
+
+class ModelStatus:
+    REGISTERED = "registered"
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    architecture: Mapped[str] = mapped_column(String(32), default="resnet50")
+    input_size: Mapped[int] = mapped_column(Integer)
+    temperature: Mapped[float] = mapped_column(Float, default=1.0)
+    status: Mapped[str] = mapped_column(String(16), default=ModelStatus.REGISTERED)
+    clinical: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    registered_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    activated_at: Mapped[dt.datetime | None]
+
+    policies: Mapped[list[ThresholdPolicy]] = relationship(
+        back_populates="model_version", order_by="ThresholdPolicy.version"
+    )
+
+
+class OperatingPoint:
+    TRIAGE = "triage"
+    BALANCED = "balanced"
+    PRECISION = "precision"
+    ALL = (TRIAGE, BALANCED, PRECISION)
+
+
+class ThresholdPolicy(Base):
+    __tablename__ = "threshold_policies"
+    __table_args__ = (UniqueConstraint("model_version_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="RESTRICT"), index=True
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    operating_point: Mapped[str] = mapped_column(String(16))
+    tau: Mapped[float] = mapped_column(Float)
+    target_metric: Mapped[str | None] = mapped_column(String(64))
+    validation: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    rationale: Mapped[str] = mapped_column(Text)
+    approved_by: Mapped[str] = mapped_column(String(128))
+    effective_from: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    model_version: Mapped[ModelVersion] = relationship(back_populates="policies")
+
+
+class ImageInference(Base):
+    """The score of one image by one model version (or why it was not scored)."""
+
+    __tablename__ = "image_inferences"
+    __table_args__ = (UniqueConstraint("instance_id", "model_version_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    probability: Mapped[float | None] = mapped_column(Float)
+    logit: Mapped[float | None] = mapped_column(Float)
+    skipped_reason: Mapped[str | None] = mapped_column(String(256))
+    started_at: Mapped[dt.datetime]
+    decoded_at: Mapped[dt.datetime | None]
+    preprocessed_at: Mapped[dt.datetime | None]
+    inferred_at: Mapped[dt.datetime | None]
+
+    instance: Mapped[Instance] = relationship()
+
+
+class StudyInference(Base):
+    """A study's triage by one model version: max over its frontal images, compared with tau."""
+
+    __tablename__ = "study_inferences"
+    __table_args__ = (UniqueConstraint("study_id", "model_version_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    policy_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_policies.id"))
+    policy_version: Mapped[int | None] = mapped_column(Integer)
+    tau: Mapped[float | None] = mapped_column(Float)
+    probability: Mapped[float | None] = mapped_column(Float)
+    logit: Mapped[float | None] = mapped_column(Float)
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    images_scored: Mapped[int] = mapped_column(Integer, default=0)
+    images_skipped: Mapped[int] = mapped_column(Integer, default=0)
+    queued_at: Mapped[dt.datetime | None]
+    started_at: Mapped[dt.datetime]
+    finished_at: Mapped[dt.datetime]
+    runs: Mapped[int] = mapped_column(Integer, default=1)
+
+    study: Mapped[Study] = relationship(foreign_keys=[study_id])
+    model_version: Mapped[ModelVersion] = relationship()
+    policy: Mapped[ThresholdPolicy | None] = relationship()
+
+
+class AuditEvent(Base):
+    """One entry of the audit trail. The application only ever inserts rows here."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_occurred_at", "occurred_at"),
+        Index("ix_audit_events_object_uid", "object_uid"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    occurred_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))
+    actor_address: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    event_code: Mapped[str | None] = mapped_column(String(16))
+    object_type: Mapped[str | None] = mapped_column(String(32))
+    object_uid: Mapped[str | None] = mapped_column(String(128))
+    outcome: Mapped[str] = mapped_column(String(16), default="success")
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

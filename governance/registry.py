@@ -1,0 +1,176 @@
+"""The model registry: versions, their files' SHA-256, and which one is active.
+
+The registry refuses a file whose checksum does not match what was registered, both when a
+version is registered with an expected checksum and whenever a worker loads it
+(:func:`verify_model_file`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from governance import audit
+from governance.errors import ModelIntegrityError, NoActiveModel, NotFound, TriageError
+from governance.models import ModelStatus, ModelVersion, ThresholdPolicy, utcnow
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_model_file(path: str | Path, sha256: str) -> Path:
+    """Check that ``path`` exists and hashes to ``sha256``; return it as a Path.
+
+    Raises
+    ------
+    ModelIntegrityError
+        The file is missing or unreadable, or its checksum differs.
+    """
+    file = Path(path)
+    try:
+        actual = sha256_file(file)
+    except OSError as exc:
+        raise ModelIntegrityError(f"model file {file} cannot be read: {exc.strerror}") from None
+    if actual != sha256:
+        raise ModelIntegrityError(
+            f"model file {file} has SHA-256 {actual[:12]}..., registered {sha256[:12]}...; "
+            "refusing to load it"
+        )
+    return file
+
+
+def register_model(
+    session: Session,
+    *,
+    version: str,
+    path: str | Path,
+    input_size: int,
+    architecture: str = "resnet50",
+    temperature: float = 1.0,
+    clinical: bool = False,
+    description: str | None = None,
+    details: dict[str, Any] | None = None,
+    expected_sha256: str | None = None,
+    actor: str = "system",
+) -> ModelVersion:
+    """Register a model file as a new version (status ``registered``, not yet serving).
+
+    Raises
+    ------
+    ValueError
+        ``version`` is empty, ``input_size`` or ``temperature`` is not positive.
+    TriageError
+        The version exists already.
+    ModelIntegrityError
+        The file is missing, or ``expected_sha256`` is given and differs.
+    """
+    if not version or len(version) > 64:
+        raise ValueError(f"version must be 1-64 characters, got {version!r}")
+    if input_size <= 0:
+        raise ValueError(f"input_size must be positive, got {input_size}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    file = Path(path).absolute()
+    if not file.is_file():
+        raise ModelIntegrityError(f"model file {file} does not exist")
+    checksum = sha256_file(file)
+    if expected_sha256 is not None and checksum != expected_sha256:
+        raise ModelIntegrityError(
+            f"model file {file} has SHA-256 {checksum[:12]}..., expected {expected_sha256[:12]}..."
+        )
+    if session.scalar(select(ModelVersion.id).where(ModelVersion.version == version)):
+        raise TriageError(f"model version {version!r} is registered already")
+    model = ModelVersion(
+        version=version,
+        path=str(file),
+        sha256=checksum,
+        architecture=architecture,
+        input_size=input_size,
+        temperature=float(temperature),
+        clinical=clinical,
+        description=description,
+        details=details or {},
+        status=ModelStatus.REGISTERED,
+    )
+    session.add(model)
+    session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action=audit.Action.MODEL_REGISTERED,
+        object_type="model_version",
+        object_uid=version,
+        detail={"sha256": checksum, "architecture": architecture, "input_size": input_size,
+                "temperature": float(temperature), "clinical": clinical},
+    )
+    logger.info("registered model version %s (sha256 %s)", version, checksum[:12])
+    return model
+
+
+def get_model(session: Session, version: str) -> ModelVersion:
+    model = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if model is None:
+        raise NotFound(f"no model version {version!r} (see: cxr-triage model list)")
+    return model
+
+
+def list_models(session: Session) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id)))
+
+
+def active_model(session: Session) -> ModelVersion | None:
+    return session.scalar(
+        select(ModelVersion)
+        .where(ModelVersion.status == ModelStatus.ACTIVE)
+        .order_by(ModelVersion.activated_at.desc())
+        .limit(1)
+    )
+
+
+def activate_model(session: Session, version: str, *, actor: str = "system") -> ModelVersion:
+    """Make ``version`` the one that serves; the previous active version becomes retired.
+
+    Raises
+    ------
+    NoActiveModel
+        The version has no threshold policy: a model never serves without a tau.
+    """
+    model = get_model(session, version)
+    has_policy = session.scalar(
+        select(ThresholdPolicy.id).where(ThresholdPolicy.model_version_id == model.id).limit(1)
+    )
+    if not has_policy:
+        raise NoActiveModel(
+            f"model version {version!r} has no threshold policy; set one first "
+            "(cxr-triage policy set)"
+        )
+    previous = active_model(session)
+    if previous is not None and previous.id != model.id:
+        previous.status = ModelStatus.RETIRED
+    model.status = ModelStatus.ACTIVE
+    model.activated_at = utcnow()
+    audit.record(
+        session,
+        actor=actor,
+        action=audit.Action.MODEL_ACTIVATED,
+        object_type="model_version",
+        object_uid=version,
+        detail={"sha256": model.sha256, "previous": previous.version if previous else None},
+    )
+    logger.info("activated model version %s", version)
+    return model

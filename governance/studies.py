@@ -1,0 +1,120 @@
+"""Studies and instances as the gateway receives them, and their queueing state."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from governance.models import Instance, Study, StudyStatus, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedInstance:
+    """What the gateway knows of one stored instance: header attributes, no patient identifiers."""
+
+    study_instance_uid: str
+    series_instance_uid: str | None
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+    size_bytes: int
+    calling_ae: str
+    peer_address: str | None = None
+    modality: str | None = None
+    view_position: str | None = None
+    body_part: str | None = None
+    manufacturer: str | None = None
+    patient_sex: str | None = None
+    patient_age_years: int | None = None
+    received_at: dt.datetime | None = None
+
+
+def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance, str | None]:
+    """Record a received instance and its study; a resent SOP Instance replaces the older copy.
+
+    Returns the instance row and the path of the file it replaced (for the caller to remove
+    once the transaction has committed), or None.
+    """
+    now = item.received_at or utcnow()
+    study = session.scalar(
+        select(Study).where(Study.study_instance_uid == item.study_instance_uid)
+    )
+    if study is None:
+        study = Study(
+            study_instance_uid=item.study_instance_uid,
+            status=StudyStatus.RECEIVED,
+            first_received_at=now,
+            last_received_at=now,
+            patient_sex=item.patient_sex,
+            patient_age_years=item.patient_age_years,
+        )
+        session.add(study)
+        session.flush()
+    else:
+        study.last_received_at = now
+        if study.patient_sex is None:
+            study.patient_sex = item.patient_sex
+        if study.patient_age_years is None:
+            study.patient_age_years = item.patient_age_years
+    instance = session.scalar(
+        select(Instance).where(Instance.sop_instance_uid == item.sop_instance_uid)
+    )
+    replaced: str | None = None
+    if instance is None:
+        instance = Instance(sop_instance_uid=item.sop_instance_uid, study_id=study.id)
+        session.add(instance)
+    else:
+        if instance.path != item.path:
+            replaced = instance.path
+        instance.study_id = study.id
+    instance.sop_class_uid = item.sop_class_uid
+    instance.series_instance_uid = item.series_instance_uid
+    instance.transfer_syntax_uid = item.transfer_syntax_uid
+    instance.path = item.path
+    instance.size_bytes = item.size_bytes
+    instance.modality = item.modality
+    instance.view_position = item.view_position
+    instance.body_part = item.body_part
+    instance.manufacturer = item.manufacturer
+    instance.calling_ae = item.calling_ae
+    instance.peer_address = item.peer_address
+    instance.received_at = now
+    session.flush()
+    return instance, replaced
+
+
+def mark_queued(session: Session, study_uids: list[str], at: dt.datetime | None = None) -> None:
+    """Note that these studies were handed to the broker."""
+    when = at or utcnow()
+    for study in session.scalars(select(Study).where(Study.study_instance_uid.in_(study_uids))):
+        study.queued_at = when
+        if study.status in (StudyStatus.RECEIVED, StudyStatus.TRIAGED, StudyStatus.NO_FRONTAL,
+                            StudyStatus.FAILED, StudyStatus.NO_MODEL):
+            study.status = StudyStatus.QUEUED
+
+
+def studies_awaiting_queue(session: Session, older_than: dt.datetime) -> list[str]:
+    """Studies with an instance newer than their last queueing, last received before a time.
+
+    Used by a gateway at start (and periodically) so that a study received while the broker
+    was down, or before a crash, is never left behind.
+    """
+    rows = session.scalars(
+        select(Study.study_instance_uid).where(
+            or_(Study.queued_at.is_(None), Study.queued_at < Study.last_received_at),
+            Study.last_received_at <= older_than,
+        )
+    )
+    return list(rows)
+
+
+def instance_count(session: Session, study_uid: str) -> int:
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    return len(study.instances) if study else 0

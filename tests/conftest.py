@@ -1,0 +1,123 @@
+"""Fixtures shared by the whole suite: explicit settings, stores on SQLite and PostgreSQL.
+
+Store tests run on both backends: ``store`` is parametrized over ``sqlite`` and ``postgresql``
+and gives each test a freshly migrated database of its own. PostgreSQL is the real server on
+127.0.0.1:5432 (``.ci/run`` starts it); ``CXR_TEST_PG_URL`` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from cxr_triage.settings import Settings
+from governance.db import Store, create_store_engine
+
+pytest_plugins = ["tests.synthdata", "tests.peers"]
+
+PG_ADMIN_URL = os.environ.get("CXR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("CXR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pg_conninfo(url: str) -> str:
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class PgDatabases:
+    """Creates throwaway PostgreSQL databases and drops them at the end of the session."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.created: list[str] = []
+
+    def create(self) -> str:
+        name = f"cxr_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(_pg_conninfo(self.admin_url), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        url = make_url(self.admin_url).set(drivername="postgresql+psycopg", database=name)
+        return url.render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        with psycopg.connect(_pg_conninfo(self.admin_url), autocommit=True) as conn:
+            for name in self.created:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[PgDatabases]:
+    try:
+        with psycopg.connect(_pg_conninfo(PG_ADMIN_URL), connect_timeout=5):
+            pass
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} does not answer ({exc}); .ci/run starts it")
+    databases = PgDatabases(PG_ADMIN_URL)
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture
+def make_database_url(
+    tmp_path: Path, pg_databases: PgDatabases
+) -> Callable[[str], str]:
+    """Make a fresh, migrated database of the given backend and return its URL."""
+    from migrations import upgrade
+
+    def make(backend: str) -> str:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / f'store-{uuid.uuid4().hex[:6]}.db'}"
+        elif backend == "postgresql":
+            url = pg_databases.create()
+        else:
+            raise ValueError(f"backend must be sqlite or postgresql, got {backend!r}")
+        upgrade(url)
+        return url
+
+    return make
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, make_database_url: Callable[[str], str]) -> str:
+    """A fresh, migrated store URL; every test that uses it runs on both backends."""
+    return make_database_url(request.param)
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """A Store on a fresh, migrated database (SQLite and PostgreSQL)."""
+    s = Store(create_store_engine(database_url))
+    yield s
+    s.dispose()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Build Settings explicitly (never from the environment) with a data dir under tmp_path."""
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "data_dir": tmp_path / "data",
+            "dicom_host": "127.0.0.1",
+            "dicom_port": free_port(),
+            "web_port": free_port(),
+            "queue": f"cxr-test-{uuid.uuid4().hex[:8]}",
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make

@@ -1,0 +1,1 @@
+"""Fixtures that make synthetic chest radiographs and DICOM studies for the tests."""

@@ -1,0 +1,83 @@
+"""The Celery application, shared by the worker (consumer) and the gateway and web (producers).
+
+This module must not import torch or anything that does: the gateway imports it to queue
+studies by task name. Broker messages carry a Study Instance UID and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
+
+from cxr_triage.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TRIAGE_STUDY = "triage_study"
+
+# Fail fast when the broker is down: the gateway keeps the study and queues it again later,
+# instead of holding a DICOM association for kombu's default retries.
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                        "interval_max": 0.5}
+
+BrokerUnavailable = KombuOperationalError
+
+
+def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The broker URL and transport options; the embedded default is kombu's filesystem transport."""
+    if settings.broker_url and not settings.broker_url.startswith("filesystem://"):
+        return settings.broker_url, {}
+    base = settings.broker_dir
+    queue_dir = base / "queue"
+    processed_dir = base / "processed"
+    queue_dir.mkdir(parents=True, exist_ok=True)
+    processed_dir.mkdir(parents=True, exist_ok=True)
+    options = {
+        "data_folder_in": str(queue_dir),
+        "data_folder_out": str(queue_dir),
+        "processed_folder": str(processed_dir),
+        "store_processed": False,
+        "polling_interval": 0.05,
+    }
+    return "filesystem://", options
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured from ``settings`` (late ack, one prefetch, no result backend)."""
+    url, transport_options = broker_settings(settings)
+    app = Celery("cxr_triage", set_as_current=True)
+    app.conf.update(
+        broker_url=url,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_default_queue=settings.queue,
+        task_routes={TRIAGE_STUDY: {"queue": settings.queue}},
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        imports=("worker.tasks",),
+    )
+    app.cxr_settings = settings  # type: ignore[attr-defined]
+    return app
+
+
+def queue_study(app: Celery, study_uid: str) -> None:
+    """Send ``triage_study(study_uid)`` by name.
+
+    Raises
+    ------
+    BrokerUnavailable
+        The broker did not take the message.
+    """
+    app.send_task(TRIAGE_STUDY, args=[study_uid], queue=app.conf.task_default_queue)
