@@ -24,8 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("worker.predict", "score DICOM files offline; JSON lines on stdout"),
     "synth": ("training.synthetic", "write synthetic chest radiograph studies as DICOM"),
     "train": ("training.train", "train, calibrate, export and register a ResNet-50"),
-    "model": ("governance.cli", "model versions: list, register, activate"),
-    "policy": ("governance.policy_cli", "threshold policies: list, set"),
+    "model": ("cxr_triage.model_cli", "model versions: list, show, register, activate, rollback"),
+    "policy": ("cxr_triage.policy_cli", "threshold policies: list, set"),
 }
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -98,8 +98,9 @@ def run_command(name: str, argv: list[str]) -> int:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ()))
-        print(f"cxr-triage {name}: bad setting CXR_{where.upper()}: {first['msg']}",
-              file=sys.stderr)
+        print(
+            f"cxr-triage {name}: bad setting CXR_{where.upper()}: {first['msg']}", file=sys.stderr
+        )
         return 2
     except TriageError as exc:
         print(f"cxr-triage {name}: {exc}", file=sys.stderr)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from governance.errors import ConfigError, StoreUnavailable
@@ -144,6 +144,10 @@ class Store:
         try:
             yield session
             session.commit()
+        except IntegrityError:
+            # A constraint said no: the caller's business (e.g. a concurrent insert), not an outage.
+            session.rollback()
+            raise
         except DBAPIError as exc:
             session.rollback()
             raise StoreUnavailable(f"the store did not take the write: {_short(exc)}") from exc
@@ -167,8 +171,12 @@ class Store:
                 cause = exc.__cause__
                 if attempt == attempts or cause is None or not is_transient(cause):
                     raise
-                logger.warning("store busy or unreachable (attempt %d/%d): %s", attempt, attempts,
-                               _short(cause))
+                logger.warning(
+                    "store busy or unreachable (attempt %d/%d): %s",
+                    attempt,
+                    attempts,
+                    _short(cause),
+                )
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")

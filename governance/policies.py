@@ -52,7 +52,9 @@ def set_policy(
     if not approved_by.strip():
         raise ValueError("approved_by must not be empty")
     latest = session.scalar(
-        select(func.max(ThresholdPolicy.version)).where(ThresholdPolicy.model_version_id == model.id)
+        select(func.max(ThresholdPolicy.version)).where(
+            ThresholdPolicy.model_version_id == model.id
+        )
     )
     policy = ThresholdPolicy(
         model_version_id=model.id,
@@ -73,12 +75,18 @@ def set_policy(
         action=audit.Action.POLICY_SET,
         object_type="threshold_policy",
         object_uid=f"{model.version}/v{policy.version}",
-        detail={"model_version": model.version, "policy_version": policy.version,
-                "operating_point": operating_point, "tau": float(tau),
-                "approved_by": policy.approved_by, "target_metric": target_metric},
+        detail={
+            "model_version": model.version,
+            "policy_version": policy.version,
+            "operating_point": operating_point,
+            "tau": float(tau),
+            "approved_by": policy.approved_by,
+            "target_metric": target_metric,
+        },
     )
-    logger.info("policy v%d for model %s: %s tau=%.4f", policy.version, model.version,
-                operating_point, tau)
+    logger.info(
+        "policy v%d for model %s: %s tau=%.4f", policy.version, model.version, operating_point, tau
+    )
     return policy
 
 
@@ -98,7 +106,9 @@ def policy_in_force(
 
 
 def list_policies(session: Session, model_version_id: int | None = None) -> list[ThresholdPolicy]:
-    query = select(ThresholdPolicy).order_by(ThresholdPolicy.model_version_id, ThresholdPolicy.version)
+    query = select(ThresholdPolicy).order_by(
+        ThresholdPolicy.model_version_id, ThresholdPolicy.version
+    )
     if model_version_id is not None:
         query = query.where(ThresholdPolicy.model_version_id == model_version_id)
     return list(session.scalars(query))

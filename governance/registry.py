@@ -115,8 +115,13 @@ def register_model(
         action=audit.Action.MODEL_REGISTERED,
         object_type="model_version",
         object_uid=version,
-        detail={"sha256": checksum, "architecture": architecture, "input_size": input_size,
-                "temperature": float(temperature), "clinical": clinical},
+        detail={
+            "sha256": checksum,
+            "architecture": architecture,
+            "input_size": input_size,
+            "temperature": float(temperature),
+            "clinical": clinical,
+        },
     )
     logger.info("registered model version %s (sha256 %s)", version, checksum[:12])
     return model

@@ -43,9 +43,7 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
     once the transaction has committed), or None.
     """
     now = item.received_at or utcnow()
-    study = session.scalar(
-        select(Study).where(Study.study_instance_uid == item.study_instance_uid)
-    )
+    study = session.scalar(select(Study).where(Study.study_instance_uid == item.study_instance_uid))
     if study is None:
         study = Study(
             study_instance_uid=item.study_instance_uid,
@@ -95,8 +93,13 @@ def mark_queued(session: Session, study_uids: list[str], at: dt.datetime | None 
     when = at or utcnow()
     for study in session.scalars(select(Study).where(Study.study_instance_uid.in_(study_uids))):
         study.queued_at = when
-        if study.status in (StudyStatus.RECEIVED, StudyStatus.TRIAGED, StudyStatus.NO_FRONTAL,
-                            StudyStatus.FAILED, StudyStatus.NO_MODEL):
+        if study.status in (
+            StudyStatus.RECEIVED,
+            StudyStatus.TRIAGED,
+            StudyStatus.NO_FRONTAL,
+            StudyStatus.FAILED,
+            StudyStatus.NO_MODEL,
+        ):
             study.status = StudyStatus.QUEUED
 
 

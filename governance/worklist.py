@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import case, select
@@ -23,8 +24,25 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def worklist(session: Session, *, limit: int = 500) -> list[dict[str, Any]]:
-    """Studies for the worklist: flagged first by score (highest first), then oldest first."""
+def worklist(
+    session: Session, *, limit: int = 500, statuses: Collection[str] | None = None
+) -> list[dict[str, Any]]:
+    """Studies for the worklist: flagged first by score (highest first), then oldest first.
+
+    Parameters
+    ----------
+    limit
+        Most rows returned (at least 1).
+    statuses
+        Keep only studies in these states (``StudyStatus`` values); None keeps every study.
+
+    Raises
+    ------
+    ValueError
+        ``limit`` is not positive.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     flagged = case((StudyInference.flagged.is_(True), 0), else_=1)
     query = (
         select(Study, StudyInference, ModelVersion.version, ThresholdPolicy.operating_point)
@@ -39,6 +57,8 @@ def worklist(session: Session, *, limit: int = 500) -> list[dict[str, Any]]:
         )
         .limit(limit)
     )
+    if statuses is not None:
+        query = query.where(Study.status.in_(list(statuses)))
     rows = []
     for study, result, version, operating_point in session.execute(query):
         rows.append(

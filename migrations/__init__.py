@@ -42,7 +42,9 @@ def upgrade(url: str, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(url), revision)
     except DBAPIError as exc:
-        raise StoreUnavailable(f"cannot migrate the store: {str(exc.orig).splitlines()[0]}") from exc
+        raise StoreUnavailable(
+            f"cannot migrate the store: {str(exc.orig).splitlines()[0]}"
+        ) from exc
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -50,7 +52,9 @@ def current_revision(engine: Engine) -> str | None:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except DBAPIError as exc:
-        raise StoreUnavailable(f"the store did not answer: {str(exc.orig).splitlines()[0]}") from exc
+        raise StoreUnavailable(
+            f"the store did not answer: {str(exc.orig).splitlines()[0]}"
+        ) from exc
 
 
 def check_current(engine: Engine) -> None:

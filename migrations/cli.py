@@ -16,11 +16,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         "The store is CXR_DATABASE_URL (default: a SQLite file in CXR_DATA_DIR).",
     )
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    up = sub.add_parser("upgrade", help="upgrade the schema to the newest revision",
-                        description="Upgrade the store's schema to the newest revision.")
+    up = sub.add_parser(
+        "upgrade",
+        help="upgrade the schema to the newest revision",
+        description="Upgrade the store's schema to the newest revision.",
+    )
     up.add_argument("--revision", default="head", help="target revision (default: head)")
-    sub.add_parser("current", help="print the store's revision and the newest one",
-                   description="Print the store's schema revision and the newest one.")
+    sub.add_parser(
+        "current",
+        help="print the store's revision and the newest one",
+        description="Print the store's schema revision and the newest one.",
+    )
     return parser
 
 

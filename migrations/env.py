@@ -22,7 +22,10 @@ def _url() -> str:
 
 def run_migrations_offline() -> None:
     context.configure(
-        url=_url(), target_metadata=target_metadata, literal_binds=True, compare_type=True,
+        url=_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        compare_type=True,
         render_as_batch=True,
     )
     with context.begin_transaction():
@@ -34,7 +37,9 @@ def run_migrations_online() -> None:
     try:
         with engine.connect() as connection:
             context.configure(
-                connection=connection, target_metadata=target_metadata, compare_type=True,
+                connection=connection,
+                target_metadata=target_metadata,
+                compare_type=True,
                 render_as_batch=connection.dialect.name == "sqlite",
             )
             with context.begin_transaction():

@@ -72,9 +72,7 @@ def pg_databases() -> Iterator[PgDatabases]:
 
 
 @pytest.fixture
-def make_database_url(
-    tmp_path: Path, pg_databases: PgDatabases
-) -> Callable[[str], str]:
+def make_database_url(tmp_path: Path, pg_databases: PgDatabases) -> Callable[[str], str]:
     """Make a fresh, migrated database of the given backend and return its URL."""
     from migrations import upgrade
 

@@ -20,8 +20,12 @@ TRIAGE_STUDY = "triage_study"
 
 # Fail fast when the broker is down: the gateway keeps the study and queues it again later,
 # instead of holding a DICOM association for kombu's default retries.
-PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
-                        "interval_max": 0.5}
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
 
 BrokerUnavailable = KombuOperationalError
 

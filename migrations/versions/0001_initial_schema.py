@@ -94,8 +94,10 @@ def upgrade() -> None:
         sa.Column("peer_address", sa.String(64), nullable=True),
         sa.Column("received_at", UTC, nullable=False),
         sa.ForeignKeyConstraint(
-            ["study_id"], ["studies.id"],
-            name=op.f("fk_instances_study_id_studies"), ondelete="CASCADE",
+            ["study_id"],
+            ["studies.id"],
+            name=op.f("fk_instances_study_id_studies"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_instances")),
         sa.UniqueConstraint("sop_instance_uid", name=op.f("uq_instances_sop_instance_uid")),
@@ -116,7 +118,8 @@ def upgrade() -> None:
         sa.Column("effective_from", UTC, nullable=False),
         sa.Column("created_at", UTC, nullable=False),
         sa.ForeignKeyConstraint(
-            ["model_version_id"], ["model_versions.id"],
+            ["model_version_id"],
+            ["model_versions.id"],
             name=op.f("fk_threshold_policies_model_version_id_model_versions"),
             ondelete="RESTRICT",
         ),
@@ -143,11 +146,14 @@ def upgrade() -> None:
         sa.Column("preprocessed_at", UTC, nullable=True),
         sa.Column("inferred_at", UTC, nullable=True),
         sa.ForeignKeyConstraint(
-            ["instance_id"], ["instances.id"],
-            name=op.f("fk_image_inferences_instance_id_instances"), ondelete="CASCADE",
+            ["instance_id"],
+            ["instances.id"],
+            name=op.f("fk_image_inferences_instance_id_instances"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["model_version_id"], ["model_versions.id"],
+            ["model_version_id"],
+            ["model_versions.id"],
             name=op.f("fk_image_inferences_model_version_id_model_versions"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_image_inferences")),
@@ -178,16 +184,20 @@ def upgrade() -> None:
         sa.Column("finished_at", UTC, nullable=False),
         sa.Column("runs", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["model_version_id"], ["model_versions.id"],
+            ["model_version_id"],
+            ["model_versions.id"],
             name=op.f("fk_study_inferences_model_version_id_model_versions"),
         ),
         sa.ForeignKeyConstraint(
-            ["policy_id"], ["threshold_policies.id"],
+            ["policy_id"],
+            ["threshold_policies.id"],
             name=op.f("fk_study_inferences_policy_id_threshold_policies"),
         ),
         sa.ForeignKeyConstraint(
-            ["study_id"], ["studies.id"],
-            name=op.f("fk_study_inferences_study_id_studies"), ondelete="CASCADE",
+            ["study_id"],
+            ["studies.id"],
+            name=op.f("fk_study_inferences_study_id_studies"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_study_inferences")),
         sa.UniqueConstraint(
@@ -200,8 +210,11 @@ def upgrade() -> None:
 
     with op.batch_alter_table("studies") as batch_op:
         batch_op.create_foreign_key(
-            op.f("fk_studies_result_id_study_inferences"), "study_inferences",
-            ["result_id"], ["id"], ondelete="SET NULL",
+            op.f("fk_studies_result_id_study_inferences"),
+            "study_inferences",
+            ["result_id"],
+            ["id"],
+            ondelete="SET NULL",
         )
 
 

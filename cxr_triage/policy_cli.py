@@ -1,0 +1,91 @@
+"""``cxr-triage policy``: the threshold policies (the site's SOP) per model version."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+
+from cxr_triage.settings import get_settings
+from governance.db import Store
+from governance.errors import ConfigError
+from governance.models import OperatingPoint
+from governance.policies import list_policies, set_policy
+from governance.registry import get_model
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cxr-triage policy",
+        description="Threshold policies: the tau a model version's operating point uses, with "
+        "who approved it and why. Policies are versioned; a change is a new version.",
+    )
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = sub.add_parser("list", help="list policies", description="List threshold policies.")
+    ls.add_argument("--model", metavar="VERSION", help="only this model version")
+    st = sub.add_parser(
+        "set",
+        help="add a policy version for a model",
+        description="Add a policy for a model version. tau comes from the model's recorded "
+        "operating point (chosen on validation) unless --tau is given.",
+    )
+    st.add_argument("--model", metavar="VERSION", required=True)
+    st.add_argument(
+        "--operating-point",
+        choices=OperatingPoint.ALL,
+        required=True,
+        help="triage (high sensitivity), balanced, or precision (high specificity)",
+    )
+    st.add_argument("--tau", type=float, help="threshold in [0, 1] (default: the model's own)")
+    st.add_argument("--approved-by", required=True, help="who approved this policy")
+    st.add_argument("--rationale", required=True, help="why this operating point and tau")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    settings = get_settings()
+    store = Store.from_url(settings.database_url)
+    if not store.has_table("threshold_policies"):
+        raise ConfigError("the store is not initialised: run `cxr-triage db upgrade` first")
+    if args.action == "list":
+        with store.read() as session:
+            model_id = get_model(session, args.model).id if args.model else None
+            policies = list_policies(session, model_id)
+            if not policies:
+                print("no policies")
+            for p in policies:
+                print(
+                    f"{p.model_version.version:<32} v{p.version:<3} {p.operating_point:<10} "
+                    f"tau={p.tau:.4f} approved_by={p.approved_by} "
+                    f"from={p.effective_from:%Y-%m-%d %H:%M}Z  {p.rationale}"
+                )
+        return 0
+
+    def work(session):  # type: ignore[no-untyped-def]
+        model = get_model(session, args.model)
+        tau = args.tau
+        recorded = (model.details or {}).get("operating_points", {}).get(args.operating_point)
+        if tau is None:
+            if not recorded or "tau" not in recorded:
+                raise ConfigError(
+                    f"model {model.version} has no recorded {args.operating_point!r} operating "
+                    "point; give --tau"
+                )
+            tau = float(recorded["tau"])
+        return set_policy(
+            session,
+            model,
+            operating_point=args.operating_point,
+            tau=tau,
+            rationale=args.rationale,
+            approved_by=args.approved_by,
+            target_metric=(recorded or {}).get("criterion"),
+            validation=(recorded or {}).get("validation", {}),
+            actor=f"cli:{getpass.getuser()}",
+        )
+
+    policy = store.run(work)
+    print(
+        f"policy v{policy.version} for {args.model}: {policy.operating_point} tau={policy.tau:.4f}"
+    )
+    return 0
