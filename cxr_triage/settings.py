@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     )
     broker_url: str = Field(
         default="",
-        description="Celery broker URL (redis://...); empty: kombu filesystem broker in CXR_DATA_DIR.",
+        description="Celery broker URL (redis://...); empty: kombu filesystem broker in "
+        "CXR_DATA_DIR.",
     )
     queue: str = Field(default="cxr-triage", description="Celery queue the studies go to.")
     spool_dir: Path | None = Field(
@@ -73,7 +74,8 @@ class Settings(BaseSettings):
     max_pdu: int = Field(
         default=1_048_576,
         ge=0,
-        description="Largest PDU we accept, bytes (0: unlimited). 16 KB PDUs cost ~1.8x throughput.",
+        description="Largest PDU we accept, bytes (0: unlimited). 16 KB PDUs cost ~1.8x "
+        "throughput.",
     )
     stable_age_s: float = Field(
         default=3.0,

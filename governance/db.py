@@ -63,7 +63,9 @@ def create_store_engine(url: str, *, echo: bool = False) -> Engine:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise ConfigError(f"cannot create the folder {folder} of the SQLite store: {exc}")
+                raise ConfigError(
+                    f"cannot create the folder {folder} of the SQLite store: {exc}"
+                ) from None
         engine = create_engine(
             parsed,
             echo=echo,

@@ -43,7 +43,8 @@ def set_policy(
     """
     if operating_point not in OperatingPoint.ALL:
         raise ValueError(
-            f"operating_point must be one of {', '.join(OperatingPoint.ALL)}, got {operating_point!r}"
+            f"operating_point must be one of {', '.join(OperatingPoint.ALL)}, "
+            f"got {operating_point!r}"
         )
     if not (isinstance(tau, int | float) and math.isfinite(tau) and 0.0 <= tau <= 1.0):
         raise ValueError(f"tau must be a probability in [0, 1], got {tau!r}")

@@ -31,7 +31,7 @@ BrokerUnavailable = KombuOperationalError
 
 
 def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
-    """The broker URL and transport options; the embedded default is kombu's filesystem transport."""
+    """The broker URL and transport options (the embedded default: kombu's filesystem one)."""
     if settings.broker_url and not settings.broker_url.startswith("filesystem://"):
         return settings.broker_url, {}
     base = settings.broker_dir
