@@ -1,0 +1,187 @@
+"""The JSON API on a real store (SQLite and PostgreSQL): worklist, studies, models, policies."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.web.conftest import SKIP_LATERAL, Scenario
+
+WORKLIST_FIELDS = {
+    "study_instance_uid", "flagged", "score", "tau", "model_version", "policy_version",
+    "operating_point", "status", "received_at", "last_received_at", "queued_at", "triaged_at",
+}  # fmt: skip
+
+
+def _time(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def test_worklist_puts_flagged_first_by_score_then_oldest(
+    client: TestClient, scenario: Scenario
+) -> None:
+    response = client.get("/api/worklist")
+    assert response.status_code == 200
+    rows = response.json()
+    assert [row["study_instance_uid"] for row in rows] == scenario.order
+    assert [row["flagged"] for row in rows] == [True, True, False, False, False]
+    assert all(set(row) == WORKLIST_FIELDS for row in rows)
+    first = rows[0]
+    assert first["score"] == pytest.approx(0.95)
+    assert first["tau"] == pytest.approx(scenario.tau)
+    assert first["model_version"] == scenario.model_version
+    assert first["policy_version"] == scenario.policy_version
+    assert first["operating_point"] == "triage"
+    assert first["status"] == "triaged"
+    received = _time(first["received_at"])
+    assert received == scenario.t0 + dt.timedelta(minutes=20)
+    assert _time(first["triaged_at"]) - received == dt.timedelta(seconds=45)
+    unscored = rows[3]
+    assert unscored["study_instance_uid"] == scenario.uids["D"]
+    assert unscored["status"] == "queued"
+    assert unscored["score"] is None and unscored["model_version"] is None
+    assert unscored["triaged_at"] is None
+    # Not flagged: oldest first.
+    received = [_time(row["received_at"]) for row in rows[2:]]
+    assert received == sorted(received)
+
+
+def test_worklist_limit_and_status_filters(client: TestClient, scenario: Scenario) -> None:
+    rows = client.get("/api/worklist", params={"limit": 2}).json()
+    assert [row["study_instance_uid"] for row in rows] == scenario.order[:2]
+    queued = client.get("/api/worklist", params={"status": "queued"}).json()
+    assert [row["study_instance_uid"] for row in queued] == [scenario.uids["D"]]
+    two = client.get("/api/worklist", params=[("status", "queued"), ("status", "no_frontal")])
+    assert [row["study_instance_uid"] for row in two.json()] == [
+        scenario.uids["D"],
+        scenario.uids["E"],
+    ]
+    assert client.get("/api/worklist", params={"status": "failed"}).json() == []
+
+
+@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": "many"}, {"status": "done"}])
+def test_worklist_refuses_bad_parameters_in_one_line(
+    client: TestClient, scenario: Scenario, params: dict[str, object]
+) -> None:
+    response = client.get("/api/worklist", params=params)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail
+    assert ("limit" in detail) or ("done" in detail)
+
+
+def test_worklist_of_an_empty_store_is_an_empty_list(client: TestClient) -> None:
+    response = client.get("/api/worklist")
+    assert response.status_code == 200
+    assert response.json() == []
+
+
+def test_study_detail_has_images_skip_reasons_and_stage_timestamps(
+    client: TestClient, scenario: Scenario
+) -> None:
+    uid = scenario.uids["A"]
+    response = client.get(f"/api/studies/{uid}")
+    assert response.status_code == 200
+    study = response.json()
+    assert study["study_instance_uid"] == uid
+    assert study["status"] == "triaged"
+    assert study["flagged"] is True
+    assert study["score"] == pytest.approx(0.80)
+    assert study["tau"] == pytest.approx(scenario.tau)
+    assert study["model_version"] == scenario.model_version
+    assert study["model_sha256"] == scenario.sha256
+    assert study["policy_version"] == scenario.policy_version
+    assert study["operating_point"] == "triage"
+    assert (study["images_scored"], study["images_skipped"]) == (1, 1)
+
+    stages = {name: _time(value) for name, value in study["timestamps"].items()}
+    received = scenario.t0 + dt.timedelta(minutes=10)
+    assert stages["first_received_at"] == received
+    assert stages["last_received_at"] == received + dt.timedelta(seconds=2)
+    assert stages["queued_at"] == received + dt.timedelta(seconds=5)
+    assert stages["started_at"] == received + dt.timedelta(seconds=6)
+    assert stages["finished_at"] == received + dt.timedelta(seconds=29)
+    assert stages["triaged_at"] == received + dt.timedelta(seconds=30)
+
+    images = {image["sop_instance_uid"]: image for image in study["images"]}
+    assert set(images) == {f"{uid}.1", f"{uid}.2"}
+    frontal, lateral = images[f"{uid}.1"], images[f"{uid}.2"]
+    assert frontal["scored"] is True and frontal["skipped_reason"] is None
+    assert frontal["probability"] == pytest.approx(0.80)
+    assert frontal["view_position"] == "PA"
+    assert _time(frontal["timestamps"]["inferred_at"]) - _time(
+        frontal["timestamps"]["started_at"]
+    ) == dt.timedelta(seconds=3)
+    assert lateral["scored"] is False and lateral["probability"] is None
+    assert lateral["skipped_reason"] == SKIP_LATERAL
+    assert lateral["view_position"] == "LL"
+    assert lateral["timestamps"]["inferred_at"] is None
+
+
+def test_study_without_a_result_has_its_images_unscored(
+    client: TestClient, scenario: Scenario
+) -> None:
+    study = client.get(f"/api/studies/{scenario.uids['D']}").json()
+    assert study["status"] == "queued"
+    assert study["score"] is None and study["model_version"] is None
+    assert study["timestamps"]["queued_at"] is not None
+    assert study["timestamps"]["triaged_at"] is None
+    assert [image["scored"] for image in study["images"]] == [False]
+    assert study["images"][0]["skipped_reason"] is None
+
+
+def test_unknown_study_is_a_json_404(client: TestClient, scenario: Scenario) -> None:
+    response = client.get("/api/studies/1.2.3.4.5.6")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == {"detail": "no study 1.2.3.4.5.6"}
+
+
+def test_models_lists_versions_checksums_and_the_active_one(
+    client: TestClient, scenario: Scenario
+) -> None:
+    body = client.get("/api/models").json()
+    assert body["active_version"] == scenario.model_version
+    models = {model["version"]: model for model in body["models"]}
+    assert set(models) == {scenario.model_version, scenario.retired_version}
+    active = models[scenario.model_version]
+    assert active["status"] == "active"
+    assert active["sha256"] == scenario.sha256 and len(active["sha256"]) == 64
+    assert active["clinical"] is False
+    assert active["policy_in_force"]["version"] == scenario.policy_version
+    assert active["policy_in_force"]["tau"] == pytest.approx(scenario.tau)
+    assert models[scenario.retired_version]["status"] == "retired"
+
+
+def test_policies_say_which_one_is_in_force(client: TestClient, scenario: Scenario) -> None:
+    policies = client.get("/api/policies").json()
+    assert [(p["model_version"], p["version"]) for p in policies] == [
+        ("demo-0", 1),
+        ("demo-1", 1),
+        ("demo-1", 2),
+    ]
+    in_force = [(p["model_version"], p["version"]) for p in policies if p["in_force"]]
+    assert in_force == [("demo-0", 1), ("demo-1", 2)]
+    current = policies[-1]
+    assert current["operating_point"] == "triage"
+    assert current["tau"] == pytest.approx(0.35)
+    assert current["approved_by"] == "radiology lead"
+    only = client.get("/api/policies", params={"model_version": "demo-1"}).json()
+    assert [p["version"] for p in only] == [1, 2]
+    assert client.get("/api/policies", params={"model_version": "nope"}).json() == []
+
+
+def test_openapi_documents_the_routes_with_their_schemas(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    paths = document["paths"]
+    for path in ("/api/worklist", "/api/studies/{study_instance_uid}", "/api/models",
+                 "/api/policies", "/healthz", "/metrics"):  # fmt: skip
+        assert "get" in paths[path], path
+    assert "/" not in paths  # pages are not part of the API
+    schemas = document["components"]["schemas"]
+    assert {"WorklistEntry", "StudyDetail", "ImageResult", "ModelsOut", "HealthOut"} <= set(schemas)
+    assert "flagged" in schemas["WorklistEntry"]["properties"]
+    study_get = paths["/api/studies/{study_instance_uid}"]["get"]
+    assert "404" in study_get["responses"]

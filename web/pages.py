@@ -1,0 +1,93 @@
+"""The HTML pages: the radiologist worklist at ``/`` and a study page at ``/studies/{uid}``.
+
+The pages are static files of this package with a few values filled in on the server (the
+banner that says which model is active and whether it is clinical, the study UID); the tables
+are drawn and refreshed by vanilla JavaScript from the JSON API. No CDN, no framework.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+from pathlib import Path
+from string import Template
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from governance.db import Store
+from governance.models import Study
+from governance.registry import active_model
+from web.deps import get_store, read_store
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+router = APIRouter(include_in_schema=False)
+
+StoreDep = Annotated[Store, Depends(get_store)]
+
+
+@functools.cache
+def _template(name: str) -> Template:
+    return Template((STATIC_DIR / name).read_text(encoding="utf-8"))
+
+
+def model_banner(model: dict[str, Any] | None) -> str:
+    """HTML of the part of the banner that names the active model (escaped)."""
+    if model is None:
+        return (
+            '<span class="model-status none">No active model: studies are received but '
+            "not triaged.</span>"
+        )
+    version = html.escape(model["version"])
+    if model["clinical"]:
+        return f'<span class="model-status clinical">Active model: {version}</span>'
+    return (
+        f'<span class="model-status nonclinical">Active model: {version} '
+        "&mdash; <strong>NON-CLINICAL</strong> (demo / research), not validated for "
+        "clinical use</span>"
+    )
+
+
+def _active(session: Session) -> dict[str, Any] | None:
+    model = active_model(session)
+    return None if model is None else {"version": model.version, "clinical": model.clinical}
+
+
+def render(name: str, status_code: int = 200, **values: str) -> HTMLResponse:
+    """Fill a page template of ``web/static`` with already escaped HTML ``values``."""
+    return HTMLResponse(_template(name).substitute(values), status_code=status_code)
+
+
+def error_page(status_code: int, message: str) -> HTMLResponse:
+    """A plain page for a person (the JSON API answers JSON instead)."""
+    return render(
+        "error.html", status_code=status_code, message=html.escape(message), code=str(status_code)
+    )
+
+
+@router.get("/", response_class=HTMLResponse)
+def worklist_page(store: StoreDep) -> HTMLResponse:
+    return render("worklist.html", model_banner=model_banner(read_store(store, _active)))
+
+
+@router.get("/studies/{study_instance_uid}", response_class=HTMLResponse)
+def study_page(store: StoreDep, study_instance_uid: Annotated[str, PathParam()]) -> HTMLResponse:
+    def load(session: Session) -> tuple[bool, dict[str, Any] | None]:
+        exists = session.scalar(
+            select(Study.id).where(Study.study_instance_uid == study_instance_uid)
+        )
+        return exists is not None, _active(session)
+
+    exists, model = read_store(store, load)
+    if not exists:
+        return error_page(404, f"No study {study_instance_uid} in the store.")
+    uid = html.escape(study_instance_uid)
+    return render("study.html", model_banner=model_banner(model), uid=uid)
