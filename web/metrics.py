@@ -95,9 +95,9 @@ def store_snapshot(session: Session) -> dict[str, Any]:
         .where(StudyInference.flagged.is_(True))
     )
     instances = session.scalar(select(func.count()).select_from(Instance))
-    scored = ImageInference.probability.is_not(None)
-    images = dict(
-        session.execute(select(scored, func.count()).select_from(ImageInference).group_by(scored))
+    images_total = session.scalar(select(func.count()).select_from(ImageInference)) or 0
+    images_scored = (
+        session.scalar(select(func.count()).where(ImageInference.probability.is_not(None))) or 0
     )
     study_inferences = session.scalar(select(func.count()).select_from(StudyInference))
     latency = _seconds_between(Study.first_received_at, Study.triaged_at, dialect)
@@ -117,8 +117,8 @@ def store_snapshot(session: Session) -> dict[str, Any]:
         "by_status": by_status,
         "flagged": int(flagged or 0),
         "instances": int(instances or 0),
-        "images_scored": int(images.get(True, 0)),
-        "images_skipped": int(images.get(False, 0)),
+        "images_scored": int(images_scored),
+        "images_skipped": int(images_total - images_scored),
         "study_inferences": int(study_inferences or 0),
         "latency_count": int(count),
         "latency_sum": float(total),
