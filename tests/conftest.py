@@ -39,7 +39,12 @@ def _pg_conninfo(url: str) -> str:
 
 
 class PgDatabases:
-    """Creates throwaway PostgreSQL databases and drops them at the end of the session."""
+    """Creates throwaway PostgreSQL stores and removes them at the end of the session.
+
+    Each store is a schema of its own in the ``test`` database, reached through a URL whose
+    ``search_path`` names it: as isolated as a database for our purposes, and dropped in a
+    millisecond where DROP DATABASE takes over a second.
+    """
 
     def __init__(self, admin_url: str) -> None:
         self.admin_url = admin_url
@@ -48,15 +53,17 @@ class PgDatabases:
     def create(self) -> str:
         name = f"cxr_test_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(_pg_conninfo(self.admin_url), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE SCHEMA "{name}"')
         self.created.append(name)
-        url = make_url(self.admin_url).set(drivername="postgresql+psycopg", database=name)
+        url = make_url(self.admin_url).set(
+            drivername="postgresql+psycopg", query={"options": f"-csearch_path={name}"}
+        )
         return url.render_as_string(hide_password=False)
 
     def drop_all(self) -> None:
         with psycopg.connect(_pg_conninfo(self.admin_url), autocommit=True) as conn:
             for name in self.created:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,164 @@
+"""The store on SQLite and PostgreSQL: schema from migrations, recording, concurrency, faults."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select, text
+
+from governance.db import Store, create_store_engine
+from governance.errors import ConfigError, StoreUnavailable
+from governance.models import Base, Instance, Study
+from governance.studies import (
+    ReceivedInstance,
+    mark_queued,
+    record_instance,
+    studies_awaiting_queue,
+)
+from migrations import alembic_config, check_current
+
+
+def item(
+    study: str = "1.2.3", sop: str = "1.2.3.1", path: str = "/spool/a.dcm", **extra: object
+) -> ReceivedInstance:
+    values: dict[str, object] = dict(
+        study_instance_uid=study,
+        series_instance_uid="1.2.3.9",
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        path=path,
+        size_bytes=10,
+        calling_ae="MODALITY",
+        peer_address="127.0.0.1",
+        modality="CR",
+        view_position="PA",
+        body_part="CHEST",
+        patient_sex="F",
+        patient_age_years=45,
+    )
+    values.update(extra)
+    return ReceivedInstance(**values)  # type: ignore[arg-type]
+
+
+def test_migrations_match_the_models(database_url: str) -> None:
+    engine = create_store_engine(database_url)
+    check_current(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+        )
+    engine.dispose()
+    assert diff == []
+
+
+def test_migrations_downgrade_and_upgrade_again(database_url: str) -> None:
+    command.downgrade(alembic_config(database_url), "base")
+    store = Store.from_url(database_url)
+    assert not store.has_table("studies")
+    command.upgrade(alembic_config(database_url), "head")
+    assert store.has_table("studies")
+    store.dispose()
+
+
+def test_record_instance_creates_study_and_replaces_resent_instance(store: Store) -> None:
+    first, replaced = store.run(lambda s: record_instance(s, item()))
+    assert replaced is None
+    _, replaced = store.run(lambda s: record_instance(s, item(path="/spool/b.dcm")))
+    assert replaced == "/spool/a.dcm"
+    store.run(lambda s: record_instance(s, item(sop="1.2.3.2", path="/spool/c.dcm")))
+    with store.read() as session:
+        study = session.scalar(select(Study))
+        assert study is not None
+        assert [i.path for i in study.instances] == ["/spool/b.dcm", "/spool/c.dcm"]
+        assert (study.patient_sex, study.patient_age_years) == ("F", 45)
+        assert study.last_received_at >= study.first_received_at
+        assert study.first_received_at.tzinfo is dt.UTC
+
+
+def test_queueing_state(store: Store) -> None:
+    store.run(lambda s: record_instance(s, item()))
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    with store.read() as session:
+        assert studies_awaiting_queue(session, later) == ["1.2.3"]
+    store.run(lambda s: mark_queued(s, ["1.2.3"], at=later))
+    with store.read() as session:
+        assert studies_awaiting_queue(session, later) == []
+        assert session.scalar(select(Study.status)) == "queued"
+    # A later instance makes the study wait for queueing again.
+    store.run(
+        lambda s: record_instance(
+            s, item(sop="1.2.3.3", received_at=later + dt.timedelta(seconds=1))
+        )
+    )
+    with store.read() as session:
+        assert studies_awaiting_queue(session, later + dt.timedelta(seconds=2)) == ["1.2.3"]
+
+
+def test_concurrent_writers_never_see_a_locked_store(store: Store) -> None:
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(25):
+                store.run(
+                    lambda s, i=i: record_instance(
+                        s, item(study=f"1.2.{n}", sop=f"1.2.{n}.{i}", path=f"/spool/{n}/{i}")
+                    )
+                )
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with store.read() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 100
+
+
+def test_sqlite_runs_in_wal_mode_with_busy_timeout(tmp_path: Path) -> None:
+    store = Store.from_url(f"sqlite:///{tmp_path / 'x.db'}")
+    with store.read() as session:
+        assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert session.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+    store.dispose()
+
+
+def test_sqlite_lock_held_elsewhere_is_waited_for(tmp_path: Path) -> None:
+    from migrations import upgrade
+
+    url = f"sqlite:///{tmp_path / 'y.db'}"
+    upgrade(url)
+    store = Store.from_url(url)
+    other = sqlite3.connect(tmp_path / "y.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock...
+    timer = threading.Timer(0.5, lambda: other.execute("COMMIT"))  # ...for half a second
+    timer.start()
+    store.run(lambda s: record_instance(s, item()))
+    timer.join()
+    other.close()
+    with store.read() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 1
+    store.dispose()
+
+
+def test_unreachable_postgres_is_store_unavailable() -> None:
+    store = Store.from_url("postgresql://postgres@127.0.0.1:1/nothing")
+    with pytest.raises(StoreUnavailable, match="did not"):
+        store.run(lambda s: s.execute(text("SELECT 1")), attempts=2)
+
+
+@pytest.mark.parametrize("url", ["nonsense", "mysql://x@y/z"])
+def test_bad_database_url_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="CXR_DATABASE_URL"):
+        create_store_engine(url)
