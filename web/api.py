@@ -11,11 +11,12 @@ from sqlalchemy.orm import Session
 
 from governance import worklist as worklist_reads
 from governance.db import Store
-from governance.models import ModelVersion, StudyStatus, ThresholdPolicy
+from governance.models import AuditEvent, ModelVersion, StudyStatus, ThresholdPolicy
 from governance.policies import list_policies, policy_in_force
 from governance.registry import active_model, list_models
 from web.deps import get_store, read_store
 from web.schemas import (
+    AuditEventOut,
     ErrorOut,
     ModelOut,
     ModelsOut,
@@ -166,3 +167,33 @@ def get_policies(
     model_version: Annotated[str | None, Query(description="Only this model version's.")] = None,
 ) -> list[PolicyOut]:
     return read_store(store, lambda session: _policies(session, model_version))
+
+
+def _audit(
+    session: Session, limit: int, action: str | None, object_uid: str | None
+) -> list[AuditEventOut]:
+    query = select(AuditEvent).order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc())
+    if action is not None:
+        query = query.where(AuditEvent.action == action)
+    if object_uid is not None:
+        query = query.where(AuditEvent.object_uid == object_uid)
+    return [
+        AuditEventOut.model_validate(event, from_attributes=True)
+        for event in session.scalars(query.limit(limit))
+    ]
+
+
+@router.get(
+    "/audit",
+    response_model=list[AuditEventOut],
+    summary="The audit trail, newest first",
+)
+def get_audit(
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Most events returned.")] = 100,
+    action: Annotated[str | None, Query(description="Only this action.")] = None,
+    object_uid: Annotated[
+        str | None, Query(description="Only events about this object (a UID or version).")
+    ] = None,
+) -> list[AuditEventOut]:
+    return read_store(store, lambda session: _audit(session, limit, action, object_uid))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -127,6 +127,7 @@ def healthz(request: Request) -> JSONResponse:
     probe: BrokerProbe = request.app.state.broker_probe
     reachable, schema_ok, active = _store_state(store)
     broker_ok, broker_detail = probe.check()
+    status: Literal["ok", "degraded", "unavailable"]
     if not (reachable and schema_ok):
         status, code = "unavailable", 503
     elif not broker_ok:

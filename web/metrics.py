@@ -56,7 +56,7 @@ STATUSES = (
 router = APIRouter(tags=["operations"])
 
 
-def _seconds_between(start: Any, end: Any, dialect: str) -> ColumnElement[float]:
+def _seconds_between(start: Any, end: Any, dialect: str) -> ColumnElement[Any]:
     """``end - start`` in seconds, in SQL (the two backends spell it differently)."""
     if dialect == "postgresql":
         return func.extract("epoch", end - start)

@@ -154,3 +154,18 @@ class HealthOut(BaseModel):
     schema_ok: bool
     broker: BrokerHealth
     active_model: str | None
+
+
+class AuditEventOut(BaseModel):
+    """One entry of the audit trail (UIDs, AE titles and figures; never patient identifiers)."""
+
+    id: int
+    occurred_at: dt.datetime
+    actor: str
+    actor_address: str | None
+    action: str
+    event_code: str | None = Field(description="DICOM PS3.15 A.5 event code, where one fits.")
+    object_type: str | None
+    object_uid: str | None
+    outcome: str
+    detail: dict[str, Any]

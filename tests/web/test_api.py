@@ -177,7 +177,7 @@ def test_openapi_documents_the_routes_with_their_schemas(client: TestClient) -> 
     document = client.get("/openapi.json").json()
     paths = document["paths"]
     for path in ("/api/worklist", "/api/studies/{study_instance_uid}", "/api/models",
-                 "/api/policies", "/healthz", "/metrics"):  # fmt: skip
+                 "/api/policies", "/api/audit", "/healthz", "/metrics"):  # fmt: skip
         assert "get" in paths[path], path
     assert "/" not in paths  # pages are not part of the API
     schemas = document["components"]["schemas"]
@@ -185,3 +185,24 @@ def test_openapi_documents_the_routes_with_their_schemas(client: TestClient) -> 
     assert "flagged" in schemas["WorklistEntry"]["properties"]
     study_get = paths["/api/studies/{study_instance_uid}"]["get"]
     assert "404" in study_get["responses"]
+
+
+def test_audit_trail_is_listed_newest_first_and_filtered(
+    client: TestClient, scenario: Scenario
+) -> None:
+    events = client.get("/api/audit").json()
+    actions = [event["action"] for event in events]
+    # demo-0 registered, its policy set, activated; then demo-1 with two policies, activated.
+    assert actions == [
+        "model_activated", "policy_set", "policy_set", "model_registered",
+        "model_activated", "policy_set", "model_registered",
+    ]  # fmt: skip
+    times = [_time(event["occurred_at"]) for event in events]
+    assert times == sorted(times, reverse=True)
+    activated = client.get("/api/audit", params={"action": "model_activated", "limit": 1}).json()
+    assert len(activated) == 1
+    assert activated[0]["object_uid"] == scenario.model_version
+    assert activated[0]["event_code"] == "110100"
+    assert activated[0]["detail"]["previous"] == scenario.retired_version
+    about = client.get("/api/audit", params={"object_uid": scenario.retired_version}).json()
+    assert {event["action"] for event in about} == {"model_registered", "model_activated"}
