@@ -11,9 +11,10 @@ import datetime as dt
 import logging
 from typing import Any
 
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from governance.models import AuditEvent, utcnow
+from governance.models import GENESIS_HASH, AuditEvent, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,20 @@ def record(
     actor_address: str | None = None,
     occurred_at: dt.datetime | None = None,
 ) -> AuditEvent:
-    """Add one audit event to the session's transaction (committed with the change it records)."""
+    """Add one audit event to the session's transaction (committed with the change it records).
+
+    The event is chained to the newest row: it takes the next id and the previous row's hash,
+    and its own hash covers both (see :meth:`AuditEvent.canonical`). Writers are serialised
+    while they chain: SQLite write transactions already are (BEGIN IMMEDIATE); on PostgreSQL a
+    transaction-level advisory lock does it, released at commit.
+    """
+    _lock_chain(session)
+    last = session.execute(
+        select(AuditEvent.id, AuditEvent.row_hash).order_by(AuditEvent.id.desc()).limit(1)
+    ).first()
+    prev_hash = last.row_hash if last else GENESIS_HASH
     event = AuditEvent(
+        id=(last.id + 1) if last else 1,
         occurred_at=occurred_at or utcnow(),
         actor=actor,
         actor_address=actor_address,
@@ -65,6 +78,17 @@ def record(
         object_uid=object_uid,
         outcome=outcome,
         detail=detail or {},
+        prev_hash=prev_hash,
     )
+    event.row_hash = event.compute_hash(prev_hash)
     session.add(event)
+    session.flush()
     return event
+
+
+AUDIT_LOCK_KEY = 0x63787261  # "cxra": any constant shared by every writer
+
+
+def _lock_chain(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})

@@ -7,6 +7,8 @@ attributes kept are sex and age in years, for subgroup monitoring.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from typing import Any
 
 from sqlalchemy import (
@@ -91,6 +93,19 @@ class Study(Base):
     triaged_at: Mapped[dt.datetime | None]
     patient_sex: Mapped[str | None] = mapped_column(String(1))
     patient_age_years: Mapped[int | None] = mapped_column(Integer)
+    # Keyed pseudonym (HMAC-SHA256) of the Patient ID: links a patient's studies in the audit
+    # without keeping the ID itself.
+    patient_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
+    # What people did. A person's priority override stands: triage never changes these.
+    priority_override: Mapped[str | None] = mapped_column(String(16))
+    override_reason: Mapped[str | None] = mapped_column(Text)
+    overridden_by: Mapped[str | None] = mapped_column(String(128))
+    overridden_at: Mapped[dt.datetime | None]
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+    acknowledged_at: Mapped[dt.datetime | None]
+    final_read: Mapped[bool | None] = mapped_column(Boolean)
+    final_read_by: Mapped[str | None] = mapped_column(String(128))
+    final_read_at: Mapped[dt.datetime | None]
     result_id: Mapped[int | None] = mapped_column(
         ForeignKey("study_inferences.id", use_alter=True, ondelete="SET NULL")
     )
@@ -247,3 +262,57 @@ class AuditEvent(Base):
     object_uid: Mapped[str | None] = mapped_column(String(128))
     outcome: Mapped[str] = mapped_column(String(16), default="success")
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+    def canonical(self, prev_hash: str) -> bytes:
+        """The bytes the row's hash covers: its id, content and the previous row's hash.
+
+        Frozen: changing this breaks every existing chain (the migration that chained
+        existing rows uses it too).
+        """
+        content = {
+            "id": self.id,
+            "occurred_at": self.occurred_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "actor": self.actor,
+            "actor_address": self.actor_address,
+            "action": self.action,
+            "event_code": self.event_code,
+            "object_type": self.object_type,
+            "object_uid": self.object_uid,
+            "outcome": self.outcome,
+            "detail": self.detail or {},
+            "prev_hash": prev_hash,
+        }
+        return json.dumps(
+            content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+        ).encode("utf-8")
+
+    def compute_hash(self, prev_hash: str) -> str:
+        return hashlib.sha256(self.canonical(prev_hash)).hexdigest()
+
+
+GENESIS_HASH = "0" * 64
+
+
+class Role:
+    RADIOLOGIST = "radiologist"
+    ADMIN = "admin"
+    AUDITOR = "auditor"
+    ALL = (RADIOLOGIST, ADMIN, AUDITOR)
+
+
+class ApiToken(Base):
+    """An API token: shown once when created, stored only as its SHA-256."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_prefix: Mapped[str] = mapped_column(String(12))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None]
+    last_used_at: Mapped[dt.datetime | None]

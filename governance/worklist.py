@@ -25,7 +25,11 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 def worklist(
-    session: Session, *, limit: int = 500, statuses: Collection[str] | None = None
+    session: Session,
+    *,
+    limit: int = 500,
+    statuses: Collection[str] | None = None,
+    received_after: dt.datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Studies for the worklist: flagged first by score (highest first), then oldest first.
 
@@ -35,14 +39,19 @@ def worklist(
         Most rows returned (at least 1).
     statuses
         Keep only studies in these states (``StudyStatus`` values); None keeps every study.
+    received_after
+        Keep only studies whose first instance arrived at or after this time (timezone-aware);
+        None keeps every study.
 
     Raises
     ------
     ValueError
-        ``limit`` is not positive.
+        ``limit`` is not positive, or ``received_after`` is naive.
     """
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
+    if received_after is not None and received_after.tzinfo is None:
+        raise ValueError("received_after must be timezone-aware (UTC)")
     flagged = case((StudyInference.flagged.is_(True), 0), else_=1)
     query = (
         select(Study, StudyInference, ModelVersion.version, ThresholdPolicy.operating_point)
@@ -59,6 +68,8 @@ def worklist(
     )
     if statuses is not None:
         query = query.where(Study.status.in_(list(statuses)))
+    if received_after is not None:
+        query = query.where(Study.first_received_at >= received_after)
     rows = []
     for study, result, version, operating_point in session.execute(query):
         rows.append(

@@ -162,3 +162,43 @@ def test_unreachable_postgres_is_store_unavailable() -> None:
 def test_bad_database_url_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match="CXR_DATABASE_URL"):
         create_store_engine(url)
+
+
+def test_migration_0002_chains_existing_audit_rows_and_forbids_changes(
+    tmp_path: Path, pg_databases: object
+) -> None:
+    from governance.models import GENESIS_HASH, AuditEvent
+
+    for url in (f"sqlite:///{tmp_path / 'chain.db'}", pg_databases.create()):  # type: ignore[attr-defined]
+        # A schema without the columns; drop what the fixture may have made and build 0001.
+        command.upgrade(alembic_config(url), "0001")
+        engine = create_store_engine(url)
+        with engine.begin() as conn:
+            for n in range(3):
+                conn.execute(
+                    text(
+                        "INSERT INTO audit_events (occurred_at, actor, action, outcome, detail) "
+                        "VALUES (:t, 'gateway', 'instances_received', 'success', :d)"
+                    ),
+                    {
+                        "t": dt.datetime(2026, 1, 1, 12, n, tzinfo=dt.UTC).replace(
+                            tzinfo=None if engine.dialect.name == "sqlite" else dt.UTC
+                        ),
+                        "d": f'{{"n": {n}}}',
+                    },
+                )
+        command.upgrade(alembic_config(url), "head")
+        store = Store(engine)
+        with store.read() as session:
+            events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+            prev = GENESIS_HASH
+            for event in events:
+                assert event.prev_hash == prev
+                assert event.row_hash == event.compute_hash(prev)
+                prev = event.row_hash
+        assert len(events) == 3
+        with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
+            conn.execute(text("UPDATE audit_events SET actor = 'mallory'"))
+        with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
+            conn.execute(text("DELETE FROM audit_events"))
+        engine.dispose()
