@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Annotated, Any
 
@@ -11,11 +12,12 @@ from sqlalchemy.orm import Session
 
 from governance import worklist as worklist_reads
 from governance.db import Store
-from governance.models import AuditEvent, ModelVersion, StudyStatus, ThresholdPolicy
+from governance.models import AuditEvent, ModelVersion, ThresholdPolicy
 from governance.policies import list_policies, policy_in_force
 from governance.registry import active_model, list_models
 from web.deps import get_store, read_store
 from web.schemas import (
+    STUDY_STATUSES,
     AuditEventOut,
     ErrorOut,
     ModelOut,
@@ -28,15 +30,6 @@ from web.schemas import (
 
 logger = logging.getLogger(__name__)
 
-STATUSES = (
-    StudyStatus.RECEIVED,
-    StudyStatus.QUEUED,
-    StudyStatus.TRIAGING,
-    StudyStatus.TRIAGED,
-    StudyStatus.NO_FRONTAL,
-    StudyStatus.NO_MODEL,
-    StudyStatus.FAILED,
-)
 MAX_LIMIT = 5000
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -55,19 +48,35 @@ def get_worklist(
     status: Annotated[
         list[str] | None,
         Query(
-            description=f"Keep only studies in these states ({', '.join(STATUSES)}); repeatable."
+            description=f"Keep only studies in these states ({', '.join(STUDY_STATUSES)}); "
+            "repeatable."
+        ),
+    ] = None,
+    received_after: Annotated[
+        dt.datetime | None,
+        Query(
+            description="Only studies first received at or after this time (ISO 8601 with a "
+            "zone, e.g. 2026-11-25T08:00:00Z)."
         ),
     ] = None,
 ) -> list[dict[str, Any]]:
+    if received_after is not None and received_after.tzinfo is None:
+        raise HTTPException(
+            status_code=422, detail="received_after needs a time zone (e.g. a trailing Z)"
+        )
     if status:
-        unknown = sorted(set(status) - set(STATUSES))
+        unknown = sorted(set(status) - set(STUDY_STATUSES))
         if unknown:
             raise HTTPException(
                 status_code=422,
-                detail=f"unknown status {', '.join(unknown)}; use one of {', '.join(STATUSES)}",
+                detail=f"unknown status {', '.join(unknown)}; "
+                f"use one of {', '.join(STUDY_STATUSES)}",
             )
     return read_store(
-        store, lambda session: worklist_reads.worklist(session, limit=limit, statuses=status)
+        store,
+        lambda session: worklist_reads.worklist(
+            session, limit=limit, statuses=status, received_after=received_after
+        ),
     )
 
 

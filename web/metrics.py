@@ -33,25 +33,17 @@ from sqlalchemy.orm import Session
 
 from governance.db import Store
 from governance.errors import StoreUnavailable
-from governance.models import ImageInference, Instance, Study, StudyInference, StudyStatus
+from governance.models import ImageInference, Instance, Study, StudyInference
 from governance.policies import policy_in_force
 from governance.registry import active_model
 from web.deps import read_store
+from web.schemas import STUDY_STATUSES
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "cxr_triage"
 RECENT_STUDIES = 1000
 QUANTILES = (0.5, 0.9, 0.99)
-STATUSES = (
-    StudyStatus.RECEIVED,
-    StudyStatus.QUEUED,
-    StudyStatus.TRIAGING,
-    StudyStatus.TRIAGED,
-    StudyStatus.NO_FRONTAL,
-    StudyStatus.NO_MODEL,
-    StudyStatus.FAILED,
-)
 
 router = APIRouter(tags=["operations"])
 
@@ -164,7 +156,7 @@ class StoreCollector(Collector):
         studies = GaugeMetricFamily(
             f"{PREFIX}_studies", "Studies in the store by status.", labels=["status"]
         )
-        for status in sorted(set(STATUSES) | set(snap["by_status"])):
+        for status in sorted(set(STUDY_STATUSES) | set(snap["by_status"])):
             studies.add_metric([status], snap["by_status"].get(status, 0))
         yield studies
         yield GaugeMetricFamily(

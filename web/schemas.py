@@ -10,6 +10,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from governance.models import StudyStatus
+
+# Every state a study can be in, in the order a study goes through them.
+STUDY_STATUSES = (
+    StudyStatus.RECEIVED,
+    StudyStatus.QUEUED,
+    StudyStatus.TRIAGING,
+    StudyStatus.TRIAGED,
+    StudyStatus.NO_FRONTAL,
+    StudyStatus.NO_MODEL,
+    StudyStatus.FAILED,
+)
+
 
 class ErrorOut(BaseModel):
     """An error meant for a person: one line, no traceback."""

@@ -6,7 +6,27 @@
   const body = document.getElementById("worklist-body");
   const statusLine = document.getElementById("status-line");
   const empty = document.getElementById("worklist-empty");
+  const windowSelect = document.getElementById("window");
   let lastUpdate = null;
+
+  // The period shown comes from the address (?hours=N, 0 for any time), so a bookmark keeps it.
+  const fromAddress = new URLSearchParams(window.location.search).get("hours");
+  if (fromAddress !== null && [...windowSelect.options].some((o) => o.value === fromAddress)) {
+    windowSelect.value = fromAddress;
+  }
+
+  function periodText() {
+    const hours = Number(windowSelect.value);
+    return hours > 0 ? `received in the last ${windowSelect.selectedOptions[0].textContent}`
+      : "received at any time";
+  }
+
+  function worklistUrl() {
+    const hours = Number(windowSelect.value);
+    if (!(hours > 0)) return "/api/worklist";
+    const since = new Date(cxr.now() - hours * 3600 * 1000).toISOString();
+    return `/api/worklist?${new URLSearchParams({ received_after: since })}`;
+  }
 
   function priorityCell(row) {
     if (row.flagged) return cxr.el("span", { className: "badge flag", text: "PRIORITY" });
@@ -68,13 +88,13 @@
 
   async function load() {
     try {
-      const rows = await cxr.getJSON("/api/worklist");
+      const rows = await cxr.getJSON(worklistUrl());
       render(rows);
       lastUpdate = new Date(cxr.now()).toISOString();
       const flagged = rows.filter((r) => r.flagged).length;
       statusLine.className = "status-line";
-      statusLine.textContent = `Updated ${cxr.formatTime(lastUpdate)}: ${rows.length} studies, ` +
-        `${flagged} flagged. Refreshes every ${REFRESH_MS / 1000} s.`;
+      statusLine.textContent = `Updated ${cxr.formatTime(lastUpdate)}: ${rows.length} studies ` +
+        `${periodText()}, ${flagged} flagged. Refreshes every ${REFRESH_MS / 1000} s.`;
     } catch (err) {
       statusLine.className = "status-line stale";
       statusLine.textContent = `Cannot refresh the worklist: ${err.message}` +
@@ -99,6 +119,14 @@
       event.preventDefault();
       tr.previousElementSibling.focus();
     }
+  });
+
+  document.getElementById("controls").addEventListener("submit", (event) => event.preventDefault());
+  windowSelect.addEventListener("change", () => {
+    const address = new URL(window.location.href);
+    address.searchParams.set("hours", windowSelect.value);
+    window.history.replaceState(null, "", address);
+    load();
   });
 
   load();
