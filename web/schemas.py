@@ -182,3 +182,5 @@ class AuditEventOut(BaseModel):
     object_uid: str | None
     outcome: str
     detail: dict[str, Any]
+    prev_hash: str = Field(description="row_hash of the event before this one (hash chain).")
+    row_hash: str = Field(description="SHA-256 over this event and prev_hash.")

@@ -211,6 +211,9 @@ def test_audit_trail_is_listed_newest_first_and_filtered(
     ]  # fmt: skip
     times = [_time(event["occurred_at"]) for event in events]
     assert times == sorted(times, reverse=True)
+    # Each event names the hash of the one before it: the chain an auditor can verify.
+    for newer, older in zip(events, events[1:], strict=False):
+        assert newer["prev_hash"] == older["row_hash"] and len(newer["row_hash"]) == 64
     activated = client.get("/api/audit", params={"action": "model_activated", "limit": 1}).json()
     assert len(activated) == 1
     assert activated[0]["object_uid"] == scenario.model_version
