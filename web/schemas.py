@@ -6,11 +6,24 @@ Every field is a UID, a figure, a state or a timestamp: no patient identifiers.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PlainSerializer, WithJsonSchema
 
 from governance.models import StudyStatus
+
+
+def _utc_text(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# UTC with six fractional digits always (pydantic drops them when they are zero), so that
+# timestamps of one response sort as text the way they sort as times.
+Timestamp = Annotated[
+    dt.datetime,
+    PlainSerializer(_utc_text, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
 
 # Every state a study can be in, in the order a study goes through them.
 STUDY_STATUSES = (
@@ -45,28 +58,28 @@ class WorklistEntry(BaseModel):
     status: str = Field(
         description="received, queued, triaging, triaged, no_frontal, no_model or failed."
     )
-    received_at: dt.datetime = Field(description="First instance of the study received (UTC).")
-    last_received_at: dt.datetime
-    queued_at: dt.datetime | None
-    triaged_at: dt.datetime | None
+    received_at: Timestamp = Field(description="First instance of the study received (UTC).")
+    last_received_at: Timestamp
+    queued_at: Timestamp | None
+    triaged_at: Timestamp | None
 
 
 class StageTimestamps(BaseModel):
     """When a study went through each stage (UTC)."""
 
-    first_received_at: dt.datetime
-    last_received_at: dt.datetime
-    queued_at: dt.datetime | None
-    started_at: dt.datetime | None = Field(description="Inference of the current result started.")
-    finished_at: dt.datetime | None
-    triaged_at: dt.datetime | None
+    first_received_at: Timestamp
+    last_received_at: Timestamp
+    queued_at: Timestamp | None
+    started_at: Timestamp | None = Field(description="Inference of the current result started.")
+    finished_at: Timestamp | None
+    triaged_at: Timestamp | None
 
 
 class ImageTimestamps(BaseModel):
-    started_at: dt.datetime | None
-    decoded_at: dt.datetime | None
-    preprocessed_at: dt.datetime | None
-    inferred_at: dt.datetime | None
+    started_at: Timestamp | None
+    decoded_at: Timestamp | None
+    preprocessed_at: Timestamp | None
+    inferred_at: Timestamp | None
 
 
 class ImageResult(BaseModel):
@@ -79,7 +92,7 @@ class ImageResult(BaseModel):
     modality: str | None
     view_position: str | None
     body_part: str | None
-    received_at: dt.datetime
+    received_at: Timestamp
     calling_ae: str
     probability: float | None
     logit: float | None
@@ -116,7 +129,7 @@ class PolicyBrief(BaseModel):
     version: int
     operating_point: str
     tau: float
-    effective_from: dt.datetime
+    effective_from: Timestamp
 
 
 class ModelOut(BaseModel):
@@ -130,8 +143,8 @@ class ModelOut(BaseModel):
     input_size: int
     temperature: float
     description: str | None
-    registered_at: dt.datetime
-    activated_at: dt.datetime | None
+    registered_at: Timestamp
+    activated_at: Timestamp | None
     policy_in_force: PolicyBrief | None
 
 
@@ -151,8 +164,8 @@ class PolicyOut(BaseModel):
     validation: dict[str, Any]
     rationale: str
     approved_by: str
-    effective_from: dt.datetime
-    created_at: dt.datetime
+    effective_from: Timestamp
+    created_at: Timestamp
     in_force: bool = Field(description="The policy the model's inferences use now.")
 
 
@@ -173,7 +186,7 @@ class AuditEventOut(BaseModel):
     """One entry of the audit trail (UIDs, AE titles and figures; never patient identifiers)."""
 
     id: int
-    occurred_at: dt.datetime
+    occurred_at: Timestamp
     actor: str
     actor_address: str | None
     action: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -43,6 +44,12 @@ def test_worklist_puts_flagged_first_by_score_then_oldest(
     assert unscored["status"] == "queued"
     assert unscored["score"] is None and unscored["model_version"] is None
     assert unscored["triaged_at"] is None
+    # Fixed-width UTC, even for whole seconds, so that timestamps compare as text too.
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+    for row in rows:
+        for name in ("received_at", "last_received_at", "queued_at", "triaged_at"):
+            assert row[name] is None or stamp.match(row[name]), (name, row[name])
+    assert first["received_at"].endswith(".000000Z")
     # Not flagged: oldest first.
     received = [_time(row["received_at"]) for row in rows[2:]]
     assert received == sorted(received)
@@ -194,7 +201,9 @@ def test_openapi_documents_the_routes_with_their_schemas(client: TestClient) -> 
     assert "/" not in paths  # pages are not part of the API
     schemas = document["components"]["schemas"]
     assert {"WorklistEntry", "StudyDetail", "ImageResult", "ModelsOut", "HealthOut"} <= set(schemas)
-    assert "flagged" in schemas["WorklistEntry"]["properties"]
+    entry = schemas["WorklistEntry"]["properties"]
+    assert "flagged" in entry
+    assert entry["received_at"]["format"] == "date-time"
     study_get = paths["/api/studies/{study_instance_uid}"]["get"]
     assert "404" in study_get["responses"]
 
