@@ -1,0 +1,216 @@
+"""One small handler per pynetdicom event; dependencies are bound as extra arguments.
+
+A handler never raises: it logs (UIDs, AE titles, addresses, statuses; never a patient
+attribute) and returns a DIMSE status. The C-STORE handler answers Success only once the file is
+durable in the spool and its row has committed in the store (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom.events import Event
+from sqlalchemy.exc import IntegrityError
+
+from dicom_gateway import status
+from dicom_gateway.assembly import StudyAssembly
+from dicom_gateway.header import InstanceHeader, InstanceRejected, is_valid_uid, read_header
+from dicom_gateway.spool import Spool
+from governance import audit
+from governance.audit import Action
+from governance.db import Store
+from governance.errors import StoreUnavailable
+from governance.studies import ReceivedInstance, record_instance
+
+logger = logging.getLogger(__name__)
+
+# Two associations that bring the first instances of one study at once can both try to insert
+# the study row on PostgreSQL; the loser sees a unique violation and finds the row next time.
+_RECORD_ATTEMPTS = 3
+
+
+def handle_echo(event: Event) -> int:
+    """C-ECHO: the gateway is up."""
+    logger.debug("C-ECHO from %s", _peer(event))
+    return status.SUCCESS
+
+
+def handle_store(event: Event, spool: Spool, store: Store, assembly: StudyAssembly) -> Any:
+    """C-STORE: check the header, place the file durably, record it, note the study."""
+    try:
+        return _store(event, spool, store, assembly)
+    except Exception:  # a bug must cost one instance, not the association or the server
+        logger.exception("C-STORE from %s failed unexpectedly", _peer(event))
+        return status.PROCESSING_FAILURE
+
+
+def _store(event: Event, spool: Spool, store: Store, assembly: StudyAssembly) -> Any:
+    request = event.request
+    sop_class_uid = str(request.AffectedSOPClassUID or "")
+    sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
+    source = Path(event.dataset_path)
+    try:
+        header = read_header(
+            source,
+            affected_sop_class_uid=sop_class_uid,
+            affected_sop_instance_uid=sop_instance_uid,
+        )
+    except InstanceRejected as exc:
+        logger.warning(
+            "C-STORE of SOP Instance %s from %s refused: %s -> %s",
+            _printable_uid(sop_instance_uid),
+            _peer(event),
+            exc.reason,
+            status.describe(exc.status),
+        )
+        return _status(exc.status, exc.reason)
+
+    try:
+        target, existed = spool.place(source, header.study_instance_uid, header.sop_instance_uid)
+    except OSError as exc:
+        logger.error(
+            "spool cannot take SOP Instance %s of study %s: %s -> %s",
+            header.sop_instance_uid,
+            header.study_instance_uid,
+            exc.strerror or exc,
+            status.describe(status.OUT_OF_RESOURCES),
+        )
+        return _status(status.OUT_OF_RESOURCES, "spool full or not writable")
+
+    requestor = event.assoc.requestor
+    item = _received(header, target, requestor.ae_title, requestor.address)
+    try:
+        replaced = _record(store, item)
+    except StoreUnavailable as exc:
+        # No row, no file: a file the store does not know would be an orphan. A resent
+        # instance whose older copy was at the same path keeps the new (equivalent) file,
+        # which the existing row still points at.
+        if not existed:
+            spool.discard(target)
+        logger.error(
+            "store cannot record SOP Instance %s of study %s: %s -> %s",
+            header.sop_instance_uid,
+            header.study_instance_uid,
+            exc,
+            status.describe(status.OUT_OF_RESOURCES),
+        )
+        return _status(status.OUT_OF_RESOURCES, "store unavailable")
+    if replaced and replaced != str(target):
+        spool.remove_replaced(replaced)
+
+    assembly.instance_stored(
+        event.assoc, header.study_instance_uid, requestor.ae_title, requestor.address
+    )
+    logger.debug(
+        "stored SOP Instance %s of study %s from %s (%d bytes, %s)",
+        header.sop_instance_uid,
+        header.study_instance_uid,
+        _peer(event),
+        header.size_bytes,
+        header.transfer_syntax_uid,
+    )
+    return status.SUCCESS
+
+
+def _received(
+    header: InstanceHeader, path: Path, calling_ae: str, address: str | None
+) -> ReceivedInstance:
+    return ReceivedInstance(
+        study_instance_uid=header.study_instance_uid,
+        series_instance_uid=header.series_instance_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        path=str(path),
+        size_bytes=header.size_bytes,
+        calling_ae=calling_ae,
+        peer_address=address,
+        modality=header.modality,
+        view_position=header.view_position,
+        body_part=header.body_part,
+        manufacturer=header.manufacturer,
+        patient_sex=header.patient_sex,
+        patient_age_years=header.patient_age_years,
+    )
+
+
+def _record(store: Store, item: ReceivedInstance) -> str | None:
+    """Record the instance (retried by ``store.run``); the path of a replaced older copy."""
+    for attempt in range(1, _RECORD_ATTEMPTS + 1):
+        try:
+            _, replaced = store.run(lambda session: record_instance(session, item))
+            return replaced
+        except IntegrityError as exc:
+            if attempt == _RECORD_ATTEMPTS:
+                raise StoreUnavailable("the store kept refusing a concurrent write") from exc
+    raise AssertionError("unreachable")
+
+
+def handle_accepted(event: Event) -> None:
+    logger.info("association accepted from %s", _peer(event))
+
+
+def handle_released(event: Event, assembly: StudyAssembly) -> None:
+    """A-RELEASE: the studies this association carried are ready to queue."""
+    logger.info("association released by %s", _peer(event))
+    assembly.association_ended(event.assoc, released=True)
+
+
+def handle_aborted(event: Event, assembly: StudyAssembly) -> None:
+    """A-ABORT: what was stored stays; its studies are queued after the stable age."""
+    logger.warning("association with %s aborted", _peer(event))
+    assembly.association_ended(event.assoc, released=False)
+
+
+def handle_rejected(event: Event, store: Store, allowed_calling_aes: list[str]) -> None:
+    """A-ASSOCIATE-RJ: audit the refusal with the calling AE title and the peer address."""
+    requestor = event.assoc.requestor
+    calling_ae = str(requestor.ae_title or "").strip()
+    not_allowed = bool(allowed_calling_aes) and calling_ae not in allowed_calling_aes
+    reason = "calling AE title not recognised" if not_allowed else "association limit or policy"
+    logger.warning("association from %s refused: %s", _peer(event), reason)
+
+    def write(session: Any) -> None:
+        audit.record(
+            session,
+            actor=calling_ae or "(none)",
+            actor_address=requestor.address,
+            action=Action.ASSOCIATION_REFUSED,
+            outcome="refused",
+            detail={
+                "calling_ae": calling_ae,
+                "called_ae": str(event.assoc.acceptor.ae_title or "").strip(),
+                "peer_address": requestor.address,
+                "peer_port": requestor.port,
+                "reason": reason,
+            },
+        )
+
+    try:
+        store.run(write)
+    except StoreUnavailable as exc:
+        logger.error("could not audit the refused association from %s: %s", _peer(event), exc)
+    except Exception:
+        logger.exception("could not audit the refused association from %s", _peer(event))
+
+
+def _peer(event: Event) -> str:
+    requestor = event.assoc.requestor
+    return f"{str(requestor.ae_title or '').strip() or '?'}@{requestor.address}:{requestor.port}"
+
+
+def _printable_uid(value: str) -> str:
+    """A UID for a log line; anything else a peer sent is quoted and cut, never interpreted."""
+    return value if is_valid_uid(value) else repr(value[:64])
+
+
+def _status(value: int, comment: str) -> Dataset:
+    """A status with an Error Comment (LO, at most 64 characters) for the peer's log."""
+    ds = Dataset()
+    ds.Status = value
+    if value != status.SUCCESS:
+        ds.ErrorComment = comment[:64]
+    return ds

@@ -1,0 +1,229 @@
+"""The gateway: a pynetdicom Storage SCP (and Verification SCP) wired to spool, store and broker.
+
+``Gateway(settings, store, celery_app).start()`` returns once the server listens; ``stop()``
+stops accepting, lets open associations finish for a moment, aborts the rest and queues what
+is pending. Received data sets are streamed to disk by pynetdicom (chunked receive) into a
+temporary folder inside the spool; both are process-wide pynetdicom/tempfile settings, so one
+process runs one gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from typing import Any
+
+from celery import Celery
+from pydicom import config as pydicom_config
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from cxr_triage.settings import Settings
+from dicom_gateway import handlers
+from dicom_gateway.assembly import StudyAssembly
+from dicom_gateway.spool import Spool
+from governance.db import Store
+from governance.errors import ConfigError, StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+STORAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",
+    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+}
+
+UNCOMPRESSED_SYNTAXES = [
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+]
+STORAGE_SYNTAXES = UNCOMPRESSED_SYNTAXES + [
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (Process 14 SV1)
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 (Lossless Only)
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+
+# A temporary file nobody wrote to for this long belongs to a transfer that was cut off.
+_STALE_INCOMING_MIN_S = 300.0
+# How long stop() lets open associations finish before aborting them.
+_STOP_GRACE_S = 5.0
+
+
+def make_ae(settings: Settings) -> AE:
+    """The application entity with the gateway's contexts, PDU size, timeouts and allow-list."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.network_timeout = settings.network_timeout_s
+    ae.acse_timeout = settings.network_timeout_s
+    ae.dimse_timeout = settings.network_timeout_s
+    ae.require_calling_aet = list(settings.allowed_calling_aes)
+    ae.add_supported_context(Verification, UNCOMPRESSED_SYNTAXES)
+    for sop_class_uid in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class_uid, STORAGE_SYNTAXES)
+    return ae
+
+
+class Gateway:
+    """The DICOM gateway of one process.
+
+    Parameters
+    ----------
+    settings
+        ``ae_title``, ``dicom_host``, ``dicom_port``, ``allowed_calling_aes``, ``max_pdu``,
+        ``network_timeout_s``, ``stable_age_s`` and ``spool_path`` are used.
+    store
+        The store, migrated (the ``instances`` table must exist).
+    celery_app
+        The producer app from :func:`worker.celery_app.make_celery`.
+    sweep_interval_s
+        How often the store is asked for studies that were received but never queued.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        celery_app: Celery,
+        *,
+        sweep_interval_s: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.spool = Spool(settings.spool_path)
+        self.assembly = StudyAssembly(
+            store,
+            celery_app,
+            stable_age_s=settings.stable_age_s,
+            sweep_interval_s=sweep_interval_s,
+        )
+        self.ae = make_ae(settings)
+        self._server: ThreadedAssociationServer | None = None
+        self._previous_tempdir: str | None = None
+        self._previous_validation = pydicom_config.settings.reading_validation_mode
+        self._janitor_stop = threading.Event()
+        self._janitor: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and port the server listens on."""
+        if self._server is None:
+            raise RuntimeError("the gateway is not running")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        """Prepare the spool, check the store, queue leftovers and listen; returns at once.
+
+        Raises
+        ------
+        ConfigError
+            The spool is not writable, the store does not answer or is not initialised, or the
+            port is taken.
+        """
+        if self._server is not None:
+            raise RuntimeError("the gateway is already running")
+        self.spool.prepare()
+        check_store(self.store)
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        # pynetdicom writes each received data set with NamedTemporaryFile() in tempfile's
+        # folder; inside the spool the final placement is a rename on one filesystem.
+        self._previous_tempdir = tempfile.tempdir
+        tempfile.tempdir = str(self.spool.incoming)
+        # pydicom would log each invalid value it reads, value included; peers send many.
+        self._previous_validation = pydicom_config.settings.reading_validation_mode
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+        self.assembly.start()
+        try:
+            self._server = self.ae.start_server(
+                (self.settings.dicom_host, self.settings.dicom_port),
+                block=False,
+                evt_handlers=self._handlers(),
+            )
+        except OSError as exc:
+            self.assembly.stop()
+            self._restore_process_settings()
+            raise ConfigError(
+                f"cannot listen on {self.settings.dicom_host}:{self.settings.dicom_port}: "
+                f"{exc.strerror or exc}; set CXR_DICOM_HOST/CXR_DICOM_PORT"
+            ) from None
+        self._janitor_stop.clear()
+        self._janitor = threading.Thread(
+            target=self._sweep_incoming, name="cxr-spool-janitor", daemon=True
+        )
+        self._janitor.start()
+        if not self.settings.allowed_calling_aes:
+            logger.warning(
+                "CXR_ALLOWED_CALLING_AES is empty: associations from any calling AE title "
+                "are accepted"
+            )
+        host, port = self.address
+        logger.info(
+            "DICOM gateway %s listening on %s:%d (max PDU %d bytes), spool %s",
+            self.settings.ae_title,
+            host,
+            port,
+            self.settings.max_pdu,
+            self.spool.root,
+        )
+
+    def _handlers(self) -> list[Any]:
+        allowed = list(self.settings.allowed_calling_aes)
+        return [
+            (evt.EVT_C_ECHO, handlers.handle_echo),
+            (evt.EVT_C_STORE, handlers.handle_store, [self.spool, self.store, self.assembly]),
+            (evt.EVT_ACCEPTED, handlers.handle_accepted),
+            (evt.EVT_RELEASED, handlers.handle_released, [self.assembly]),
+            (evt.EVT_ABORTED, handlers.handle_aborted, [self.assembly]),
+            (evt.EVT_REJECTED, handlers.handle_rejected, [self.store, allowed]),
+        ]
+
+    def _sweep_incoming(self) -> None:
+        stale_s = max(_STALE_INCOMING_MIN_S, 2 * self.settings.network_timeout_s)
+        while not self._janitor_stop.wait(min(stale_s / 2, 60.0)):
+            removed = self.spool.sweep_incoming(older_than_s=stale_s)
+            if removed:
+                logger.info("removed %d abandoned incoming files", removed)
+
+    def stop(self) -> None:
+        """Stop accepting, let open associations finish briefly, abort the rest, queue leftovers."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        deadline = time.monotonic() + _STOP_GRACE_S
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in self.ae.active_associations:
+            logger.warning("aborting the association with %s at shutdown", assoc.requestor.address)
+            assoc.abort()
+        self._server = None
+        self._janitor_stop.set()
+        if self._janitor is not None:
+            self._janitor.join(timeout=5)
+            self._janitor = None
+        self.assembly.stop()
+        self._restore_process_settings()
+        logger.info("DICOM gateway %s stopped", self.settings.ae_title)
+
+    def _restore_process_settings(self) -> None:
+        tempfile.tempdir = self._previous_tempdir
+        pydicom_config.settings.reading_validation_mode = self._previous_validation
+
+
+def check_store(store: Store) -> None:
+    """Raise ConfigError unless the store answers and holds the gateway's tables."""
+    try:
+        ready = store.has_table("instances")
+    except StoreUnavailable as exc:
+        raise ConfigError(f"the store does not answer: {exc}; check CXR_DATABASE_URL") from None
+    if not ready:
+        raise ConfigError("store not initialised: run `cxr-triage db upgrade`")
