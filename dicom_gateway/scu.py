@@ -46,13 +46,23 @@ def echo(
 
 
 def wait_for_echo(host: str, port: int, called_ae: str, *, timeout: float = 30.0) -> bool:
-    """C-ECHO until the peer answers or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if echo(host, port, called_ae, timeout=2.0):
-            return True
-        time.sleep(0.25)
-    return False
+    """C-ECHO until the peer answers or ``timeout`` seconds pass.
+
+    pynetdicom logs every refused connection as an error; while the peer is still starting
+    that is expected, so its transport logger is quietened for the wait.
+    """
+    transport = logging.getLogger("pynetdicom")
+    level = transport.level
+    transport.setLevel(logging.CRITICAL)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if echo(host, port, called_ae, timeout=2.0):
+                return True
+            time.sleep(0.25)
+        return False
+    finally:
+        transport.setLevel(level)
 
 
 def send_files(
