@@ -98,6 +98,13 @@ class Settings(BaseSettings):
     web_host: str = Field(default="127.0.0.1", description="Address the web server binds.")
     web_port: int = Field(default=8000, ge=1, le=65535, description="Web server port.")
 
+    # Audit
+    syslog_url: str = Field(
+        default="",
+        description="Syslog receiver for the audit events (IHE ATNA, RFC 5424): udp://HOST:514, "
+        "tcp://HOST:514 or tls://HOST:6514[?ca=FILE&cert=FILE&key=FILE]; empty: no export.",
+    )
+
     @field_validator("allowed_calling_aes", mode="before")
     @classmethod
     def _split_aes(cls, value: object) -> object:
