@@ -121,11 +121,13 @@ class Spool:
         self.discard(target)
 
     def sweep_incoming(self, older_than_s: float) -> int:
-        """Remove temporary files nobody writes any more: receives cut off by an abort or crash.
+        """Remove received files nobody writes any more: transfers cut off by an abort or crash.
 
         pynetdicom deletes a temporary file after the C-STORE handler returns, but not the one
         of a transfer that never completed. A transfer in progress writes its file at every
-        PDU, so a file untouched for ``older_than_s`` seconds is abandoned.
+        PDU, so a file untouched for ``older_than_s`` seconds is abandoned. Only pynetdicom's
+        ``*.dcm`` files and our ``*.copy`` staging files are touched: the folder is also the
+        process's temporary folder.
         """
         removed = 0
         now = time.time()
@@ -136,7 +138,11 @@ class Spool:
             return 0
         for entry in entries:
             try:
-                if entry.is_file() and now - entry.stat().st_mtime >= older_than_s:
+                if (
+                    entry.name.endswith((".dcm", ".copy"))
+                    and entry.is_file()
+                    and now - entry.stat().st_mtime >= older_than_s
+                ):
                     os.unlink(entry.path)
                     removed += 1
             except OSError:
