@@ -267,8 +267,9 @@ def _check_anchor(
         found.add(
             anchor_id,
             "anchor",
-            f"rewritten: event {anchor_id}'s hash is not the anchored one: the trail was "
-            f"rewritten at or before event {anchor_id}, or that event deleted",
+            f"rewritten: event {anchor_id} is not the anchored event (its hash differs): the "
+            f"trail was rewritten up to it, or it and later events were deleted and new events "
+            "took their ids",
         )
     elif anchor_id is None and seen is None:
         found.add(
