@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
 def _open_store(url: str) -> Store:
     from migrations import check_current
 
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # The schema check would otherwise announce Alembic's context on every query.
+        logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     store = Store.from_url(url)
     if not store.has_table("audit_events"):
         raise ConfigError("the store is not initialised: run `cxr-triage db upgrade` first")

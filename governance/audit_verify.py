@@ -226,8 +226,12 @@ def verify_chain(
         problem_count=found.count,
         anchor_checked=anchor is not None,
     )
-    logger.info(
-        "audit verification: %d events, %d problems, head %s", count, found.count, result.anchor
+    logger.log(
+        logging.INFO if result.ok else logging.WARNING,
+        "audit verification: %d events, %d problems, head %s",
+        count,
+        found.count,
+        result.anchor,
     )
     return result
 

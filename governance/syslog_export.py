@@ -11,7 +11,8 @@ event to :meth:`SyslogExporter.submit` after its transaction commits, which only
 bounded queue. One background thread formats and sends; while the receiver is down it retries
 the oldest message with a capped backoff and the queue buffers; when the queue is full, new
 events are dropped and counted (with a warning). The database stays the record of truth:
-dropped messages are still in the audit trail.
+dropped messages are still in the audit trail. A forked child process (Celery's prefork pool)
+gets a fresh queue and thread of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import queue
 import socket
 import ssl
@@ -188,8 +190,13 @@ class SyslogExporter:
         self.target = target
         self.audit_source_id = audit_source_id
         self.max_backoff = max_backoff
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=queue_size)
-        self._connection = _Connection(target, timeout)
+        self.queue_size = queue_size
+        self.timeout = timeout
+        self._start()
+
+    def _start(self) -> None:
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=self.queue_size)
+        self._connection = _Connection(self.target, self.timeout)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sent = self._dropped = self._failed = 0
@@ -318,6 +325,16 @@ def configure_export(
 def current_exporter() -> SyslogExporter | None:
     """The exporter :func:`configure_export` installed, if any (for metrics)."""
     return _current
+
+
+def _restart_in_child() -> None:
+    # A forked child (a Celery prefork worker) has no sender thread and may hold a copy of a
+    # lock taken by it: give the child an exporter of its own, empty, to the same receiver.
+    if _current is not None:
+        _current._start()
+
+
+os.register_at_fork(after_in_child=_restart_in_child)
 
 
 @atexit.register

@@ -4,6 +4,7 @@ receivers on free ports; best effort when the receiver is down; never patient id
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import socket
 import ssl
@@ -366,3 +367,25 @@ def test_receiver_down_drops_when_full_then_delivers_the_buffer() -> None:
     delivered = [int(parse(m)[1][SD_ID]["id"]) for m in messages]
     assert delivered == [n for n, ok in enumerate(accepted, 1) if ok]
     assert exporter.stats.sent == len(delivered)
+
+
+def test_a_forked_child_exports_with_its_own_thread(udp_receiver: socket.socket) -> None:
+    port = udp_receiver.getsockname()[1]
+    exporter = configure_export(f"udp://127.0.0.1:{port}")
+    assert exporter is not None
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child, as a Celery prefork worker would be
+            code = 1
+            try:
+                exporter.submit(fields(id=77))
+                exporter.close(timeout=5)
+                code = 0 if exporter.stats.sent == 1 else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        message, _ = udp_receiver.recvfrom(65535)
+    finally:
+        configure_export(None)
+    assert parse(message)[1][SD_ID]["id"] == "77"
