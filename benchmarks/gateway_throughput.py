@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 DCMTK = Path("/usr/bin")  # pynetdicom installs Python apps of the same names in the venv
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
@@ -100,7 +100,7 @@ def write_files(folder: Path, count: int, size: int) -> None:
         pixels = (base + shifted).clip(0, 4095).astype(np.uint16)
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+        ds.file_meta.MediaStorageSOPClassUID = UID(CR_IMAGE_STORAGE)
         ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.SOPClassUID = CR_IMAGE_STORAGE
@@ -198,7 +198,8 @@ def run_gateway(work: Path, folder: Path, megabytes: float, files: int, pdu: int
         assert process.stdout is not None
         banner = process.stdout.readline()
         if not banner.startswith("cxr-triage gateway:"):
-            raise RuntimeError(f"the gateway did not start: {banner}{process.stderr.read()}")
+            errors = process.stderr.read() if process.stderr else ""
+            raise RuntimeError(f"the gateway did not start: {banner}{errors}")
         wait_port(port)
         seconds = storescu(port, folder, "CXRTRIAGE", pdu)
         rss = peak_rss_mb(process.pid)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from sqlalchemy.exc import IntegrityError
 
@@ -48,7 +49,7 @@ def handle_store(event: Event, spool: Spool, store: Store, assembly: StudyAssemb
 
 
 def _store(event: Event, spool: Spool, store: Store, assembly: StudyAssembly) -> Any:
-    request = event.request
+    request = cast(C_STORE, event.request)
     sop_class_uid = str(request.AffectedSOPClassUID or "")
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
     source = Path(event.dataset_path)

@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery
 from pydicom import config as pydicom_config
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from cxr_triage.settings import Settings

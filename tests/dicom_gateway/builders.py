@@ -53,8 +53,8 @@ def make_dataset(
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid or generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid or generate_uid())
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = sop_class_uid
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import generate_uid
 from pynetdicom.dsutils import split_dataset
@@ -39,17 +40,11 @@ def test_sop_instance_uid_that_differs_from_the_request_is_refused(
     settings = make_settings()
     gateway = start_gateway(settings)
     path = _instance(tmp_path, "im.dcm")
-    # The request's UIDs come from the meta header, the data set keeps its own SOP Instance UID.
-    meta = read_file_meta_info(path)
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    _, offset = split_dataset(path)
+    # The request's UIDs come from the meta header; the data set keeps its own SOP Instance UID.
+    ds = dcmread(path)
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     crafted = tmp_path / "crafted.dcm"
-    with open(crafted, "wb") as out:
-        out.write(b"\0" * 128 + b"DICM")
-        from pydicom.filewriter import write_file_meta_info
-
-        write_file_meta_info(out, meta, enforce_standard=True)
-        out.write(path.read_bytes()[offset:])
+    ds.save_as(crafted, enforce_file_format=False)  # True would make the meta match again
 
     assert pynetdicom_store("127.0.0.1", settings.dicom_port, [crafted]) == [
         status.DATASET_MISMATCH

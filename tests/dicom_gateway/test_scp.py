@@ -27,7 +27,7 @@ from tests.dicom_gateway.inspection import (
     stored_instances,
     wait_until,
 )
-from tests.peers import echoscu, storescu
+from tests.peers import Orthanc, echoscu, storescu
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +120,7 @@ def test_orthanc_pushes_a_study_that_is_stored_and_queued(
     make_settings: Callable[..., Settings],
     start_gateway: Callable[..., Gateway],
     redis_queue: Callable[[Settings], RedisQueue],
-    make_orthanc: Callable[..., object],
+    make_orthanc: Callable[..., Orthanc],
 ) -> None:
     settings = make_settings(broker_url=REDIS_URL, allowed_calling_aes=["ORTHANC"])
     queue = redis_queue(settings)
