@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
 
 from cxr_triage.settings import Settings
 from dicom_gateway import status
@@ -60,6 +61,28 @@ def test_an_aborted_association_is_queued_after_the_stable_age(
         "aborted",
     )
     wait_until(lambda: _awaiting(gateway.store) == [], what="the study marked queued")
+
+
+def test_a_study_on_an_association_that_stays_open_is_queued_after_the_stable_age(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Gateway],
+    redis_queue: Callable[[Settings], RedisQueue],
+) -> None:
+    settings = make_settings(broker_url=REDIS_URL, stable_age_s=0.5)
+    queue = redis_queue(settings)
+    start_gateway(settings)
+    ds = make_dataset(generate_uid())
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", settings.dicom_port, ae_title=settings.ae_title)
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(ds).Status == status.SUCCESS
+
+        assert queue.wait_for(1) == [ds.StudyInstanceUID]
+        assert assoc.is_established
+    finally:
+        assoc.release()
 
 
 def test_an_instance_arriving_later_queues_the_study_again(
