@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train, calibrate, export and register a ResNet-50"),
     "model": ("cxr_triage.model_cli", "model versions: list, show, register, activate, rollback"),
     "policy": ("cxr_triage.policy_cli", "threshold policies: list, set"),
+    "token": ("cxr_triage.token_cli", "API tokens: create, list, revoke"),
     "audit": ("cxr_triage.audit_cli", "audit trail: query, verify"),
 }
 

@@ -7,14 +7,18 @@ import getpass
 import json
 from pathlib import Path
 
-from sqlalchemy import select
-
 from cxr_triage.settings import get_settings
 from governance.db import Store
-from governance.errors import ConfigError, NotFound
-from governance.models import ModelStatus, ModelVersion
+from governance.errors import ConfigError
+from governance.models import ModelStatus
 from governance.policies import policy_in_force
-from governance.registry import activate_model, get_model, list_models, register_model
+from governance.registry import (
+    activate_model,
+    get_model,
+    list_models,
+    register_model,
+    rollback_model,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -162,21 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"active: {model.version}")
         return 0
     if args.action == "rollback":
-        model = store.run(lambda s: _rollback(s, _actor(args.actor)))
+        model = store.run(lambda s: rollback_model(s, actor=_actor(args.actor)))
         print(f"active: {model.version}")
         return 0
     return 2
-
-
-def _rollback(session, actor: str) -> ModelVersion:  # type: ignore[no-untyped-def]
-    current = session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE))
-    previous = session.scalar(
-        select(ModelVersion)
-        .where(ModelVersion.status == ModelStatus.RETIRED, ModelVersion.activated_at.is_not(None))
-        .order_by(ModelVersion.activated_at.desc())
-        .limit(1)
-    )
-    if previous is None:
-        raise NotFound("no previously active version to roll back to")
-    del current
-    return activate_model(session, previous.version, actor=actor)

@@ -147,8 +147,26 @@ def active_model(session: Session) -> ModelVersion | None:
     )
 
 
-def activate_model(session: Session, version: str, *, actor: str = "system") -> ModelVersion:
+def activate_model(
+    session: Session,
+    version: str,
+    *,
+    actor: str = "system",
+    actor_address: str | None = None,
+    action: str = audit.Action.MODEL_ACTIVATED,
+) -> ModelVersion:
     """Make ``version`` the one that serves; the previous active version becomes retired.
+
+    Workers read the active version at every task, so they pick the change up with their next
+    study, without a restart.
+
+    Parameters
+    ----------
+    actor, actor_address
+        Who activates it (a person, ``cli:USER``), and from where; recorded in the audit.
+    action
+        The audit action: ``model_activated``, or ``model_rolled_back`` for
+        :func:`rollback_model`.
 
     Raises
     ------
@@ -172,10 +190,38 @@ def activate_model(session: Session, version: str, *, actor: str = "system") -> 
     audit.record(
         session,
         actor=actor,
-        action=audit.Action.MODEL_ACTIVATED,
+        actor_address=actor_address,
+        action=action,
         object_type="model_version",
         object_uid=version,
         detail={"sha256": model.sha256, "previous": previous.version if previous else None},
     )
     logger.info("activated model version %s", version)
     return model
+
+
+def rollback_model(
+    session: Session, *, actor: str = "system", actor_address: str | None = None
+) -> ModelVersion:
+    """Activate again the version that was active before the current one.
+
+    Raises
+    ------
+    NotFound
+        No version was active before (nothing to roll back to).
+    """
+    previous = session.scalar(
+        select(ModelVersion)
+        .where(ModelVersion.status == ModelStatus.RETIRED, ModelVersion.activated_at.is_not(None))
+        .order_by(ModelVersion.activated_at.desc())
+        .limit(1)
+    )
+    if previous is None:
+        raise NotFound("no previously active version to roll back to")
+    return activate_model(
+        session,
+        previous.version,
+        actor=actor,
+        actor_address=actor_address,
+        action=audit.Action.MODEL_ROLLED_BACK,
+    )

@@ -6,9 +6,10 @@ import datetime as dt
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import case, select
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session, selectinload
 
+from governance.actions import Priority, effective_priority
 from governance.errors import NotFound
 from governance.models import (
     ImageInference,
@@ -17,11 +18,77 @@ from governance.models import (
     Study,
     StudyInference,
     ThresholdPolicy,
+    utcnow,
 )
+from governance.policies import policy_in_force
+from governance.registry import active_model
 
 
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def _people(study: Study, model_flagged: bool) -> dict[str, Any]:
+    """What people did to a study, and the priority that results."""
+    return {
+        "model_flagged": model_flagged,
+        "priority": effective_priority(study.priority_override, model_flagged),
+        "priority_override": study.priority_override,
+        "override_reason": study.override_reason,
+        "overridden_by": study.overridden_by,
+        "overridden_at": _iso(study.overridden_at),
+        "acknowledged_by": study.acknowledged_by,
+        "acknowledged_at": _iso(study.acknowledged_at),
+        "final_read": study.final_read,
+        "final_read_by": study.final_read_by,
+        "final_read_at": _iso(study.final_read_at),
+    }
+
+
+def _worklist_query() -> Select[Study, StudyInference, str, str]:
+    # Effective priority: a person's override where there is one, else the model's flag.
+    is_priority = case(
+        (Study.priority_override == Priority.PRIORITY, True),
+        (Study.priority_override == Priority.ROUTINE, False),
+        else_=func.coalesce(StudyInference.flagged, False),
+    )
+    rank = case((is_priority, 0), else_=1)
+    # Priority studies by score, highest first (unscored ones after the scored); others by age.
+    score_key = case(
+        (is_priority, -func.coalesce(StudyInference.probability, -1.0)),
+        else_=0.0,
+    )
+    return (
+        select(Study, StudyInference, ModelVersion.version, ThresholdPolicy.operating_point)
+        .outerjoin(StudyInference, Study.result_id == StudyInference.id)
+        .outerjoin(ModelVersion, StudyInference.model_version_id == ModelVersion.id)
+        .outerjoin(ThresholdPolicy, StudyInference.policy_id == ThresholdPolicy.id)
+        .order_by(rank, score_key, Study.first_received_at, Study.id)
+    )
+
+
+def _row(
+    study: Study,
+    result: StudyInference | None,
+    version: str | None,
+    operating_point: str | None,
+) -> dict[str, Any]:
+    flagged = bool(result.flagged) if result else False
+    return {
+        "study_instance_uid": study.study_instance_uid,
+        "flagged": flagged,
+        "score": result.probability if result else None,
+        "tau": result.tau if result else None,
+        "model_version": version,
+        "policy_version": result.policy_version if result else None,
+        "operating_point": operating_point,
+        "status": study.status,
+        "received_at": _iso(study.first_received_at),
+        "last_received_at": _iso(study.last_received_at),
+        "queued_at": _iso(study.queued_at),
+        "triaged_at": _iso(study.triaged_at),
+        **_people(study, flagged),
+    }
 
 
 def worklist(
@@ -31,7 +98,11 @@ def worklist(
     statuses: Collection[str] | None = None,
     received_after: dt.datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Studies for the worklist: flagged first by score (highest first), then oldest first.
+    """Studies for the worklist: effective priority first, by score (highest first), then oldest.
+
+    The effective priority is a person's override where there is one, else the model's flag
+    (``flagged`` / ``model_flagged``: the score reached the tau of the policy in force). Each
+    row names the model version, policy version, operating point and tau that decided it.
 
     Parameters
     ----------
@@ -52,43 +123,30 @@ def worklist(
         raise ValueError(f"limit must be at least 1, got {limit}")
     if received_after is not None and received_after.tzinfo is None:
         raise ValueError("received_after must be timezone-aware (UTC)")
-    flagged = case((StudyInference.flagged.is_(True), 0), else_=1)
-    query = (
-        select(Study, StudyInference, ModelVersion.version, ThresholdPolicy.operating_point)
-        .outerjoin(StudyInference, Study.result_id == StudyInference.id)
-        .outerjoin(ModelVersion, StudyInference.model_version_id == ModelVersion.id)
-        .outerjoin(ThresholdPolicy, StudyInference.policy_id == ThresholdPolicy.id)
-        .order_by(
-            flagged,
-            case((StudyInference.flagged.is_(True), -StudyInference.probability), else_=0),
-            Study.first_received_at,
-            Study.id,
-        )
-        .limit(limit)
-    )
+    query = _worklist_query().limit(limit)
     if statuses is not None:
         query = query.where(Study.status.in_(list(statuses)))
     if received_after is not None:
         query = query.where(Study.first_received_at >= received_after)
-    rows = []
-    for study, result, version, operating_point in session.execute(query):
-        rows.append(
-            {
-                "study_instance_uid": study.study_instance_uid,
-                "flagged": bool(result.flagged) if result else False,
-                "score": result.probability if result else None,
-                "tau": result.tau if result else None,
-                "model_version": version,
-                "policy_version": result.policy_version if result else None,
-                "operating_point": operating_point,
-                "status": study.status,
-                "received_at": _iso(study.first_received_at),
-                "last_received_at": _iso(study.last_received_at),
-                "queued_at": _iso(study.queued_at),
-                "triaged_at": _iso(study.triaged_at),
-            }
-        )
-    return rows
+    return [
+        _row(study, result, version, point)
+        for study, result, version, point in session.execute(query)
+    ]
+
+
+def worklist_entry(session: Session, study_uid: str) -> dict[str, Any]:
+    """One study's worklist row (what an action answers with).
+
+    Raises
+    ------
+    NotFound
+        No study has this UID.
+    """
+    row = session.execute(_worklist_query().where(Study.study_instance_uid == study_uid)).first()
+    if row is None:
+        raise NotFound(f"no study {study_uid}")
+    study, result, version, point = row
+    return _row(study, result, version, point)
 
 
 def study_detail(session: Session, study_uid: str) -> dict[str, Any]:
@@ -127,6 +185,7 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any]:
         "operating_point": policy.operating_point if policy else None,
         "images_scored": result.images_scored if result else 0,
         "images_skipped": result.images_skipped if result else 0,
+        **_people(study, bool(result.flagged) if result else False),
         "patient_sex": study.patient_sex,
         "patient_age_years": study.patient_age_years,
         "timestamps": {
@@ -162,4 +221,58 @@ def _image(instance: Instance, inference: ImageInference | None) -> dict[str, An
             "preprocessed_at": _iso(inference.preprocessed_at) if inference else None,
             "inferred_at": _iso(inference.inferred_at) if inference else None,
         },
+    }
+
+
+def serving_status(
+    session: Session, *, now: dt.datetime | None = None, recent_hours: int = 24
+) -> dict[str, Any]:
+    """The active model and the policy in force for it, and which of them changed recently.
+
+    A change is recent when the model was activated (or rolled back to), or its policy in
+    force took effect, within ``recent_hours``: the worklist shows a banner then, because
+    flags before and after the change were decided differently.
+    """
+    when = now or utcnow()
+    since = when - dt.timedelta(hours=recent_hours)
+    model = active_model(session)
+    policy = policy_in_force(session, model.id, at=when) if model else None
+    changes: list[dict[str, Any]] = []
+    if model is not None and model.activated_at is not None and model.activated_at >= since:
+        changes.append(
+            {
+                "kind": "model",
+                "at": model.activated_at,
+                "summary": f"model {model.version} became active",
+            }
+        )
+    if policy is not None and policy.effective_from >= since:
+        changes.append(
+            {
+                "kind": "policy",
+                "at": policy.effective_from,
+                "summary": f"policy v{policy.version} ({policy.operating_point}, "
+                f"tau {policy.tau:.3f}) took effect",
+            }
+        )
+    return {
+        "active_model": {
+            "version": model.version,
+            "clinical": model.clinical,
+            "activated_at": model.activated_at,
+        }
+        if model
+        else None,
+        "policy_in_force": {
+            "version": policy.version,
+            "operating_point": policy.operating_point,
+            "tau": policy.tau,
+            "target_metric": policy.target_metric,
+            "approved_by": policy.approved_by,
+            "effective_from": policy.effective_from,
+        }
+        if policy
+        else None,
+        "recent_hours": recent_hours,
+        "recent_changes": sorted(changes, key=lambda change: change["at"]),
     }

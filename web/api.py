@@ -1,29 +1,36 @@
-"""The JSON API: worklist, study results, model versions and threshold policies (read-only)."""
+"""The radiologists' JSON API: the worklist, a study, and what they do to a study.
+
+Every route needs a token (``web.auth``): the worklist and studies the radiologist role;
+``/api/me`` and ``/api/status`` (what decides new studies, for the pages' banner) any role.
+Opening a study is audited (DICOM 110103, once per person and study in ten minutes); each
+action is audited with what it changed.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
-from sqlalchemy import select
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from sqlalchemy.orm import Session
 
+from governance import actions
 from governance import worklist as worklist_reads
 from governance.db import Store
-from governance.models import AuditEvent, ModelVersion, ThresholdPolicy
-from governance.policies import list_policies, policy_in_force
-from governance.registry import active_model, list_models
+from governance.models import Role
+from governance.tokens import Identity
+from web.auth import RequireRole, client_address
 from web.deps import get_store, read_store
 from web.schemas import (
     STUDY_STATUSES,
-    AuditEventOut,
+    ClearOverrideIn,
     ErrorOut,
-    ModelOut,
-    ModelsOut,
-    PolicyBrief,
-    PolicyOut,
+    FinalReadIn,
+    MeOut,
+    OverrideIn,
+    StatusOut,
     StudyDetail,
     WorklistEntry,
 )
@@ -32,18 +39,53 @@ logger = logging.getLogger(__name__)
 
 MAX_LIMIT = 5000
 
-router = APIRouter(prefix="/api", tags=["api"])
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No token, or one that is unknown or revoked."},
+    403: {"model": ErrorOut, "description": "The token's role may not do this."},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No study with this UID."}
+}
+
+router = APIRouter(prefix="/api", tags=["radiologist"], responses=REFUSALS)
 
 StoreDep = Annotated[Store, Depends(get_store)]
+Radiologist = Annotated[Identity, Depends(RequireRole(Role.RADIOLOGIST))]
+AnyRole = Annotated[Identity, Depends(RequireRole())]
+StudyUid = Annotated[str, Path(description="Study Instance UID")]
+
+
+@router.get("/me", response_model=MeOut, summary="Who this token belongs to, and its role")
+def get_me(identity: AnyRole) -> dict[str, Any]:
+    return {"name": identity.name, "role": identity.role, "token_prefix": identity.token_prefix}
+
+
+@router.get(
+    "/status",
+    response_model=StatusOut,
+    summary="The active model and policy in force, and whether either changed recently",
+)
+def get_status(
+    store: StoreDep,
+    _identity: AnyRole,
+    recent_hours: Annotated[
+        int, Query(ge=1, le=24 * 30, description="A change within this many hours is recent.")
+    ] = 24,
+) -> dict[str, Any]:
+    return read_store(
+        store, lambda session: worklist_reads.serving_status(session, recent_hours=recent_hours)
+    )
 
 
 @router.get(
     "/worklist",
     response_model=list[WorklistEntry],
-    summary="Studies to read: flagged first by score (highest first), then oldest first",
+    summary="Studies to read: priority first (a person's override, else the model's flag) by "
+    "score, then oldest first",
 )
 def get_worklist(
     store: StoreDep,
+    _identity: Radiologist,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Most studies returned.")] = 500,
     status: Annotated[
         list[str] | None,
@@ -80,129 +122,141 @@ def get_worklist(
     )
 
 
-@router.get(
-    "/studies/{study_instance_uid}",
-    response_model=StudyDetail,
-    responses={404: {"model": ErrorOut, "description": "No study with this UID."}},
-    summary="One study: result, per-image scores or skip reasons, stage timestamps",
-)
-def get_study(
-    store: StoreDep,
-    study_instance_uid: Annotated[str, Path(description="Study Instance UID")],
-) -> dict[str, Any]:
-    return read_store(
-        store, lambda session: worklist_reads.study_detail(session, study_instance_uid)
+def note_viewed(store: Store, request: Request, identity: Identity, uid: str, via: str) -> None:
+    """Audit that a person opened a study, unless they did within the last ten minutes."""
+    if read_store(
+        store, lambda session: actions.viewed_recently(session, uid, actor=identity.name)
+    ):
+        return
+    address = client_address(request)
+    store.run(
+        lambda session: actions.record_study_viewed(
+            session, uid, actor=identity.name, actor_address=address, via=via
+        )
     )
 
 
-def _models(session: Session) -> dict[str, Any]:
-    active = active_model(session)
-    models = []
-    for model in list_models(session):
-        policy = policy_in_force(session, model.id)
-        models.append(
-            ModelOut(
-                version=model.version,
-                status=model.status,
-                clinical=model.clinical,
-                sha256=model.sha256,
-                architecture=model.architecture,
-                input_size=model.input_size,
-                temperature=model.temperature,
-                description=model.description,
-                registered_at=model.registered_at,
-                activated_at=model.activated_at,
-                policy_in_force=PolicyBrief(
-                    version=policy.version,
-                    operating_point=policy.operating_point,
-                    tau=policy.tau,
-                    effective_from=policy.effective_from,
-                )
-                if policy
-                else None,
-            )
-        )
-    return {"active_version": active.version if active else None, "models": models}
-
-
 @router.get(
-    "/models",
-    response_model=ModelsOut,
-    summary="Registered model versions, their SHA-256 and the active one",
+    "/studies/{study_instance_uid}",
+    response_model=StudyDetail,
+    responses=NOT_FOUND,
+    summary="One study: result, per-image scores or skip reasons, stage timestamps, actions",
 )
-def get_models(store: StoreDep) -> dict[str, Any]:
-    return read_store(store, _models)
+def get_study(
+    request: Request, store: StoreDep, identity: Radiologist, study_instance_uid: StudyUid
+) -> dict[str, Any]:
+    detail = read_store(
+        store, lambda session: worklist_reads.study_detail(session, study_instance_uid)
+    )
+    note_viewed(store, request, identity, study_instance_uid, "api")
+    return detail
 
 
-def _policies(session: Session, model_version: str | None) -> list[PolicyOut]:
-    versions = dict(session.execute(select(ModelVersion.id, ModelVersion.version)).all())
-    model_id = None
-    if model_version is not None:
-        ids = [key for key, value in versions.items() if value == model_version]
-        if not ids:
-            return []
-        model_id = ids[0]
-    in_force: dict[int, int | None] = {}
-    out = []
-    for policy in list_policies(session, model_id):
-        if policy.model_version_id not in in_force:
-            current: ThresholdPolicy | None = policy_in_force(session, policy.model_version_id)
-            in_force[policy.model_version_id] = current.id if current else None
-        out.append(
-            PolicyOut(
-                model_version=versions[policy.model_version_id],
-                version=policy.version,
-                operating_point=policy.operating_point,
-                tau=policy.tau,
-                target_metric=policy.target_metric,
-                validation=policy.validation or {},
-                rationale=policy.rationale,
-                approved_by=policy.approved_by,
-                effective_from=policy.effective_from,
-                created_at=policy.created_at,
-                in_force=in_force[policy.model_version_id] == policy.id,
-            )
-        )
-    return out
+def _act(
+    store: Store, uid: str, action: Callable[[Session], actions.ActionResult]
+) -> dict[str, Any]:
+    def work(session: Session) -> dict[str, Any]:
+        try:
+            action(session)
+        except (ValueError, TypeError) as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        return worklist_reads.worklist_entry(session, uid)
+
+    return store.run(work)
 
 
-@router.get(
-    "/policies",
-    response_model=list[PolicyOut],
-    summary="Threshold policies of every model version (or of one), oldest first",
+@router.post(
+    "/studies/{study_instance_uid}/acknowledge",
+    response_model=WorklistEntry,
+    responses=NOT_FOUND,
+    summary="Acknowledge a study (the first acknowledgement stands)",
 )
-def get_policies(
+def acknowledge(
+    request: Request, store: StoreDep, identity: Radiologist, study_instance_uid: StudyUid
+) -> dict[str, Any]:
+    address = client_address(request)
+    return _act(
+        store,
+        study_instance_uid,
+        lambda s: actions.acknowledge(
+            s, study_instance_uid, actor=identity.name, actor_address=address
+        ),
+    )
+
+
+@router.post(
+    "/studies/{study_instance_uid}/override",
+    response_model=WorklistEntry,
+    responses=NOT_FOUND,
+    summary="Set a study's priority (upwards or downwards) with a reason; triage never changes it",
+)
+def override(
+    request: Request,
     store: StoreDep,
-    model_version: Annotated[str | None, Query(description="Only this model version's.")] = None,
-) -> list[PolicyOut]:
-    return read_store(store, lambda session: _policies(session, model_version))
+    identity: Radiologist,
+    study_instance_uid: StudyUid,
+    body: OverrideIn,
+) -> dict[str, Any]:
+    address = client_address(request)
+    return _act(
+        store,
+        study_instance_uid,
+        lambda s: actions.override(
+            s,
+            study_instance_uid,
+            priority=body.priority,
+            reason=body.reason,
+            actor=identity.name,
+            actor_address=address,
+        ),
+    )
 
 
-def _audit(
-    session: Session, limit: int, action: str | None, object_uid: str | None
-) -> list[AuditEventOut]:
-    query = select(AuditEvent).order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc())
-    if action is not None:
-        query = query.where(AuditEvent.action == action)
-    if object_uid is not None:
-        query = query.where(AuditEvent.object_uid == object_uid)
-    return [
-        AuditEventOut.model_validate(event, from_attributes=True)
-        for event in session.scalars(query.limit(limit))
-    ]
-
-
-@router.get(
-    "/audit",
-    response_model=list[AuditEventOut],
-    summary="The audit trail, newest first",
+@router.post(
+    "/studies/{study_instance_uid}/override/clear",
+    response_model=WorklistEntry,
+    responses=NOT_FOUND,
+    summary="Hand a study's priority back to the model's flag, with a reason",
 )
-def get_audit(
+def clear_override(
+    request: Request,
     store: StoreDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Most events returned.")] = 100,
-    action: Annotated[str | None, Query(description="Only this action.")] = None,
-    object_uid: Annotated[
-        str | None, Query(description="Only events about this object (a UID or version).")
-    ] = None,
-) -> list[AuditEventOut]:
-    return read_store(store, lambda session: _audit(session, limit, action, object_uid))
+    identity: Radiologist,
+    study_instance_uid: StudyUid,
+    body: ClearOverrideIn,
+) -> dict[str, Any]:
+    address = client_address(request)
+    return _act(
+        store,
+        study_instance_uid,
+        lambda s: actions.clear_override(
+            s, study_instance_uid, reason=body.reason, actor=identity.name, actor_address=address
+        ),
+    )
+
+
+@router.post(
+    "/studies/{study_instance_uid}/final-read",
+    response_model=WorklistEntry,
+    responses=NOT_FOUND,
+    summary="Record the final read (pneumonia yes/no): the ground truth monitoring uses",
+)
+def final_read(
+    request: Request,
+    store: StoreDep,
+    identity: Radiologist,
+    study_instance_uid: StudyUid,
+    body: FinalReadIn,
+) -> dict[str, Any]:
+    address = client_address(request)
+    return _act(
+        store,
+        study_instance_uid,
+        lambda s: actions.record_final_read(
+            s,
+            study_instance_uid,
+            pneumonia=body.pneumonia,
+            actor=identity.name,
+            actor_address=address,
+        ),
+    )

@@ -3,6 +3,13 @@
 Nothing here reads the environment: settings come in as an argument (``cxr-triage web`` reads
 them once, at its entry point). A store that does not answer becomes a 503 with one clear
 message, never a traceback or a driver's "database is locked".
+
+Who may call what (``web.auth``): the JSON API needs a token, by role: radiologist (worklist,
+studies, acknowledge, override, final read), admin (models, policies, tokens), auditor (audit
+queries and verification); ``/api/me`` and ``/api/status`` any role. ``/healthz`` and
+``/metrics`` stay open, because load balancers and Prometheus probe them without credentials;
+they carry states, counts and model versions, never a UID or a patient attribute. The page
+shells, ``/static``, ``/login`` and ``/openapi.json`` are open too: they hold no study data.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from cxr_triage import __version__
 from cxr_triage.settings import Settings
 from governance.db import Store
 from governance.errors import NotFound, StoreUnavailable
-from web import api, health, metrics, pages
+from web import admin, api, audit_api, health, login, metrics, pages
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +167,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         return _error(request, 500, "Internal error; it has been logged.")
 
     app.include_router(pages.router)
+    app.include_router(login.router)
     app.include_router(api.router)
+    app.include_router(admin.router)
+    app.include_router(audit_api.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")

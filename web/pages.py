@@ -3,6 +3,10 @@
 The pages are static files of this package with a few values filled in on the server (the
 banner that says which model is active and whether it is clinical, the study UID); the tables
 are drawn and refreshed by vanilla JavaScript from the JSON API. No CDN, no framework.
+
+The worklist page is a shell that holds no study data, so it loads without a token; its script
+goes to ``/login`` when the API answers 401. The study page needs the radiologist role (a
+person who is not logged in is sent to ``/login`` and back), and opening it is audited.
 """
 
 from __future__ import annotations
@@ -14,15 +18,16 @@ from pathlib import Path
 from string import Template
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance.db import Store
-from governance.models import Study
+from governance.models import Role, Study
 from governance.registry import active_model
+from web.auth import authorize, login_url
 from web.deps import get_store, read_store
 
 logger = logging.getLogger(__name__)
@@ -79,7 +84,18 @@ def worklist_page(store: StoreDep) -> HTMLResponse:
 
 
 @router.get("/studies/{study_instance_uid}", response_class=HTMLResponse)
-def study_page(store: StoreDep, study_instance_uid: Annotated[str, PathParam()]) -> HTMLResponse:
+def study_page(
+    request: Request, store: StoreDep, study_instance_uid: Annotated[str, PathParam()]
+) -> Response:
+    from web.api import note_viewed  # the API module's audit of a viewing, shared
+
+    try:
+        identity = authorize(request, store, (Role.RADIOLOGIST,))
+    except HTTPException as exc:
+        if exc.status_code == 401:
+            return RedirectResponse(login_url(request.url.path), status_code=303)
+        return error_page(exc.status_code, str(exc.detail))
+
     def load(session: Session) -> tuple[bool, dict[str, Any] | None]:
         exists = session.scalar(
             select(Study.id).where(Study.study_instance_uid == study_instance_uid)
@@ -89,5 +105,6 @@ def study_page(store: StoreDep, study_instance_uid: Annotated[str, PathParam()])
     exists, model = read_store(store, load)
     if not exists:
         return error_page(404, f"No study {study_instance_uid} in the store.")
+    note_viewed(store, request, identity, study_instance_uid, "page")
     uid = html.escape(study_instance_uid)
     return render("study.html", model_banner=model_banner(model), uid=uid)

@@ -43,11 +43,38 @@ class ErrorOut(BaseModel):
     detail: str = Field(description="What went wrong, in one line.")
 
 
-class WorklistEntry(BaseModel):
-    """One study on the worklist and its current triage result (if any)."""
+Priority = Literal["priority", "routine"]
+
+
+class PeopleFields(BaseModel):
+    """What people did to a study, and the priority that results."""
+
+    model_flagged: bool = Field(description="The model's flag: the score reached tau.")
+    priority: Priority = Field(
+        description="Effective priority: a person's override where there is one, else the "
+        "model's flag. The worklist is ordered by it."
+    )
+    priority_override: Priority | None = Field(
+        description="A radiologist's override; triage never changes it."
+    )
+    override_reason: str | None
+    overridden_by: str | None
+    overridden_at: Timestamp | None
+    acknowledged_by: str | None
+    acknowledged_at: Timestamp | None
+    final_read: bool | None = Field(
+        description="The radiologist's final read: pneumonia yes (true) or no (false); the "
+        "ground truth that monitoring uses."
+    )
+    final_read_by: str | None
+    final_read_at: Timestamp | None
+
+
+class WorklistEntry(PeopleFields):
+    """One study on the worklist: its triage result (if any) and what people did to it."""
 
     study_instance_uid: str
-    flagged: bool = Field(description="Score reached tau: read this study first.")
+    flagged: bool = Field(description="The model's flag (same as model_flagged).")
     score: float | None = Field(
         description="Calibrated probability of pneumonia (max over frontal images)."
     )
@@ -103,7 +130,7 @@ class ImageResult(BaseModel):
     timestamps: ImageTimestamps
 
 
-class StudyDetail(BaseModel):
+class StudyDetail(PeopleFields):
     """A study with its current result, per-image results and stage timestamps."""
 
     study_instance_uid: str
@@ -197,3 +224,125 @@ class AuditEventOut(BaseModel):
     detail: dict[str, Any]
     prev_hash: str = Field(description="row_hash of the event before this one (hash chain).")
     row_hash: str = Field(description="SHA-256 over this event and prev_hash.")
+    decided_by: dict[str, Any] | None = Field(
+        default=None,
+        description="For a study's triage: the model version and checksum, the policy and tau, "
+        "who approved the policy and who activated the model.",
+    )
+
+
+class MeOut(BaseModel):
+    """Who the request's token belongs to."""
+
+    name: str
+    role: Literal["radiologist", "admin", "auditor"]
+    token_prefix: str = Field(description="The token's first characters, to recognise it by.")
+
+
+class ActiveModelOut(BaseModel):
+    version: str
+    clinical: bool = Field(description="False: a demo/research model, not for clinical use.")
+    activated_at: Timestamp | None
+
+
+class PolicyInForceOut(BaseModel):
+    version: int
+    operating_point: str
+    tau: float
+    target_metric: str | None
+    approved_by: str
+    effective_from: Timestamp
+
+
+class RecentChange(BaseModel):
+    kind: Literal["model", "policy"]
+    at: Timestamp
+    summary: str
+
+
+class StatusOut(BaseModel):
+    """What decides new studies now, and whether it changed recently (the page's banner)."""
+
+    active_model: ActiveModelOut | None
+    policy_in_force: PolicyInForceOut | None
+    recent_hours: int = Field(description="How far back a change counts as recent.")
+    recent_changes: list[RecentChange]
+
+
+class OverrideIn(BaseModel):
+    """A person's priority for a study, with the reason (upwards or downwards)."""
+
+    priority: Priority
+    reason: str = Field(min_length=1, max_length=1000, description="Why; required.")
+
+
+class ClearOverrideIn(BaseModel):
+    """Hand the priority back to the model's flag, with the reason."""
+
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class FinalReadIn(BaseModel):
+    """The radiologist's final read: the label monitoring compares the model with."""
+
+    pneumonia: bool = Field(description="true: pneumonia; false: no pneumonia.")
+
+
+class PolicyIn(BaseModel):
+    """A new threshold policy version for a model version (the site's SOP)."""
+
+    model_version: str
+    operating_point: Literal["triage", "balanced", "precision"]
+    tau: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Threshold; default: the model's recorded tau for this operating point.",
+    )
+    rationale: str = Field(min_length=1, max_length=4000)
+    approved_by: str = Field(min_length=1, max_length=128, description="Who approved it.")
+    effective_from: Timestamp | None = Field(
+        default=None, description="When it takes effect (with a time zone); default: now."
+    )
+
+
+class TokenOut(BaseModel):
+    """An API token as the store keeps it: never the token itself."""
+
+    name: str
+    role: str
+    token_prefix: str
+    created_by: str
+    created_at: Timestamp
+    last_used_at: Timestamp | None
+    revoked_at: Timestamp | None
+
+
+class TokenIn(BaseModel):
+    name: str = Field(min_length=1, max_length=128, description="Who the token is for.")
+    role: Literal["radiologist", "admin", "auditor"]
+
+
+class TokenCreatedOut(TokenOut):
+    token: str = Field(description="The token: shown this once, kept only as its SHA-256.")
+
+
+class ChainProblemOut(BaseModel):
+    event_id: int
+    kind: str = Field(description="edited, deleted, reordered or anchor.")
+    message: str
+
+
+class AuditVerifyOut(BaseModel):
+    """The audit trail's hash chain, walked from the first event to the newest."""
+
+    intact: bool
+    events: int
+    head_id: int | None
+    head_hash: str
+    anchor: str = Field(description="ID:HASH of the newest event: keep it outside the store.")
+    anchor_checked: bool
+    problem_count: int
+    first_bad_id: int | None
+    first_problem: str | None
+    problems: list[ChainProblemOut]

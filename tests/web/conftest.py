@@ -34,6 +34,7 @@ from governance.models import (
     ImageInference,
     Instance,
     ModelVersion,
+    Role,
     Study,
     StudyInference,
     StudyStatus,
@@ -43,6 +44,7 @@ from governance.models import (
 from governance.policies import set_policy
 from governance.registry import activate_model, register_model
 from governance.studies import ReceivedInstance, record_instance
+from governance.tokens import create_token
 from web.app import create_app
 
 ROOT = "1.2.826.0.1.3680043.10.999"
@@ -255,7 +257,55 @@ def scenario(store: Store, web_settings: Settings) -> Scenario:
     return populate(store, web_settings.model_path, web_settings.spool_path)
 
 
+def bearer(token: str) -> dict[str, str]:
+    """The header that authenticates a request with ``token``."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+def make_tokens(store: Store, suffix: str = "") -> dict[str, str]:
+    """One token per role, named after the role (``radiologist``, ``admin``, ``auditor``)."""
+
+    def work(session: Session) -> dict[str, str]:
+        return {
+            role: create_token(session, name=f"{role}{suffix}", role=role, created_by="pytest")[1]
+            for role in Role.ALL
+        }
+
+    return store.run(work)
+
+
+@pytest.fixture
+def tokens(store: Store) -> dict[str, str]:
+    """A valid token for each role, by role."""
+    return make_tokens(store)
+
+
 @pytest.fixture
 def client(store: Store, web_settings: Settings) -> Iterator[TestClient]:
+    """The application over ``store``, called without credentials."""
     with TestClient(create_app(web_settings, store)) as test_client:
         yield test_client
+
+
+def _as(client: TestClient, token: str) -> TestClient:
+    authed = TestClient(client.app)
+    authed.headers.update(bearer(token))
+    return authed
+
+
+@pytest.fixture
+def radiologist(client: TestClient, tokens: dict[str, str]) -> TestClient:
+    """The same application, called with a radiologist's token."""
+    return _as(client, tokens[Role.RADIOLOGIST])
+
+
+@pytest.fixture
+def admin(client: TestClient, tokens: dict[str, str]) -> TestClient:
+    """The same application, called with an admin's token."""
+    return _as(client, tokens[Role.ADMIN])
+
+
+@pytest.fixture
+def auditor(client: TestClient, tokens: dict[str, str]) -> TestClient:
+    """The same application, called with an auditor's token."""
+    return _as(client, tokens[Role.AUDITOR])

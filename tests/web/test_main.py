@@ -58,9 +58,12 @@ def test_an_unmigrated_store_is_refused_in_one_line(tmp_path: Path) -> None:
     assert lines[0].startswith("cxr-triage web:") and "`cxr-triage db upgrade`" in lines[0]
 
 
-def _get(url: str, timeout: float = 5.0) -> tuple[int, str, str]:
+def _get(url: str, timeout: float = 5.0, token: str | None = None) -> tuple[int, str, str]:
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.headers["content-type"], response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers["content-type"], exc.read().decode()
@@ -103,16 +106,19 @@ def web_server(tmp_path: Path, database_url: str) -> Iterator[str]:
 
 @pytest.mark.integration
 def test_a_real_server_serves_the_page_and_the_worklist(
-    tmp_path: Path, database_url: str, scenario: Scenario
+    tmp_path: Path, database_url: str, scenario: Scenario, tokens: dict[str, str]
 ) -> None:
+    token = tokens["radiologist"]
     with web_server(tmp_path, database_url) as base:
         status, content_type, page = _get(f"{base}/")
         assert status == 200 and content_type.startswith("text/html")
         assert "Research software for assistive triage" in page and "NON-CLINICAL" in page
-        status, content_type, body = _get(f"{base}/api/worklist")
+        status, _, body = _get(f"{base}/api/worklist")
+        assert status == 401 and "log in" in json.loads(body)["detail"]
+        status, content_type, body = _get(f"{base}/api/worklist", token=token)
         assert status == 200 and content_type.startswith("application/json")
         assert [row["study_instance_uid"] for row in json.loads(body)] == scenario.order
-        status, _, body = _get(f"{base}/api/studies/1.2.3.404")
+        status, _, body = _get(f"{base}/api/studies/1.2.3.404", token=token)
         assert status == 404 and json.loads(body) == {"detail": "no study 1.2.3.404"}
         status, _, script = _get(f"{base}/static/worklist.js")
         assert status == 200 and "/api/worklist" in script

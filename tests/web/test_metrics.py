@@ -97,23 +97,25 @@ def test_metrics_of_an_empty_store(client: TestClient) -> None:
 
 
 def test_http_requests_are_counted_by_route_template(
-    client: TestClient, scenario: Scenario
+    client: TestClient, radiologist: TestClient, scenario: Scenario
 ) -> None:
+    radiologist.get("/api/worklist")
+    radiologist.get("/api/worklist")
+    radiologist.get(f"/api/studies/{scenario.uids['A']}")
+    radiologist.get("/api/studies/1.2.3.4")
     client.get("/api/worklist")
-    client.get("/api/worklist")
-    client.get(f"/api/studies/{scenario.uids['A']}")
-    client.get("/api/studies/1.2.3.4")
     client.get("/no/such/page")
     text, families = _scrape(client)
     requests = families["cxr_triage_http_requests"]
     assert _value(requests, method="GET", route="/api/worklist", status="200") == 2
+    assert _value(requests, method="GET", route="/api/worklist", status="401") == 1
     study_route = "/api/studies/{study_instance_uid}"
     assert _value(requests, method="GET", route=study_route, status="200") == 1
     assert _value(requests, method="GET", route=study_route, status="404") == 1
     assert _value(requests, method="GET", route="unmatched", status="404") == 1
     duration = families["cxr_triage_http_request_duration_seconds"]
     count = "cxr_triage_http_request_duration_seconds_count"
-    assert _value(duration, count, route="/api/worklist") == 2
+    assert _value(duration, count, route="/api/worklist") == 3
     assert ROOT not in text
 
 

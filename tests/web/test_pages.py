@@ -67,8 +67,9 @@ def test_a_clinical_model_is_not_called_non_clinical(
 
 
 def test_study_page_names_the_study_and_unknown_ones_are_404(
-    client: TestClient, scenario: Scenario
+    radiologist: TestClient, scenario: Scenario
 ) -> None:
+    client = radiologist
     uid = scenario.uids["A"]
     response = client.get(f"/studies/{uid}", headers=HTML)
     assert response.status_code == 200
@@ -81,8 +82,8 @@ def test_study_page_names_the_study_and_unknown_ones_are_404(
     assert "No study 1.2.3.999" in missing.text
 
 
-def test_study_page_escapes_what_it_is_given(client: TestClient) -> None:
-    response = client.get("/studies/<img src=x onerror=alert(1)>", headers=HTML)
+def test_study_page_escapes_what_it_is_given(radiologist: TestClient) -> None:
+    response = radiologist.get("/studies/<img src=x onerror=alert(1)>", headers=HTML)
     assert response.status_code == 404
     assert "No study" in response.text
     assert "<img src=x" not in response.text
@@ -99,7 +100,9 @@ def test_unknown_paths_are_404_html_for_browsers_and_json_for_programs(
     assert api.json() == {"detail": "nothing at /api/nowhere"}
 
 
-@pytest.mark.parametrize("name", ["style.css", "common.js", "worklist.js", "study.js"])
+@pytest.mark.parametrize(
+    "name", ["style.css", "common.js", "worklist.js", "study.js", "actions.js"]
+)
 def test_static_files_are_served(client: TestClient, name: str) -> None:
     response = client.get(f"/static/{name}")
     assert response.status_code == 200

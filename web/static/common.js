@@ -1,4 +1,5 @@
-// Helpers shared by the pages: JSON fetches, time formatting, the model banner.
+// Helpers shared by the pages: JSON calls with the session cookie and CSRF header, time
+// formatting, the model banner and the signed-in user.
 "use strict";
 
 const cxr = (() => {
@@ -6,8 +7,32 @@ const cxr = (() => {
   // are right even when the workstation's clock is not.
   let offsetMs = 0;
 
-  async function getJSON(url) {
-    const response = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" } });
+  function cookie(name) {
+    for (const part of document.cookie.split(";")) {
+      const [key, ...rest] = part.trim().split("=");
+      if (key === name) return decodeURIComponent(rest.join("="));
+    }
+    return "";
+  }
+
+  function toLogin() {
+    const here = window.location.pathname + window.location.search;
+    window.location.href = `/login?${new URLSearchParams({ next: here })}`;
+  }
+
+  // The session cookie goes with every same-origin request; a change also carries the CSRF
+  // header (double submit of the cxr_csrf cookie). 401: the session ended, log in again.
+  async function call(method, url, payload) {
+    const headers = { Accept: "application/json" };
+    const init = { method, cache: "no-store", headers, credentials: "same-origin" };
+    if (method !== "GET") {
+      headers["X-CSRF-Token"] = cookie("cxr_csrf");
+      if (payload !== undefined) {
+        headers["Content-Type"] = "application/json";
+        init.body = JSON.stringify(payload);
+      }
+    }
+    const response = await fetch(url, init);
     const date = response.headers.get("Date");
     if (date) {
       const server = Date.parse(date);
@@ -15,6 +40,7 @@ const cxr = (() => {
     }
     let body = null;
     try { body = await response.json(); } catch (err) { body = null; }
+    if (response.status === 401) toLogin();
     if (!response.ok) {
       const detail = body && typeof body.detail === "string" ? body.detail : `HTTP ${response.status}`;
       const error = new Error(detail);
@@ -23,6 +49,10 @@ const cxr = (() => {
     }
     return body;
   }
+
+  function getJSON(url) { return call("GET", url); }
+
+  function postJSON(url, payload) { return call("POST", url, payload === undefined ? {} : payload); }
 
   function now() { return Date.now() + offsetMs; }
 
@@ -66,27 +96,62 @@ const cxr = (() => {
     return node;
   }
 
-  // Same wording as the server-rendered banner (web/pages.py model_banner).
-  async function refreshModelBanner() {
-    const target = document.getElementById("model-banner");
-    if (!target) return;
-    let data;
-    try { data = await getJSON("/api/models"); } catch (err) { return; }
-    const active = data.models.find((m) => m.version === data.active_version);
-    let span;
+  function modelSpan(active) {
+    // Same wording as the server-rendered banner (web/pages.py model_banner).
     if (!active) {
-      span = el("span", { className: "model-status none",
+      return el("span", { className: "model-status none",
         text: "No active model: studies are received but not triaged." });
-    } else if (active.clinical) {
-      span = el("span", { className: "model-status clinical", text: `Active model: ${active.version}` });
-    } else {
-      span = el("span", { className: "model-status nonclinical" }, [
-        `Active model: ${active.version} \u2014 `,
-        el("strong", { text: "NON-CLINICAL" }),
-        " (demo / research), not validated for clinical use",
-      ]);
     }
-    target.replaceChildren(span);
+    if (active.clinical) {
+      return el("span", { className: "model-status clinical", text: `Active model: ${active.version}` });
+    }
+    return el("span", { className: "model-status nonclinical" }, [
+      `Active model: ${active.version} \u2014 `,
+      el("strong", { text: "NON-CLINICAL" }),
+      " (demo / research), not validated for clinical use",
+    ]);
+  }
+
+  // The model banner and, when the model or its policy changed within the last day, a notice:
+  // flags before and after the change were decided differently.
+  async function refreshModelBanner() {
+    let data;
+    try { data = await getJSON("/api/status"); } catch (err) { return; }
+    const target = document.getElementById("model-banner");
+    if (target) {
+      const policy = data.policy_in_force;
+      const parts = [modelSpan(data.active_model)];
+      if (data.active_model && policy) {
+        parts.push(el("span", { className: "policy-status",
+          text: `Policy v${policy.version}: ${policy.operating_point}, \u03c4 = ${Number(policy.tau).toFixed(3)}, approved by ${policy.approved_by}` }));
+      }
+      target.replaceChildren(...parts);
+    }
+    const notice = document.getElementById("change-banner");
+    if (notice) {
+      const changes = data.recent_changes || [];
+      notice.hidden = changes.length === 0;
+      notice.replaceChildren(...(changes.length ? [
+        el("strong", { text: `Changed in the last ${data.recent_hours} hours: ` }),
+        changes.map((c) => `${c.summary} at ${formatTime(c.at)}`).join("; ") + ". ",
+        "Studies triaged before the change were decided by the previous model or threshold.",
+      ] : []));
+    }
+  }
+
+  // The signed-in user and the sign-out form (its CSRF value comes from the cookie).
+  async function showUser() {
+    const target = document.getElementById("user-name");
+    const csrf = document.getElementById("logout-csrf");
+    if (csrf) csrf.value = cookie("cxr_csrf");
+    if (!target) return null;
+    try {
+      const me = await getJSON("/api/me");
+      target.textContent = `${me.name} (${me.role})`;
+      return me;
+    } catch (err) {
+      return null;
+    }
   }
 
   const STATUS_LABELS = {
@@ -101,5 +166,8 @@ const cxr = (() => {
 
   function statusLabel(status) { return STATUS_LABELS[status] || status; }
 
-  return { getJSON, now, formatTime, formatDuration, formatScore, el, refreshModelBanner, statusLabel };
+  return {
+    getJSON, postJSON, now, formatTime, formatDuration, formatScore, el, refreshModelBanner,
+    showUser, statusLabel,
+  };
 })();

@@ -12,13 +12,40 @@
     return (Date.parse(to) - Date.parse(from)) / 1000;
   }
 
+  function renderPeople(s) {
+    const priority = s.priority === "priority"
+      ? cxr.el("span", { className: "badge flag", text: "PRIORITY" })
+      : cxr.el("span", { className: "badge routine", text: "routine" });
+    const items = [
+      ["Priority", priority],
+      ["Override", s.priority_override == null ? "none (the model's flag decides)"
+        : `${s.priority_override} by ${s.overridden_by}, ${cxr.formatTime(s.overridden_at)}: ${s.override_reason}`],
+      ["Acknowledged", s.acknowledged_at == null ? "no"
+        : `by ${s.acknowledged_by}, ${cxr.formatTime(s.acknowledged_at)}`],
+      ["Final read", cxrActions.finalReadText(s) || "not recorded"],
+    ];
+    document.getElementById("people").replaceChildren(...items.flatMap(([term, value]) => [
+      cxr.el("dt", { text: term }),
+      cxr.el("dd", {}, [value]),
+    ]));
+    const box = document.getElementById("study-actions");
+    const focused = box.contains(document.activeElement) ? document.activeElement.className : null;
+    box.replaceChildren(
+      ...cxrActions.buttons(s, () => load(), (err) => {
+        statusLine.className = "status-line stale";
+        statusLine.textContent = `Not saved: ${err.message}`;
+      }));
+    const again = focused ? box.querySelector(`button.${focused}`) : null;
+    if (again) again.focus();
+  }
+
   function renderSummary(s) {
     const flag = s.flagged
       ? cxr.el("span", { className: "badge flag", text: "PRIORITY (flagged)" })
       : cxr.el("span", { text: s.score == null ? "not scored" : "not flagged" });
     const items = [
       ["Status", `${cxr.statusLabel(s.status)}${s.status_detail ? ` \u2014 ${s.status_detail}` : ""}`],
-      ["Flag", flag],
+      ["Model\u2019s flag", flag],
       ["Score", cxr.formatScore(s.score)],
       ["Threshold \u03c4", s.tau == null ? "\u2014"
         : `${Number(s.tau).toFixed(3)}${s.operating_point ? ` (${s.operating_point})` : ""}`],
@@ -74,9 +101,11 @@
   }
 
   async function load() {
+    if (document.querySelector("dialog[open]")) return;  // never redraw under an open form
     try {
       const s = await cxr.getJSON(`/api/studies/${encodeURIComponent(uid)}`);
       renderSummary(s);
+      renderPeople(s);
       renderStages(s);
       renderImages(s);
       statusLine.className = "status-line";
@@ -88,6 +117,8 @@
     }
   }
 
+  cxr.showUser();
+  cxr.refreshModelBanner();
   load();
   setInterval(load, REFRESH_MS);
 })();

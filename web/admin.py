@@ -1,0 +1,296 @@
+"""The admin role's JSON API: model versions, threshold policies and API tokens.
+
+Activation needs the admin role and a threshold policy for the version (409 without one);
+rollback returns to the version that was active before. Workers read the active version at
+every task, so they pick a change up with their next study, without a restart. Every change
+is audited with the admin's token name and address.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from governance.db import Store
+from governance.errors import NoActiveModel, NotFound, TriageError
+from governance.models import ApiToken, ModelVersion, Role, ThresholdPolicy
+from governance.policies import list_policies, policy_in_force, set_policy
+from governance.registry import activate_model, active_model, get_model, list_models
+from governance.registry import rollback_model as rollback_registry
+from governance.tokens import Identity, create_token, list_tokens, revoke_token
+from web.auth import RequireRole, client_address
+from web.deps import get_store, read_store
+from web.schemas import (
+    ErrorOut,
+    ModelOut,
+    ModelsOut,
+    PolicyBrief,
+    PolicyIn,
+    PolicyOut,
+    TokenCreatedOut,
+    TokenIn,
+    TokenOut,
+)
+
+logger = logging.getLogger(__name__)
+
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No token, or one that is unknown or revoked."},
+    403: {"model": ErrorOut, "description": "The token's role may not do this."},
+}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No such model version or token."},
+    409: {"model": ErrorOut, "description": "Refused by the registry (e.g. no policy)."},
+}
+
+router = APIRouter(prefix="/api", tags=["admin"], responses=REFUSALS)
+
+StoreDep = Annotated[Store, Depends(get_store)]
+Admin = Annotated[Identity, Depends(RequireRole(Role.ADMIN))]
+
+
+def _models(session: Session) -> dict[str, Any]:
+    active = active_model(session)
+    models = []
+    for model in list_models(session):
+        policy = policy_in_force(session, model.id)
+        models.append(
+            ModelOut(
+                version=model.version,
+                status=model.status,
+                clinical=model.clinical,
+                sha256=model.sha256,
+                architecture=model.architecture,
+                input_size=model.input_size,
+                temperature=model.temperature,
+                description=model.description,
+                registered_at=model.registered_at,
+                activated_at=model.activated_at,
+                policy_in_force=PolicyBrief(
+                    version=policy.version,
+                    operating_point=policy.operating_point,
+                    tau=policy.tau,
+                    effective_from=policy.effective_from,
+                )
+                if policy
+                else None,
+            )
+        )
+    return {"active_version": active.version if active else None, "models": models}
+
+
+@router.get(
+    "/models",
+    response_model=ModelsOut,
+    summary="Registered model versions, their SHA-256 and the active one",
+)
+def get_models(store: StoreDep, _identity: Admin) -> dict[str, Any]:
+    return read_store(store, _models)
+
+
+def _change(store: Store, work: Any) -> dict[str, Any]:
+    """Run a registry change and answer with the models; registry refusals become 409."""
+
+    def run(session: Session) -> dict[str, Any]:
+        try:
+            work(session)
+        except NoActiveModel as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+        session.flush()
+        return _models(session)
+
+    return store.run(run)
+
+
+@router.post(
+    "/models/{version}/activate",
+    response_model=ModelsOut,
+    responses=CONFLICT,
+    summary="Make a model version the one that serves (it needs a threshold policy)",
+)
+def activate(
+    request: Request,
+    store: StoreDep,
+    identity: Admin,
+    version: Annotated[str, Path(description="The model version to activate.")],
+) -> dict[str, Any]:
+    address = client_address(request)
+    return _change(
+        store,
+        lambda s: activate_model(s, version, actor=identity.name, actor_address=address),
+    )
+
+
+@router.post(
+    "/models/rollback",
+    response_model=ModelsOut,
+    responses=CONFLICT,
+    summary="Activate again the version that was active before the current one",
+)
+def rollback(request: Request, store: StoreDep, identity: Admin) -> dict[str, Any]:
+    address = client_address(request)
+
+    def work(session: Session) -> None:
+        try:
+            rollback_registry(session, actor=identity.name, actor_address=address)
+        except NotFound as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+
+    return _change(store, work)
+
+
+def _policy_out(session: Session, policy: ThresholdPolicy, versions: dict[int, str]) -> PolicyOut:
+    current = policy_in_force(session, policy.model_version_id)
+    return PolicyOut(
+        model_version=versions[policy.model_version_id],
+        version=policy.version,
+        operating_point=policy.operating_point,
+        tau=policy.tau,
+        target_metric=policy.target_metric,
+        validation=policy.validation or {},
+        rationale=policy.rationale,
+        approved_by=policy.approved_by,
+        effective_from=policy.effective_from,
+        created_at=policy.created_at,
+        in_force=current is not None and current.id == policy.id,
+    )
+
+
+def _policies(session: Session, model_version: str | None) -> list[PolicyOut]:
+    versions = dict(session.execute(select(ModelVersion.id, ModelVersion.version)).all())
+    model_id = None
+    if model_version is not None:
+        ids = [key for key, value in versions.items() if value == model_version]
+        if not ids:
+            return []
+        model_id = ids[0]
+    return [_policy_out(session, p, versions) for p in list_policies(session, model_id)]
+
+
+@router.get(
+    "/policies",
+    response_model=list[PolicyOut],
+    summary="Threshold policies of every model version (or of one), oldest first",
+)
+def get_policies(
+    store: StoreDep,
+    _identity: Admin,
+    model_version: Annotated[str | None, Query(description="Only this model version's.")] = None,
+) -> list[PolicyOut]:
+    return read_store(store, lambda session: _policies(session, model_version))
+
+
+def recorded_operating_point(model: ModelVersion, operating_point: str) -> dict[str, Any]:
+    """The operating point chosen on validation and recorded with the model (maybe empty)."""
+    recorded = (model.details or {}).get("operating_points", {}).get(operating_point)
+    return recorded if isinstance(recorded, dict) else {}
+
+
+@router.post(
+    "/policies",
+    response_model=PolicyOut,
+    status_code=201,
+    responses=CONFLICT,
+    summary="Add a threshold policy version; tau defaults to the model's recorded one",
+)
+def post_policy(store: StoreDep, identity: Admin, body: PolicyIn) -> PolicyOut:
+    def work(session: Session) -> PolicyOut:
+        model = get_model(session, body.model_version)
+        recorded = recorded_operating_point(model, body.operating_point)
+        tau = body.tau
+        if tau is None:
+            if "tau" not in recorded:
+                raise HTTPException(
+                    status_code=422,
+                    detail=f"model {model.version} has no recorded {body.operating_point!r} "
+                    "operating point; give tau",
+                )
+            tau = float(recorded["tau"])
+        try:
+            policy = set_policy(
+                session,
+                model,
+                operating_point=body.operating_point,
+                tau=tau,
+                rationale=body.rationale,
+                approved_by=body.approved_by,
+                target_metric=recorded.get("criterion"),
+                validation=recorded.get("validation", {}),
+                effective_from=body.effective_from,
+                actor=identity.name,
+            )
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        return _policy_out(session, policy, {model.id: model.version})
+
+    return store.run(work)
+
+
+def _token_out(row: ApiToken) -> TokenOut:
+    return TokenOut.model_validate(row, from_attributes=True)
+
+
+@router.get("/tokens", response_model=list[TokenOut], summary="API tokens (never the tokens)")
+def get_tokens(store: StoreDep, _identity: Admin) -> list[TokenOut]:
+    return read_store(store, lambda session: [_token_out(t) for t in list_tokens(session)])
+
+
+@router.post(
+    "/tokens",
+    response_model=TokenCreatedOut,
+    status_code=201,
+    responses=CONFLICT,
+    summary="Create a token; the answer is the only time it is shown",
+)
+def post_token(
+    request: Request, response: Response, store: StoreDep, identity: Admin, body: TokenIn
+) -> TokenCreatedOut:
+    address = client_address(request)
+    response.headers["cache-control"] = "no-store"
+
+    def work(session: Session) -> TokenCreatedOut:
+        try:
+            row, text = create_token(
+                session,
+                name=body.name,
+                role=body.role,
+                created_by=identity.name,
+                actor_address=address,
+            )
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        except TriageError as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+        return TokenCreatedOut(**_token_out(row).model_dump(), token=text)
+
+    return store.run(work)
+
+
+@router.post(
+    "/tokens/{name}/revoke",
+    response_model=TokenOut,
+    responses=CONFLICT,
+    summary="Revoke a token: it is refused from now on",
+)
+def post_revoke(
+    request: Request,
+    store: StoreDep,
+    identity: Admin,
+    name: Annotated[str, Path(description="The token's name.")],
+) -> TokenOut:
+    address = client_address(request)
+
+    def work(session: Session) -> TokenOut:
+        try:
+            row = revoke_token(session, name, actor=identity.name, actor_address=address)
+        except NotFound:
+            raise
+        except TriageError as exc:  # revoked already
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+        return _token_out(row)
+
+    return store.run(work)

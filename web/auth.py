@@ -1,0 +1,199 @@
+"""Who is calling, and may they: API tokens, the login cookie, roles, CSRF, refusals audited.
+
+A request authenticates with ``Authorization: Bearer TOKEN`` (programs) or with the session
+cookie that ``/login`` sets (the pages): the cookie holds the token itself, HttpOnly and
+SameSite=Strict, Secure when the request came over HTTPS. A request that changes something
+with the cookie must also send the ``X-CSRF-Token`` header equal to the ``cxr_csrf`` cookie
+(double submit): another site can neither read that cookie nor set that header.
+
+No token or a bad one is 401, the wrong role 403; every refusal is audited as a security
+alert (DICOM 110113) with the route template, the method, the role, the token's prefix
+(never the token) and the client's address.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import Depends, HTTPException, Request
+
+from governance.db import Store
+from governance.tokens import Identity, authenticate, record_refusal
+from web.deps import get_store
+
+logger = logging.getLogger(__name__)
+
+SESSION_COOKIE = "cxr_session"
+CSRF_COOKIE = "cxr_csrf"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="cxr-triage"'}
+
+NO_TOKEN = (
+    "authentication required: send 'Authorization: Bearer TOKEN' or log in at /login "
+    "(tokens come from `cxr-triage token create`)"
+)
+BAD_TOKEN = "token not accepted (unknown or revoked); log in again or ask an admin for a token"
+CSRF_MISSING = "missing or wrong X-CSRF-Token header for a cookie-authenticated change"
+
+
+def safe_next(value: str | None) -> str:
+    """A local path to go to after logging in; anything else (another site) becomes ``/``."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    return value
+
+
+def login_url(path: str) -> str:
+    """The login page that returns to ``path`` afterwards."""
+    return f"/login?{urlencode({'next': path})}"
+
+
+def client_address(request: Request) -> str | None:
+    """The peer's address (the socket's: proxy headers are not trusted)."""
+    return request.client.host if request.client else None
+
+
+def route_template(request: Request) -> str:
+    """The matched route's template (``/api/studies/{study_instance_uid}``), else the path."""
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or request.url.path
+
+
+def presented_token(request: Request) -> tuple[str | None, str]:
+    """The token a request carries and how: ``(token, "bearer"|"cookie"|"none"|"malformed")``."""
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        value = value.strip()
+        if scheme.lower() != "bearer" or not value:
+            return None, "malformed"
+        return value, "bearer"
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        return cookie, "cookie"
+    return None, "none"
+
+
+def csrf_ok(request: Request, submitted: str | None) -> bool:
+    """Whether ``submitted`` matches the request's CSRF cookie (constant-time)."""
+    cookie = request.cookies.get(CSRF_COOKIE)
+    if not cookie or not submitted:
+        return False
+    return hmac.compare_digest(cookie.encode(), submitted.encode())
+
+
+def refuse(
+    store: Store,
+    request: Request,
+    status_code: int,
+    message: str,
+    *,
+    reason: str,
+    token_prefix: str | None,
+    roles: tuple[str, ...],
+    identity: Identity | None = None,
+) -> HTTPException:
+    """Audit a refusal and return the HTTPException to raise."""
+    route = route_template(request)
+    address = client_address(request)
+    store.run(
+        lambda session: record_refusal(
+            session,
+            reason=reason,
+            route=route,
+            method=request.method,
+            token_prefix=token_prefix,
+            actor=identity.name if identity else None,
+            role=identity.role if identity else None,
+            required=roles,
+            actor_address=address,
+        ),
+        attempts=3,  # the request fails anyway when the store is down: answer it soon
+    )
+    logger.warning(
+        "refused %s %s from %s: %s (token %s)",
+        request.method,
+        route,
+        address,
+        reason,
+        f"{token_prefix}..." if token_prefix else "none",
+    )
+    headers = BEARER_CHALLENGE if status_code == 401 else None
+    return HTTPException(status_code=status_code, detail=message, headers=headers)
+
+
+def authorize(request: Request, store: Store, roles: tuple[str, ...]) -> Identity:
+    """The identity of the request if its token is valid, in one of ``roles``, CSRF-safe.
+
+    Parameters
+    ----------
+    roles
+        Roles allowed; empty allows any authenticated role.
+
+    Raises
+    ------
+    HTTPException
+        401 without a valid token, 403 for another role or a cookie change without the CSRF
+        header; each audited.
+    """
+    token, method = presented_token(request)
+    if token is None:
+        reason = "malformed authorization header" if method == "malformed" else "no token"
+        raise refuse(store, request, 401, NO_TOKEN, reason=reason, token_prefix=None, roles=roles)
+    check = authenticate(store, token, method=method, actor_address=client_address(request))
+    identity = check.identity
+    if identity is None:
+        raise refuse(
+            store,
+            request,
+            401,
+            BAD_TOKEN,
+            reason=check.reason or "unknown token",
+            token_prefix=check.token_prefix,
+            roles=roles,
+        )
+    if (
+        method == "cookie"
+        and request.method not in SAFE_METHODS
+        and not csrf_ok(request, request.headers.get(CSRF_HEADER))
+    ):
+        raise refuse(
+            store,
+            request,
+            403,
+            CSRF_MISSING,
+            reason="csrf",
+            token_prefix=identity.token_prefix,
+            roles=roles,
+            identity=identity,
+        )
+    if roles and identity.role not in roles:
+        raise refuse(
+            store,
+            request,
+            403,
+            f"this needs the {' or '.join(roles)} role; {identity.name!r} is {identity.role}",
+            reason="role",
+            token_prefix=identity.token_prefix,
+            roles=roles,
+            identity=identity,
+        )
+    request.state.identity = identity
+    return identity
+
+
+class RequireRole:
+    """A FastAPI dependency: the caller's :class:`Identity`, in one of the given roles.
+
+    ``RequireRole()`` with no role admits any authenticated caller.
+    """
+
+    def __init__(self, *roles: str) -> None:
+        self.roles = tuple(roles)
+
+    def __call__(self, request: Request, store: Annotated[Store, Depends(get_store)]) -> Identity:
+        return authorize(request, store, self.roles)

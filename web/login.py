@@ -1,0 +1,163 @@
+"""``/login`` and ``/logout``: a person pastes their API token once and gets a session cookie.
+
+The cookie holds the token (HttpOnly, SameSite=Strict, Secure over HTTPS, no expiry: it ends
+with the browser session); logging out deletes it. The forms carry a CSRF value that must match
+the ``cxr_csrf`` cookie (double submit), so another site cannot log a user in or out.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import secrets
+from typing import Annotated
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from governance import audit
+from governance.db import Store
+from governance.tokens import Identity, check_token, record_authenticated, record_refusal
+from web.auth import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    client_address,
+    csrf_ok,
+    safe_next,
+)
+from web.deps import get_store, read_store
+from web.pages import error_page, render
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(include_in_schema=False)
+
+StoreDep = Annotated[Store, Depends(get_store)]
+
+MAX_FORM_BYTES = 8192
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def _login_page(
+    request: Request, next_path: str, message: str = "", status_code: int = 200
+) -> HTMLResponse:
+    csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+    notice = f'<p class="error" role="alert">{html.escape(message)}</p>' if message else ""
+    response = render(
+        "login.html",
+        status_code=status_code,
+        csrf=html.escape(csrf),
+        next=html.escape(next_path),
+        message=notice,
+    )
+    response.headers["cache-control"] = "no-store"
+    response.set_cookie(
+        CSRF_COOKIE, csrf, httponly=False, samesite="strict", secure=_secure(request), path="/"
+    )
+    return response
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(
+    request: Request, next_path: Annotated[str | None, Query(alias="next")] = None
+) -> HTMLResponse:
+    return _login_page(request, safe_next(next_path))
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return {}
+    fields = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items() if values}
+
+
+def _refusal(store: Store, request: Request, reason: str, prefix: str | None) -> None:
+    address = client_address(request)
+    path = request.url.path
+    store.run(
+        lambda session: record_refusal(
+            session,
+            reason=reason,
+            route=path,
+            method="POST",
+            token_prefix=prefix,
+            actor_address=address,
+        ),
+        attempts=3,  # the request fails anyway when the store is down: answer it soon
+    )
+    logger.warning("refused %s from %s: %s", path, address, reason)
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request, store: StoreDep) -> Response:
+    form = await _form(request)
+    next_path = safe_next(form.get("next"))
+    if not csrf_ok(request, form.get("csrf")):
+        _refusal(store, request, "csrf", None)
+        return _login_page(
+            request, next_path, "The form had expired; please try again.", status_code=403
+        )
+    token = form.get("token", "").strip()
+    if not token:
+        return _login_page(request, next_path, "Paste your API token.", status_code=401)
+    check = read_store(store, lambda session: check_token(session, token))
+    identity = check.identity
+    if identity is None:
+        _refusal(store, request, check.reason or "unknown token", check.token_prefix)
+        return _login_page(
+            request,
+            next_path,
+            "That token was not accepted (unknown or revoked).",
+            status_code=401,
+        )
+    address = client_address(request)
+    store.run(
+        lambda session: record_authenticated(
+            session, identity, method="login", actor_address=address
+        )
+    )
+    logger.info("%s logged in as %s from %s", identity.name, identity.role, address)
+    response = RedirectResponse(next_path, status_code=303)
+    secure = _secure(request)
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=secure)
+    # A new CSRF value for the new session.
+    response.set_cookie(
+        CSRF_COOKIE, secrets.token_urlsafe(24), httponly=False, samesite="strict", secure=secure
+    )
+    return response
+
+
+def _logout_event(store: Store, identity: Identity, address: str | None) -> None:
+    store.run(
+        lambda session: audit.record(
+            session,
+            actor=identity.name,
+            actor_address=address,
+            action=audit.Action.USER_LOGGED_OUT,
+            object_type="api_token",
+            object_uid=identity.name,
+            detail={"role": identity.role, "token_prefix": identity.token_prefix},
+        )
+    )
+
+
+@router.post("/logout")
+async def logout(request: Request, store: StoreDep) -> Response:
+    form = await _form(request)
+    if not csrf_ok(request, form.get("csrf")):
+        _refusal(store, request, "csrf", None)
+        return error_page(403, "The sign-out form had expired; reload the page and try again.")
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        check = read_store(store, lambda session: check_token(session, token))
+        if check.identity is not None:
+            _logout_event(store, check.identity, client_address(request))
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
+    response.delete_cookie(CSRF_COOKIE, samesite="strict")
+    return response
