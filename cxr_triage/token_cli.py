@@ -81,15 +81,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.action == "list":
             with store.read() as session:
-                tokens = list_tokens(session)
-            if not tokens:
-                print("no tokens (create one: cxr-triage token create --role ROLE --name NAME)")
-            for t in tokens:
-                state = f"revoked {_when(t.revoked_at)}" if t.revoked_at else "active"
-                print(
+                lines = [
                     f"{t.name:<24} {t.role:<12} {t.token_prefix}...  created {_when(t.created_at)} "
-                    f"by {t.created_by}  last used {_when(t.last_used_at)}  {state}"
-                )
+                    f"by {t.created_by}  last used {_when(t.last_used_at)}  "
+                    + (f"revoked {_when(t.revoked_at)}" if t.revoked_at else "active")
+                    for t in list_tokens(session)
+                ]
+            print(
+                "\n".join(lines)
+                or "no tokens (create one: cxr-triage token create --role ROLE --name NAME)"
+            )
             return 0
         if args.action == "revoke":
             name = args.name

@@ -51,12 +51,14 @@ class TokenCheck:
     """The outcome of looking a presented token up.
 
     ``identity`` is set when the token is valid; otherwise ``reason`` says why not
-    (``unknown token``, ``revoked token``) and ``identity`` is None.
+    (``unknown token``, ``revoked token``) and ``identity`` is None. ``name`` is the token's
+    name when the store knows it (a valid or a revoked token).
     """
 
     identity: Identity | None
     reason: str | None
     token_prefix: str
+    name: str | None = None
 
 
 def hash_token(token: str) -> str:
@@ -186,8 +188,9 @@ def check_token(session: Session, token: str) -> TokenCheck:
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         return TokenCheck(None, "unknown token", token_prefix(token))
     if row.revoked_at is not None:
-        return TokenCheck(None, "revoked token", row.token_prefix)
-    return TokenCheck(Identity(row.name, row.role, row.token_prefix), None, row.token_prefix)
+        return TokenCheck(None, "revoked token", row.token_prefix, row.name)
+    identity = Identity(row.name, row.role, row.token_prefix)
+    return TokenCheck(identity, None, row.token_prefix, row.name)
 
 
 def _touch(

@@ -51,7 +51,7 @@ router = APIRouter(prefix="/api", tags=["radiologist"], responses=REFUSALS)
 
 StoreDep = Annotated[Store, Depends(get_store)]
 Radiologist = Annotated[Identity, Depends(RequireRole(Role.RADIOLOGIST))]
-AnyRole = Annotated[Identity, Depends(RequireRole())]
+AnyRole = Annotated[Identity, Depends(RequireRole(*Role.ALL))]
 StudyUid = Annotated[str, Path(description="Study Instance UID")]
 
 

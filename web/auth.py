@@ -96,8 +96,13 @@ def refuse(
     token_prefix: str | None,
     roles: tuple[str, ...],
     identity: Identity | None = None,
+    name: str | None = None,
 ) -> HTTPException:
-    """Audit a refusal and return the HTTPException to raise."""
+    """Audit a refusal and return the HTTPException to raise.
+
+    ``identity`` is the caller when the token was valid (wrong role, CSRF); ``name`` the token's
+    name when it is known but not valid (revoked).
+    """
     route = route_template(request)
     address = client_address(request)
     store.run(
@@ -107,7 +112,7 @@ def refuse(
             route=route,
             method=request.method,
             token_prefix=token_prefix,
-            actor=identity.name if identity else None,
+            actor=identity.name if identity else name,
             role=identity.role if identity else None,
             required=roles,
             actor_address=address,
@@ -155,6 +160,7 @@ def authorize(request: Request, store: Store, roles: tuple[str, ...]) -> Identit
             reason=check.reason or "unknown token",
             token_prefix=check.token_prefix,
             roles=roles,
+            name=check.name,
         )
     if (
         method == "cookie"

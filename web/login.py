@@ -76,7 +76,9 @@ async def _form(request: Request) -> dict[str, str]:
     return {name: values[0] for name, values in fields.items() if values}
 
 
-def _refusal(store: Store, request: Request, reason: str, prefix: str | None) -> None:
+def _refusal(
+    store: Store, request: Request, reason: str, prefix: str | None, name: str | None = None
+) -> None:
     address = client_address(request)
     path = request.url.path
     store.run(
@@ -86,6 +88,7 @@ def _refusal(store: Store, request: Request, reason: str, prefix: str | None) ->
             route=path,
             method="POST",
             token_prefix=prefix,
+            actor=name,
             actor_address=address,
         ),
         attempts=3,  # the request fails anyway when the store is down: answer it soon
@@ -108,7 +111,7 @@ async def login(request: Request, store: StoreDep) -> Response:
     check = read_store(store, lambda session: check_token(session, token))
     identity = check.identity
     if identity is None:
-        _refusal(store, request, check.reason or "unknown token", check.token_prefix)
+        _refusal(store, request, check.reason or "unknown token", check.token_prefix, check.name)
         return _login_page(
             request,
             next_path,
