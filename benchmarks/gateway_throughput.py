@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--pdu", type=int, default=131072, help="max PDU of storescu/storescp (dcmtk max 131072)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="alternate runs per scale; the median is printed"
     )
     parser.add_argument("--workdir", type=Path, default=None, help="where to write (default tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -218,11 +222,21 @@ def run_gateway(work: Path, folder: Path, megabytes: float, files: int, pdu: int
     return Result(seconds, megabytes, files, rss)
 
 
+def print_row(count: int, megabytes: float, reference: Result, ours: Result, label: str) -> None:
+    rss = f"{ours.peak_rss_mb:.0f} MB" if ours.peak_rss_mb else "n/a"
+    print(
+        f"{count:>6} {megabytes:>7.0f} | {reference.mb_per_s:>13.0f} "
+        f"{reference.files_per_s:>8.1f} | {ours.mb_per_s:>12.0f} {ours.files_per_s:>8.1f}"
+        f" | {ours.mb_per_s / reference.mb_per_s:>5.2f} | {rss:>13} {label}",
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     scales = [int(s) for s in args.scales.split(",")]
-    if args.files < 1 or args.size < 16 or not scales or min(scales) < 1:
-        print("--files >= 1, --size >= 16 and positive --scales are required", file=sys.stderr)
+    if args.files < 1 or args.size < 16 or args.repeat < 1 or not scales or min(scales) < 1:
+        print("--files, --repeat, --scales must be positive and --size >= 16", file=sys.stderr)
         return 2
     if not (DCMTK / "storescu").exists():
         print("dcmtk is not installed (apt-get install dcmtk)", file=sys.stderr)
@@ -238,19 +252,28 @@ def main(argv: list[str] | None = None) -> int:
             f"\n{'files':>6} {'MB':>7} | {'storescp MB/s':>13} {'files/s':>8} | "
             f"{'gateway MB/s':>12} {'files/s':>8} | {'ratio':>5} | {'gateway VmHWM':>13}"
         )
+        print(f"(load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
         for scale in scales:
             count = args.files * scale
             folder = work / f"set-{count}"
             megabytes = link_set(work / "files", folder, count)
-            reference = run_storescp(work, folder, megabytes, count, args.pdu)
-            ours = run_gateway(work, folder, megabytes, count, args.pdu)
-            rss = f"{ours.peak_rss_mb:.0f} MB" if ours.peak_rss_mb else "n/a"
-            print(
-                f"{count:>6} {megabytes:>7.0f} | {reference.mb_per_s:>13.0f} "
-                f"{reference.files_per_s:>8.1f} | {ours.mb_per_s:>12.0f} {ours.files_per_s:>8.1f}"
-                f" | {ours.mb_per_s / reference.mb_per_s:>5.2f} | {rss:>13}",
-                flush=True,
-            )
+            trials = []
+            for _ in range(args.repeat):
+                reference = run_storescp(work, folder, megabytes, count, args.pdu)
+                ours = run_gateway(work, folder, megabytes, count, args.pdu)
+                trials.append((reference, ours))
+                print_row(count, megabytes, reference, ours, "")
+            if args.repeat > 1:
+                reference = Result(
+                    statistics.median(r.seconds for r, _ in trials), megabytes, count
+                )
+                ours = Result(
+                    statistics.median(o.seconds for _, o in trials),
+                    megabytes,
+                    count,
+                    max(o.peak_rss_mb or 0 for _, o in trials),
+                )
+                print_row(count, megabytes, reference, ours, "median")
             shutil.rmtree(folder)
         print(
             "\nstorescp: +B (bit-preserving), no fsync, no database. gateway: fsync of file and "
