@@ -3,6 +3,11 @@
 A handler never raises: it logs (UIDs, AE titles, addresses, statuses; never a patient
 attribute) and returns a DIMSE status. The C-STORE handler answers Success only once the file is
 durable in the spool and its row has committed in the store (DESIGN.md).
+
+Orphans: when the store does not take the row, the placed file is removed before 0xA700 goes
+out, so the spool holds no file the store does not know. A crash between placement and commit
+can still leave one; the peer got no Success and sends the instance again, which replaces the
+file at the same path and records it. No recovery scan adopts such files.
 """
 
 from __future__ import annotations
