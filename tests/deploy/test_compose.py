@@ -1,0 +1,311 @@
+"""docker-compose.yml, .env.example and the Dockerfile, checked without a Docker engine.
+
+The real files must pass every check; a copy broken in one way must fail with a message that
+names what is wrong, so a check that silently stopped working fails here too.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.compose_check import check_project
+from tests.deploy.compose_file import (
+    ROOT,
+    MissingVariable,
+    compose_schema,
+    interpolate,
+    load,
+    parse_env_file,
+)
+
+COMPOSE = (ROOT / "docker-compose.yml").read_text()
+ENV_EXAMPLE = (ROOT / ".env.example").read_text()
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def replace_once(text: str, old: str, new: str) -> str:
+    """``text`` with the single occurrence of ``old`` replaced (fails if not exactly one)."""
+    assert text.count(old) == 1, f"expected exactly one {old!r} in the file"
+    return text.replace(old, new)
+
+
+def add_service(block: str) -> Callable[[str], str]:
+    """A mutation that adds a service (YAML indented by 2) at the end of ``services``."""
+    return lambda text: replace_once(text, "\nvolumes:\n", "\n" + block + "\nvolumes:\n")
+
+
+def test_the_repository_files_pass_every_check() -> None:
+    assert check_project() == []
+
+
+def test_the_schema_is_the_compose_specification() -> None:
+    schema = compose_schema()
+    assert schema["title"] == "Compose Specification"
+    assert "services" in schema["properties"]
+
+
+def test_the_stack_has_the_services_and_profiles_the_issue_asks_for() -> None:
+    env = parse_env_file(ENV_EXAMPLE)
+    env.update({"POSTGRES_PASSWORD": "p", "REDIS_PASSWORD": "r", "ORTHANC_PASSWORD": "o"})
+    doc = load(COMPOSE, env)
+    services = doc["services"]
+    assert {
+        "orthanc",
+        "redis",
+        "postgres",
+        "migrate",
+        "gateway",
+        "worker",
+        "worker-cpu",
+        "web",
+    } <= set(services)
+    assert services["worker"]["profiles"] == ["gpu"]
+    assert services["worker-cpu"]["profiles"] == ["cpu"]
+    assert services["orthanc"]["profiles"] == ["orthanc"]
+    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    assert services["migrate"]["command"] == ["db", "upgrade"]
+    redis = " ".join(services["redis"]["command"])
+    assert "--appendonly yes" in redis and "--maxmemory-policy noeviction" in redis
+    assert services["gateway"]["depends_on"]["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
+    # The broker and store URLs carry the passwords from the environment.
+    assert services["web"]["environment"]["CXR_BROKER_URL"] == "redis://:r@redis:6379/0"
+    assert ":p@postgres:5432/cxr" in services["web"]["environment"]["CXR_DATABASE_URL"]
+
+
+def test_interpolation_follows_compose() -> None:
+    env = {"SET": "value", "EMPTY": ""}
+    assert interpolate("${SET} ${SET:-d} ${EMPTY:-d} ${EMPTY-d} ${UNSET-d} $$HOME", env) == (
+        "value value d  d $HOME"
+    )
+    with pytest.raises(MissingVariable, match="EMPTY is required: say so"):
+        interpolate("${EMPTY:?say so}", env)
+    assert interpolate("${EMPTY?say so}", env) == ""
+
+
+def test_passwords_are_required_before_compose_starts() -> None:
+    with pytest.raises(MissingVariable, match="POSTGRES_PASSWORD"):
+        load(COMPOSE, parse_env_file(ENV_EXAMPLE))
+
+
+BROKEN_COMPOSE = {
+    "unknown command": (
+        lambda t: replace_once(t, 'command: ["web"]', 'command: ["webserver"]'),
+        "web: `cxr-triage webserver` is not a cxr-triage subcommand",
+    ),
+    "new service with an invented command": (
+        add_service(
+            '  beat:\n    <<: *cxr-service\n    command: ["beat"]\n'
+            '    healthcheck:\n      test: ["CMD", "true"]\n'
+        ),
+        "beat: `cxr-triage beat` is not a cxr-triage subcommand",
+    ),
+    "option the subcommand does not have": (
+        lambda t: replace_once(t, '["worker", "--name", "gpu0@%h"]', '["worker", "--gpus", "2"]'),
+        "worker: cxr-triage worker: error: unrecognized arguments: --gpus 2",
+    ),
+    "unknown CXR_ variable in one service": (
+        lambda t: replace_once(
+            t,
+            '      CXR_DICOM_PORT: "11112"\n',
+            '      CXR_DICOM_PORT: "11112"\n      CXR_DICOM_PROT: "1"\n',
+        ),
+        "gateway: CXR_DICOM_PROT is not a cxr-triage setting",
+    ),
+    "unknown CXR_ variable in the shared settings": (
+        lambda t: replace_once(t, "  CXR_QUEUE: cxr-triage\n", "  CXR_QUEUES: cxr-triage\n"),
+        "web: CXR_QUEUES is not a cxr-triage setting",
+    ),
+    "health check of the wrong kind": (
+        lambda t: replace_once(
+            t, '["CMD", "cxr-healthcheck", "web"]', '["CMD", "cxr-healthcheck", "worker"]'
+        ),
+        "web: health check must be `cxr-healthcheck web`",
+    ),
+    "service without a health check": (
+        add_service('  extra:\n    image: busybox\n    command: ["sleep", "1000"]\n'),
+        "extra: no health check",
+    ),
+    "web listens on a port it does not publish": (
+        lambda t: replace_once(t, 'CXR_WEB_PORT: "8000"', 'CXR_WEB_PORT: "8080"'),
+        "web: listens on CXR_WEB_PORT=8080, which it does not publish",
+    ),
+    "one host port published twice": (
+        lambda t: replace_once(
+            t, '"${ORTHANC_DICOM_PORT:-4242}:4242"', '"${DICOM_PORT:-11112}:4242"'
+        ),
+        "orthanc: host port 11112 is published by gateway too",
+    ),
+    "volume not declared": (
+        lambda t: replace_once(t, "\n  spool:\n", "\n"),
+        "gateway: volume 'spool' is not declared under volumes",
+    ),
+    "gateway cannot write its spool": (
+        lambda t: replace_once(
+            t,
+            "      - spool:/var/lib/cxr-triage/spool\n    depends_on: *depends-on-store",
+            "      - spool:/var/lib/cxr-triage/spool:ro\n    depends_on: *depends-on-store",
+        ),
+        "gateway: CXR_SPOOL_DIR is mounted read-only",
+    ),
+    "workers without the spool": (
+        lambda t: replace_once(
+            t, "    - spool:/var/lib/cxr-triage/spool\n    - models:", "    - models:"
+        ),
+        "worker: CXR_SPOOL_DIR=/var/lib/cxr-triage/spool is not on a volume",
+    ),
+    "secret with a default": (
+        lambda t: t.replace(
+            "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}", "${REDIS_PASSWORD:-redis}"
+        ),
+        "${REDIS_PASSWORD} is a secret",
+    ),
+    "depends on a service that does not exist": (
+        lambda t: replace_once(
+            t,
+            "  migrate: { condition: service_completed_successfully }",
+            "  migrations: { condition: service_completed_successfully }",
+        ),
+        "gateway: depends on unknown service 'migrations'",
+    ),
+    "key the Compose schema does not know": (
+        lambda t: replace_once(t, "stop_grace_period: 30s", "stop_grace_perod: 30s"),
+        "schema: services/gateway",
+    ),
+    "Orthanc routes to another AE title": (
+        lambda t: replace_once(
+            t, "TRIAGE_AE_TITLE: ${CXR_AE_TITLE:-CXRTRIAGE}", "TRIAGE_AE_TITLE: OTHER"
+        ),
+        "orthanc: modality 'triage' AE title 'OTHER' is not the gateway's CXR_AE_TITLE",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_COMPOSE)
+def test_a_broken_compose_file_is_caught(case: str) -> None:
+    mutate, expected = BROKEN_COMPOSE[case]
+    problems = check_project(compose_text=mutate(COMPOSE))
+    assert any(expected in problem for problem in problems), problems
+
+
+BROKEN_ENV_EXAMPLE = {
+    "a required variable missing": (
+        lambda t: replace_once(t, "REDIS_PASSWORD=\n", ""),
+        "REDIS_PASSWORD is required but .env.example does not list it",
+    ),
+    "a password filled in": (
+        lambda t: replace_once(t, "POSTGRES_PASSWORD=\n", "POSTGRES_PASSWORD=hunter2\n"),
+        ".env.example must not hold a value for the secret POSTGRES_PASSWORD",
+    ),
+    "the test PACS not allowed to call": (
+        lambda t: replace_once(
+            t, "CXR_ALLOWED_CALLING_AES=ORTHANC", "CXR_ALLOWED_CALLING_AES=PACS"
+        ),
+        "orthanc: its AE title 'ORTHANC' is not in the gateway's CXR_ALLOWED_CALLING_AES",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_ENV_EXAMPLE)
+def test_a_broken_env_example_is_caught(case: str) -> None:
+    mutate, expected = BROKEN_ENV_EXAMPLE[case]
+    problems = check_project(env_example=mutate(ENV_EXAMPLE))
+    assert any(expected in problem for problem in problems), problems
+
+
+BROKEN_DOCKERFILE = {
+    "runs as root": (
+        lambda t: replace_once(t, "USER cxr:cxr", "USER root"),
+        "the final stage must run as a non-root USER",
+    ),
+    "torch variant hard-coded": (
+        lambda t: replace_once(t, "whl/${TORCH_VARIANT}", "whl/cpu"),
+        "ARG TORCH_VARIANT",
+    ),
+    "version label out of date": (
+        lambda t: replace_once(t, "ARG VERSION=0.1.0", "ARG VERSION=0.0.9"),
+        "VERSION=0.0.9 but the project is",
+    ),
+    "torch pin out of date": (
+        lambda t: replace_once(t, "ARG TORCH_VERSION=2.14.1", "ARG TORCH_VERSION=2.13.0"),
+        "TORCH_VERSION=2.13.0 but pyproject pins torch==2.14.1",
+    ),
+    "weights baked in": (
+        lambda t: replace_once(
+            t,
+            "COPY migrations ./migrations",
+            "COPY migrations ./migrations\nCOPY runs/model.pt ./model.pt",
+        ),
+        "would bake data, weights or tests in",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_DOCKERFILE)
+def test_a_broken_dockerfile_is_caught(case: str) -> None:
+    mutate, expected = BROKEN_DOCKERFILE[case]
+    problems = check_project(dockerfile=mutate(DOCKERFILE))
+    assert any(expected in problem for problem in problems), problems
+
+
+def copy_project(tmp_path: Path) -> Path:
+    for name in (
+        "docker-compose.yml",
+        ".env.example",
+        "Dockerfile",
+        "pyproject.toml",
+        ".dockerignore",
+        ".gitignore",
+    ):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(
+        ROOT / "deploy", tmp_path / "deploy", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return tmp_path
+
+
+def test_orthanc_config_out_of_step_with_the_script_and_gateway_is_caught(tmp_path: Path) -> None:
+    root = copy_project(tmp_path)
+    assert check_project(root) == []
+    config_path = root / "deploy" / "orthanc" / "orthanc.json"
+    config = json.loads(config_path.read_text())
+    config["UserMetadata"] = {}
+    config["DicomModalities"]["triage"][2] = 104
+    config_path.write_text(json.dumps(config))
+    problems = check_project(root)
+    assert any("UserMetadata must declare 'CxrTriageForwarded'" in p for p in problems), problems
+    assert any("port 104 is not the gateway's CXR_DICOM_PORT 11112" in p for p in problems)
+    (root / "deploy" / "orthanc" / "autoroute.lua").unlink()
+    assert any(
+        "Lua script /etc/orthanc/autoroute.lua is not mounted" in p for p in check_project(root)
+    )
+
+
+def test_env_file_stays_out_of_git_and_the_image(tmp_path: Path) -> None:
+    root = copy_project(tmp_path)
+    ignore = root / ".dockerignore"
+    ignore.write_text(ignore.read_text().replace(".env\n", ""))
+    assert ".dockerignore must list .env (it holds the passwords)" in check_project(root)
+
+
+def test_readme_shows_compose_after_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    compose = readme.index("docker compose up")
+    assert readme.index("scripts/demo") < compose
+    assert readme.index("scripts/test") < compose
+    assert readme.index("## The two commands") < readme.index("## Full stack with Docker")
+
+
+def test_compose_file_is_plain_yaml_with_anchors() -> None:
+    # Compose resolves anchors and merge keys; so must our loader, or the checks see too little.
+    raw = yaml.safe_load(COMPOSE)
+    assert raw["services"]["web"]["restart"] == "unless-stopped"
+    assert raw["services"]["migrate"]["restart"] == "no"
