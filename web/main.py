@@ -57,6 +57,13 @@ def serve(settings: Settings, host: str, port: int) -> None:
         store.dispose()
         raise
     app = create_app(settings, store)
+    if host not in {"127.0.0.1", "localhost", "::1"}:
+        # Tokens and session cookies cross the network from here on: they need TLS in front.
+        logger.warning(
+            "web server bound to %s, reachable from other machines over plain HTTP: put a "
+            "TLS-terminating proxy in front of it",
+            host,
+        )
     logger.info(
         "web server on http://%s:%d/ (store %s)",
         host,
