@@ -19,6 +19,7 @@ import pytest
 
 from cxr_triage.settings import Settings
 from governance.db import Store
+from governance.tokens import create_token
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import Service, TrainedModel, activate_trained, wait_until
 from training.synthetic import write_studies
@@ -26,14 +27,25 @@ from training.synthetic import write_studies
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
+def get_json(url: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=5) as response:
         return json.load(response)
 
 
-def worklist(settings: Settings) -> list[dict[str, Any]]:
+def post_json(url: str, body: dict[str, Any], token: str) -> Any:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
+def worklist(settings: Settings, token: str) -> list[dict[str, Any]]:
     try:
-        return get_json(f"http://127.0.0.1:{settings.web_port}/api/worklist")  # type: ignore[no-any-return]
+        return get_json(f"http://127.0.0.1:{settings.web_port}/api/worklist", token)  # type: ignore[no-any-return]
     except OSError:
         return []
 
@@ -54,6 +66,8 @@ def test_orthanc_to_flagged_worklist_on_postgres_and_redis(
     )
     store = Store.from_url(settings.database_url)
     model = activate_trained(store, trained_model)
+    _, token = store.run(lambda s: create_token(s, name="e2e reader", role="radiologist",
+                                                created_by="pytest"))
 
     # Two studies: one with consolidation, one without; each a frontal plus a lateral.
     studies = tmp_path / "studies"
@@ -89,7 +103,7 @@ def test_orthanc_to_flagged_worklist_on_postgres_and_redis(
         assert answer["FailedInstancesCount"] == 0 and answer["InstancesCount"] == 2
 
     def triaged() -> list[dict[str, Any]] | None:
-        rows = worklist(settings)
+        rows = worklist(settings, token)
         done = [r for r in rows if r["status"] in {"triaged", "no_frontal", "failed"}]
         return rows if len(done) == 2 else None
 
@@ -105,7 +119,7 @@ def test_orthanc_to_flagged_worklist_on_postgres_and_redis(
     assert by_uid[positive]["model_version"] == model.version
     assert by_uid[positive]["policy_version"] == 1
 
-    detail = get_json(f"http://127.0.0.1:{settings.web_port}/api/studies/{positive}")
+    detail = get_json(f"http://127.0.0.1:{settings.web_port}/api/studies/{positive}", token)
     images = {image["sop_instance_uid"]: image for image in detail["images"]}
     assert len(images) == 2
     assert images[lateral]["scored"] is False
@@ -115,6 +129,11 @@ def test_orthanc_to_flagged_worklist_on_postgres_and_redis(
     stamps = detail["timestamps"]
     assert stamps["first_received_at"] <= stamps["queued_at"] <= stamps["triaged_at"]
     assert detail["model_sha256"] == model.sha256
+
+    # The radiologist's final read goes through the same web process whose log is scanned.
+    read = post_json(f"http://127.0.0.1:{settings.web_port}/api/studies/{positive}/final-read",
+                     {"pneumonia": True}, token)
+    assert read["final_read"] is True and read["final_read_by"] == "e2e reader"
 
     # What a hospital would grep for: no patient identifier in any service's log.
     phi = set()
