@@ -106,8 +106,11 @@ def test_use_is_noted_at_most_once_a_minute_and_audited_after_an_hour_idle(store
 
 
 def test_list_and_revoke(store: Store) -> None:
-    for name in ("one", "two"):
-        store.run(lambda s, n=name: create_token(s, name=n, role="auditor", created_by="y"))
+    def make(name: str) -> None:
+        store.run(lambda s: create_token(s, name=name, role="auditor", created_by="y"))
+
+    make("one")
+    make("two")
     store.run(lambda s: revoke_token(s, "one", actor="y"))
     with store.read() as session:
         rows = [(t.name, t.revoked_at is not None) for t in list_tokens(session)]

@@ -54,8 +54,8 @@ def test_worklist_puts_flagged_first_by_score_then_oldest(
             assert row[name] is None or stamp.match(row[name]), (name, row[name])
     assert first["received_at"].endswith(".000000Z")
     # Not flagged: oldest first.
-    received = [_time(row["received_at"]) for row in rows[2:]]
-    assert received == sorted(received)
+    oldest_first = [_time(row["received_at"]) for row in rows[2:]]
+    assert oldest_first == sorted(oldest_first)
 
 
 def test_worklist_limit_and_status_filters(radiologist: TestClient, scenario: Scenario) -> None:

@@ -99,6 +99,7 @@ def _add_flagged_study(store: Store, uid: str, score: float) -> None:
         )  # fmt: skip
         model = session.query(ModelVersion).filter_by(version="demo-1").one()
         policy = policy_in_force(session, model.id)
+        assert policy is not None
         study = session.query(Study).filter_by(study_instance_uid=uid).one()
         result = StudyInference(
             study_id=study.id, model_version_id=model.id, model_sha256=model.sha256,
