@@ -3,8 +3,8 @@
 ``Gateway(settings, store, celery_app).start()`` returns once the server listens; ``stop()``
 stops accepting, lets open associations finish for a moment, aborts the rest and queues what
 is pending. Received data sets are streamed to disk by pynetdicom (chunked receive) into a
-temporary folder inside the spool; both are process-wide pynetdicom/tempfile settings, so one
-process runs one gateway.
+folder inside the spool (:mod:`dicom_gateway.incoming`); chunked receive, the temporary folder
+and pydicom's validation mode are process-wide settings, so one process runs one gateway.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -22,7 +23,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from cxr_triage.settings import Settings
-from dicom_gateway import handlers
+from dicom_gateway import handlers, incoming
 from dicom_gateway.assembly import StudyAssembly
 from dicom_gateway.spool import Spool
 from governance.db import Store
@@ -109,6 +110,7 @@ class Gateway:
         self.ae = make_ae(settings)
         self._server: ThreadedAssociationServer | None = None
         self._previous_tempdir: str | None = None
+        self._restore_incoming: Callable[[], None] = lambda: None
         self._previous_validation = pydicom_config.settings.reading_validation_mode
         self._janitor_stop = threading.Event()
         self._janitor: threading.Thread | None = None
@@ -139,6 +141,7 @@ class Gateway:
         # folder; inside the spool the final placement is a rename on one filesystem.
         self._previous_tempdir = tempfile.tempdir
         tempfile.tempdir = str(self.spool.incoming)
+        self._restore_incoming = incoming.install(self.spool.incoming)
         # pydicom would log each invalid value it reads, value included; peers send many.
         self._previous_validation = pydicom_config.settings.reading_validation_mode
         pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
@@ -215,6 +218,7 @@ class Gateway:
         logger.info("DICOM gateway %s stopped", self.settings.ae_title)
 
     def _restore_process_settings(self) -> None:
+        self._restore_incoming()
         tempfile.tempdir = self._previous_tempdir
         pydicom_config.settings.reading_validation_mode = self._previous_validation
 
