@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from cxr_triage.settings import Settings
 from governance.db import Store, create_store_engine
 
-pytest_plugins = ["tests.synthdata", "tests.peers"]
+pytest_plugins = ["tests.synthdata", "tests.peers", "tests.services"]
 
 PG_ADMIN_URL = os.environ.get("CXR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CXR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

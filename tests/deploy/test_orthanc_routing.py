@@ -30,8 +30,8 @@ from governance.models import Instance, Study
 from governance.tokens import create_token
 from tests.conftest import REDIS_URL, free_port
 from tests.deploy.compose_file import ROOT
-from tests.e2e.conftest import Service, TrainedModel, activate_trained, settings_env, wait_until
 from tests.peers import storescu
+from tests.services import Service, TrainedModel, activate_trained, settings_env, wait_until
 from training.synthetic import write_studies
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -21,7 +21,7 @@ from cxr_triage.settings import Settings
 from governance.db import Store
 from governance.tokens import create_token
 from tests.conftest import REDIS_URL
-from tests.e2e.conftest import Service, TrainedModel, activate_trained, wait_until
+from tests.services import Service, TrainedModel, activate_trained, wait_until
 from training.synthetic import write_studies
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -36,7 +36,9 @@ def get_json(url: str, token: str | None = None) -> Any:
 
 def post_json(url: str, body: dict[str, Any], token: str) -> Any:
     request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST",
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=5) as response:
@@ -66,8 +68,9 @@ def test_orthanc_to_flagged_worklist_on_postgres_and_redis(
     )
     store = Store.from_url(settings.database_url)
     model = activate_trained(store, trained_model)
-    _, token = store.run(lambda s: create_token(s, name="e2e reader", role="radiologist",
-                                                created_by="pytest"))
+    _, token = store.run(
+        lambda s: create_token(s, name="e2e reader", role="radiologist", created_by="pytest")
+    )
 
     # Two studies: one with consolidation, one without; each a frontal plus a lateral.
     studies = tmp_path / "studies"
@@ -131,8 +134,11 @@ def test_orthanc_to_flagged_worklist_on_postgres_and_redis(
     assert detail["model_sha256"] == model.sha256
 
     # The radiologist's final read goes through the same web process whose log is scanned.
-    read = post_json(f"http://127.0.0.1:{settings.web_port}/api/studies/{positive}/final-read",
-                     {"pneumonia": True}, token)
+    read = post_json(
+        f"http://127.0.0.1:{settings.web_port}/api/studies/{positive}/final-read",
+        {"pneumonia": True},
+        token,
+    )
     assert read["final_read"] is True and read["final_read_by"] == "e2e reader"
 
     # What a hospital would grep for: no patient identifier in any service's log.

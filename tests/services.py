@@ -1,4 +1,8 @@
-"""End-to-end fixtures: a trained demo model, and the services as real processes."""
+"""Fixtures for tests that run cxr-triage services as real processes, and a trained model.
+
+A pytest plugin (listed in tests/conftest.py), so the session-scoped demo model is trained once
+for the whole run, whichever folders use it.
+"""
 
 from __future__ import annotations
 
