@@ -24,7 +24,7 @@ from governance.audit_query import (
 )
 from governance.audit_verify import VerifyResult, parse_anchor, verify_chain
 from governance.db import Store
-from governance.errors import ConfigError, StoreUnavailable
+from governance.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +172,7 @@ def _open_store(url: str) -> Store:
         # The schema check would otherwise announce Alembic's context on every query.
         logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     store = Store.from_url(url)
-    if not store.has_table("audit_events"):
-        raise ConfigError("the store is not initialised: run `cxr-triage db upgrade` first")
+    store.check_schema()
     check_current(store.engine)
     return store
 

@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
     store = Store.from_url(settings.database_url)
-    if not store.has_table("threshold_policies"):
-        raise ConfigError("the store is not initialised: run `cxr-triage db upgrade` first")
+    store.check_schema()
     if args.action == "list":
         with store.read() as session:
             model_id = get_model(session, args.model).id if args.model else None

@@ -23,13 +23,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from governance.errors import ConfigError, StoreUnavailable
+from governance.errors import ConfigError, SchemaOutOfDate, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+#: The newest Alembic revision this code needs. Server processes refuse a store at another one
+#: (a test keeps it equal to the head of ``migrations``, which governance may not import).
+SCHEMA_REVISION = "0002"
 
 
 def create_store_engine(url: str, *, echo: bool = False) -> Engine:
@@ -188,6 +192,24 @@ class Store:
             return inspect(self.engine).has_table(name)
         except DBAPIError as exc:
             raise StoreUnavailable(f"the store did not answer: {_short(exc)}") from exc
+
+    def check_schema(self) -> None:
+        """Raise SchemaOutOfDate unless the store is at :data:`SCHEMA_REVISION`."""
+        try:
+            with self.engine.connect() as conn:
+                if not inspect(conn).has_table("alembic_version"):
+                    current = None
+                else:
+                    current = conn.exec_driver_sql(
+                        "SELECT version_num FROM alembic_version"
+                    ).scalar()
+        except DBAPIError as exc:
+            raise StoreUnavailable(f"the store did not answer: {_short(exc)}") from exc
+        if current != SCHEMA_REVISION:
+            raise SchemaOutOfDate(
+                f"the store is at schema revision {current or 'none'}, this code needs "
+                f"{SCHEMA_REVISION}: run `cxr-triage db upgrade`"
+            )
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -37,12 +37,15 @@ def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
     base = settings.broker_dir
     queue_dir = base / "queue"
     processed_dir = base / "processed"
-    queue_dir.mkdir(parents=True, exist_ok=True)
-    processed_dir.mkdir(parents=True, exist_ok=True)
+    # kombu keeps exchange bindings in "control/" relative to the working directory unless told.
+    control_dir = base / "control"
+    for folder in (queue_dir, processed_dir, control_dir):
+        folder.mkdir(parents=True, exist_ok=True)
     options = {
         "data_folder_in": str(queue_dir),
         "data_folder_out": str(queue_dir),
         "processed_folder": str(processed_dir),
+        "control_folder": str(control_dir),
         "store_processed": False,
         "polling_interval": 0.05,
     }

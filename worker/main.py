@@ -8,7 +8,7 @@ import socket
 
 from cxr_triage.settings import get_settings
 from governance.db import Store
-from governance.errors import ConfigError
+from governance.syslog_export import configure_export
 from worker.celery_app import make_celery
 
 logger = logging.getLogger(__name__)
@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
     store = Store.from_url(settings.database_url)
-    if not store.has_table("image_inferences"):
-        raise ConfigError("the store is not initialised: run `cxr-triage db upgrade` first")
+    store.check_schema()
     store.dispose()
+    configure_export(settings.syslog_url, audit_source_id=settings.ae_title)
     app = make_celery(settings)
     import os
 

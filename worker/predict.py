@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     files = list(iter_files(args.paths))
     store = Store.from_url(settings.database_url)
-    if not store.has_table("model_versions"):
-        raise ConfigError("the store is not initialised: run `cxr-triage db upgrade` first")
+    store.check_schema()
     with store.read() as session:
         model = get_model(session, args.model) if args.model else active_model(session)
         if model is None:

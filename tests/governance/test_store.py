@@ -202,3 +202,25 @@ def test_migration_0002_chains_existing_audit_rows_and_forbids_changes(
         with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
             conn.execute(text("DELETE FROM audit_events"))
         engine.dispose()
+
+
+def test_schema_revision_constant_is_the_newest_migration() -> None:
+    from governance.db import SCHEMA_REVISION
+    from migrations import head_revision
+
+    assert head_revision() == SCHEMA_REVISION
+
+
+def test_server_processes_refuse_an_old_schema(tmp_path: Path) -> None:
+    from governance.errors import SchemaOutOfDate
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = Store.from_url(url)
+    with pytest.raises(SchemaOutOfDate, match="none.*cxr-triage db upgrade"):
+        store.check_schema()
+    command.upgrade(alembic_config(url), "0001")
+    with pytest.raises(SchemaOutOfDate, match="0001"):
+        store.check_schema()
+    command.upgrade(alembic_config(url), "head")
+    store.check_schema()
+    store.dispose()
