@@ -19,6 +19,7 @@ from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from governance.db import Store
 from governance.tokens import Identity, authenticate, record_refusal
@@ -192,6 +193,14 @@ def authorize(request: Request, store: Store, roles: tuple[str, ...]) -> Identit
     return identity
 
 
+# Declares the bearer scheme in the OpenAPI document; the header is read by authorize().
+BEARER_SCHEME = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description="An API token from `cxr-triage token create` (or the /login session cookie).",
+)
+
+
 class RequireRole:
     """A FastAPI dependency: the caller's :class:`Identity`, in one of the given roles.
 
@@ -201,5 +210,10 @@ class RequireRole:
     def __init__(self, *roles: str) -> None:
         self.roles = tuple(roles)
 
-    def __call__(self, request: Request, store: Annotated[Store, Depends(get_store)]) -> Identity:
+    def __call__(
+        self,
+        request: Request,
+        store: Annotated[Store, Depends(get_store)],
+        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER_SCHEME)],
+    ) -> Identity:
         return authorize(request, store, self.roles)

@@ -209,3 +209,11 @@ def test_openapi_documents_the_routes_with_their_schemas(client: TestClient) -> 
     assert entry["received_at"]["format"] == "date-time"
     study_get = paths["/api/studies/{study_instance_uid}"]["get"]
     assert "404" in study_get["responses"]
+    # The API says it needs a bearer token, and that it answers 401/403 without the right one.
+    assert document["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
+    assert study_get["security"] == [{"token": []}]
+    assert {"401", "403"} <= set(study_get["responses"])
+    assert "security" not in paths["/healthz"]["get"]
+    for path in ("/api/studies/{study_instance_uid}/override", "/api/models/{version}/activate",
+                 "/api/policies", "/api/tokens", "/api/audit/verify"):  # fmt: skip
+        assert path in paths, path
