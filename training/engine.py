@@ -253,7 +253,22 @@ def fit(
         state = torch.load(resume, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["lr_scheduler"])
+        if state["lr_scheduler"].get("total_steps") == scheduler.total_steps:
+            scheduler.load_state_dict(state["lr_scheduler"])
+        else:  # more (or fewer) epochs than before: stretch the one cycle over the new total
+            done = int(state["lr_scheduler"]["last_epoch"])
+            logger.warning(
+                "resuming with a different number of epochs: the one-cycle "
+                "learning-rate schedule is stretched from step %d",
+                done,
+            )
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=lr,
+                total_steps=scheduler.total_steps,
+                pct_start=0.25,
+                last_epoch=done - 1,
+            )
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start, stale = state["epoch"] + 1, state.get("stale_epochs", 0)

@@ -248,8 +248,8 @@ def consolidation(
     lung_mask: np.ndarray,
     *,
     n_patches: int | None = None,
-    intensity: tuple[float, float] = (0.20, 0.38),
-    radius: tuple[float, float] = (0.10, 0.22),
+    intensity: tuple[float, float] = (0.25, 0.45),
+    radius: tuple[float, float] = (0.11, 0.24),
 ) -> np.ndarray:
     """Additive density of one to three irregular, blurry opacities inside ``lung_mask``.
 
@@ -311,7 +311,7 @@ def finish(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     contrast = float(rng.uniform(0.75, 1.25))
     brightness = float(rng.uniform(-0.12, 0.12))
     out = np.clip((out - 0.3) * contrast + 0.3 + brightness, 0.0, 1.0)
-    out = out ** float(rng.uniform(0.8, 1.25))
+    out = out ** float(rng.uniform(0.7, 1.45))
     out = out + rng.normal(0.0, float(rng.uniform(0.005, 0.02)), size=out.shape).astype(np.float32)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def _as_tensor(unit: np.ndarray | torch.Tensor) -> torch.Tensor:
-    tensor = torch.as_tensor(np.asarray(unit, dtype=np.float32))
+    tensor = torch.from_numpy(np.array(unit, dtype=np.float32))  # a copy: memmaps are read-only
     if tensor.ndim != 2:
         raise ValueError(f"unit must be a 2-D image, got shape {tuple(tensor.shape)}")
     return tensor[None]

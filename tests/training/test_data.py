@@ -1,0 +1,162 @@
+"""Data sources: the Kaggle layout, DICOM folders, CSV manifests; errors in one line."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from governance.errors import ConfigError
+from training.cache import build_cache, unit_image
+from training.data import (
+    deduplicate,
+    load_dicom_folder,
+    load_kaggle,
+    load_manifest,
+    load_source,
+    read_gray,
+)
+from training.prepare import load_data
+from worker.preprocess import preprocess, preprocess_image, standardize
+
+
+def test_kaggle_reads_only_split_folders_and_skips_non_images(kaggle_dir: Path):
+    source = load_kaggle(kaggle_dir.parent)  # the folder above chest_xray works too
+    assert source.root == kaggle_dir
+    names = [r.name for r in source.records]
+    assert len(names) == 261 + 100  # train (with one duplicate) + test; val left out
+    assert not any("chest_xray/" in n or "__MACOSX" in n or ".DS_Store" in n for n in names)
+    assert source.report["skipped_non_images"] == {".DS_Store": 6}
+    assert {r.split for r in source.records} == {"train", "test"}
+    assert all((r.label == 1) == ("/PNEUMONIA/" in f"/{r.name}") for r in source.records)
+    with_val = load_kaggle(kaggle_dir, include_provided_val=True)
+    assert len(with_val.records) == len(source.records) + 8
+
+
+def test_duplicates_are_dropped_and_reported(kaggle_dir: Path):
+    records, duplicates = deduplicate(load_kaggle(kaggle_dir).records)
+    assert len(records) == 360
+    assert len(duplicates) == 1
+    pair = {duplicates[0]["name"], duplicates[0]["kept_as"]}
+    assert {name.replace("-copy", "") for name in pair} == {pair.pop().replace("-copy", "")}
+    assert not duplicates[0]["label_conflict"]
+    assert len({r.sha256 for r in records}) == len(records)
+
+
+def test_rgb_jpeg_becomes_gray_and_cache_equals_serving(kaggle_dir: Path, tmp_path: Path):
+    records, _ = deduplicate(load_kaggle(kaggle_dir).records)
+    rgb = [r for r in records if Image.open(r.path).mode == "RGB"]
+    assert len(rgb) == 1
+    gray = read_gray(rgb[0].path)
+    assert gray.ndim == 2
+    chosen = [rgb[0], records[0], records[-1]]
+    cache = build_cache(chosen, 48, tmp_path, progress=False)
+    for row, record in zip(cache, chosen, strict=True):
+        np.testing.assert_array_equal(
+            standardize(row), preprocess_image(read_gray(record.path), 48)
+        )
+    again = build_cache(chosen, 48, tmp_path, progress=False)  # reused, not rebuilt
+    assert isinstance(again, np.memmap) and len(list(tmp_path.glob("*.npy"))) == 1
+
+
+def test_dicom_folder_source_keeps_frontal_hashes_patients(
+    synthetic_study_dir: Path, tmp_path: Path
+):
+    source = load_dicom_folder(synthetic_study_dir)
+    assert len(source.records) == 8 and source.report["laterals_left_out"] == 8
+    assert all(r.kind == "dicom" and r.patient.startswith("h:") for r in source.records)
+    first = source.records[0]
+    ds = pydicom.dcmread(first.path)
+    assert ds.PatientID not in first.patient
+    np.testing.assert_allclose(
+        standardize(unit_image("dicom", first.path, 64)), preprocess(ds, 64), atol=0
+    )
+    args = argparse.Namespace(
+        synthetic=None,
+        data=synthetic_study_dir,
+        manifest=None,
+        include_kaggle_val=False,
+        split_manifest=None,
+        val_fraction=0.25,
+        test_fraction=0.25,
+        seed=0,
+        input_size=32,
+        cache_dir=tmp_path,
+    )
+    data = load_data(args, tmp_path / "run", None, workers=0, progress=False)  # type: ignore[arg-type]
+    text = (tmp_path / "run" / "split_manifest.csv").read_text()
+    for record in data.records:
+        patient_id = pydicom.dcmread(record.path, stop_before_pixels=True).PatientID
+        assert patient_id not in text
+    assert set(data.splits.tolist()) == {"train", "val", "test"}
+    assert {"sex", "age", "view"} <= set(text.splitlines()[0].split(","))
+
+
+def _write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_manifest_source_with_subgroups_and_splits(kaggle_dir: Path, tmp_path: Path):
+    files = (
+        sorted((kaggle_dir / "test" / "NORMAL").glob("*.jpeg"))[:3]
+        + sorted((kaggle_dir / "test" / "PNEUMONIA").glob("*.jpeg"))[:3]
+    )
+    rows = [
+        {
+            "path": str(p),
+            "label": "PNEUMONIA" if "person" in p.name else "0",
+            "patient_id": f"P{i // 2}",
+            "split": "test" if i % 3 == 0 else "",
+            "sex": "F" if i % 2 else "M",
+            "site": "A",
+        }
+        for i, p in enumerate(files)
+    ]
+    source = load_manifest(_write_manifest(tmp_path / "m.csv", rows))
+    assert [r.label for r in source.records] == [0, 0, 0, 1, 1, 1]
+    assert source.records[0].patient == source.records[1].patient
+    assert "P0" not in source.records[0].patient
+    assert source.records[0].split == "test" and source.records[1].split is None
+    assert source.records[1].subgroups == {"sex": "F", "site": "A"}
+
+
+def test_one_line_errors(kaggle_dir: Path, tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_source(tmp_path / "missing", None)
+    (tmp_path / "empty" / "train" / "NORMAL").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="no images under"):
+        load_source(tmp_path / "empty", None)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ConfigError, match="neither the Kaggle layout"):
+        load_source(tmp_path / "other", None)
+    bad = _write_manifest(
+        tmp_path / "bad.csv",
+        [
+            {"path": str(next(kaggle_dir.glob("test/NORMAL/*.jpeg"))), "label": "0"},
+            {"path": str(next(kaggle_dir.glob("test/NORMAL/*.jpeg"))), "label": "maybe"},
+        ],
+    )
+    with pytest.raises(ConfigError, match="is not binary") as info:
+        load_manifest(bad)
+    assert "\n" not in str(info.value)
+    broken = tmp_path / "broken.jpeg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ConfigError, match="cannot read image"):
+        read_gray(broken)
+    copy = tmp_path / "k" / "chest_xray"
+    shutil.copytree(kaggle_dir / "test", copy / "test")
+    shutil.copyfile(broken, copy / "test" / "NORMAL" / "IM-9999-0001.jpeg")
+    records, _ = deduplicate(load_kaggle(copy).records)
+    with pytest.raises(ConfigError, match="IM-9999-0001.jpeg"):
+        build_cache(records, 32, tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache").glob("*"))  # no half-built cache left behind

@@ -1,0 +1,124 @@
+"""Decode every image once into a memory-mapped array of serving's [0, 1] images.
+
+Each row is :func:`worker.preprocess.to_unit_image` of one file with the transform its
+header (DICOM) or its absence (JPEG/PNG) implies, so ``standardize(row)`` is exactly what
+:func:`worker.preprocess.preprocess` / :func:`~worker.preprocess.preprocess_image` give for
+that file. Rows are float32, so nothing is lost to quantisation. The cache's name hashes the
+files' SHA-256, the input size and the preprocessing source code: a change of any of them
+builds a new cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from tqdm import tqdm
+
+import worker.preprocess
+from governance.errors import ConfigError
+from training.data import ImageRecord, read_gray
+from worker.preprocess import PixelTransform, decode, pixel_transform, to_unit_image
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 32
+
+
+def unit_image(kind: str, path: Path, size: int) -> np.ndarray:
+    """One file as serving's (size, size) [0, 1] image, before standardisation.
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be read or decoded (one line, no patient attribute).
+    """
+    if kind == "dicom":
+        try:
+            ds = pydicom.dcmread(path)
+            return to_unit_image(decode(ds), pixel_transform(ds), size)
+        except ConfigError:
+            raise
+        except Exception as exc:  # pydicom and the decoders raise many types
+            raise ConfigError(f"cannot read DICOM file {path}: {exc}") from None
+    return to_unit_image(read_gray(path), PixelTransform(), size)
+
+
+def _decode_chunk(items: list[tuple[str, str]], size: int) -> list[np.ndarray]:
+    return [unit_image(kind, Path(path), size) for kind, path in items]
+
+
+def cache_key(records: Sequence[ImageRecord], size: int) -> str:
+    """Hash of the files' SHA-256 in order, the size and the preprocessing code."""
+    digest = hashlib.sha256()
+    digest.update(inspect.getsource(worker.preprocess).encode())
+    digest.update(f"size={size}".encode())
+    for record in records:
+        digest.update(record.sha256.encode())
+    return digest.hexdigest()[:20]
+
+
+def build_cache(
+    records: Sequence[ImageRecord],
+    size: int,
+    cache_dir: Path,
+    *,
+    workers: int = 0,
+    progress: bool = True,
+) -> np.ndarray:
+    """The (N, size, size) float32 memmap of every record's unit image, built if needed.
+
+    The array is written under a temporary name and renamed when complete, so an
+    interrupted build is never mistaken for a cache.
+
+    Raises
+    ------
+    ConfigError
+        An image cannot be read; or the cache folder cannot be written.
+    """
+    key = cache_key(records, size)
+    path = cache_dir / f"units-{size}px-{len(records)}-{key}.npy"
+    if path.is_file():
+        logger.info("using the decoded image cache %s", path)
+        return np.load(path, mmap_mode="r")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the cache folder {cache_dir}: {exc.strerror}") from None
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    array = np.lib.format.open_memmap(
+        partial, mode="w+", dtype=np.float32, shape=(len(records), size, size)
+    )
+    items = [(r.kind, str(r.path)) for r in records]
+    chunks = [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+    bar = tqdm(total=len(items), desc="decode", unit="img", disable=not progress)
+    try:
+        if workers > 0:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                results = pool.map(_decode_chunk, chunks, [size] * len(chunks))
+                for index, rows in enumerate(results):
+                    array[index * _CHUNK : index * _CHUNK + len(rows)] = np.stack(rows)
+                    bar.update(len(rows))
+        else:
+            for index, chunk in enumerate(chunks):
+                rows = _decode_chunk(chunk, size)
+                array[index * _CHUNK : index * _CHUNK + len(rows)] = np.stack(rows)
+                bar.update(len(rows))
+        array.flush()
+    except BaseException:
+        del array
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    del array
+    partial.replace(path)
+    logger.info("decoded %d images into %s", len(records), path)
+    return np.load(path, mmap_mode="r")
