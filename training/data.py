@@ -365,8 +365,8 @@ def read_gray(path: Path) -> np.ndarray:
     """
     try:
         with Image.open(path) as image:
-            if image.mode not in {"L", "I;16", "I", "F"}:
-                image = image.convert("L")
-            return np.asarray(image)
+            if image.mode in {"L", "I;16", "I", "F"}:
+                return np.asarray(image)
+            return np.asarray(image.convert("L"))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ConfigError(f"cannot read image {path}: {exc}") from None

@@ -69,7 +69,7 @@ def train_demo_model(
     """
     if min(n_train, n_val, n_test) < 16:
         raise ValueError("n_train, n_val and n_test must each be at least 16")
-    args = {
+    args: dict[str, Any] = {
         "size": size,
         "n_train": n_train,
         "n_val": n_val,

@@ -73,7 +73,8 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
         raise ValueError(f"lr must be positive, got {lr}")
     if weight_decay < 0:
         raise ValueError(f"weight_decay must not be negative, got {weight_decay}")
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for parameter in model.parameters():
         if parameter.requires_grad:
             (no_decay if parameter.ndim <= 1 else decay).append(parameter)

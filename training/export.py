@@ -82,7 +82,8 @@ def export_checked(
         raise ValueError(
             f"batch must be (N, 3, {input_size}, {input_size}), got {tuple(batch.shape)}"
         )
-    model = model.eval().to("cpu", dtype=torch.float32, memory_format=torch.contiguous_format)
+    model = model.eval().to("cpu", dtype=torch.float32)
+    model = model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     out = export_torchscript(model, input_size, path)
     scripted = torch.jit.load(str(out), map_location="cpu").eval()
     with torch.inference_mode():

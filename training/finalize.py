@@ -93,7 +93,11 @@ def finalize(
     ValueError
         ``deployment_prevalence`` is not strictly between 0 and 1, or a split lacks a class.
     """
-    kwargs = {"amp_dtype": amp_dtype, "channels_last": channels_last, "progress": progress}
+    kwargs: dict[str, Any] = {
+        "amp_dtype": amp_dtype,
+        "channels_last": channels_last,
+        "progress": progress,
+    }
     val_logits, val_labels = predict(model, val_loader, device, desc="val", **kwargs)
     val = Scores(val_labels, val_logits)
     test = None

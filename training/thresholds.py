@@ -26,7 +26,9 @@ POLICY_CRITERIA = {
 }
 
 
-def _curve(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, ...]:
+def _curve(
+    labels: np.ndarray, probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Candidate taus (distinct scores, descending) and TP, FP counts when flagging >= tau."""
     y = np.asarray(labels).astype(np.int64).ravel()
     p = np.asarray(probs, dtype=np.float64).ravel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 
 import numpy as np
 import pytest
@@ -242,6 +243,37 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert history[0] == pytest.approx(first.summary["history"][0])
     assert second.run_dir == first.run_dir
     assert "SYNTHETIC" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_deployment_prevalence_is_folded_into_the_served_model(tmp_path):
+    """The prior shift (and pos_weight's offset) live in the exported bias: the worker's
+    sigmoid(output / T) is the probability at the deployment prevalence."""
+    from worker.model import build_model
+
+    settings = make_store_settings(tmp_path)
+    args = get_args_parser().parse_args([
+        "--synthetic", "40", "--input-size", "32", "--batch-size", "8", "--workers", "0",
+        "--epochs", "1", "--bootstrap", "0", "--no-progress", "--no-register", "--threads", "1",
+        "--val-fraction", "0.25", "--deployment-prevalence", "0.1",
+        "--output-dir", str(tmp_path / "run")])  # fmt: skip
+    summary = train(args, settings).summary
+    calib = summary["calibration"]
+    val_prevalence = calib["validation_prevalence"]
+    expected_delta = math.log(0.1 / 0.9) - math.log(val_prevalence / (1 - val_prevalence))
+    assert calib["prior_shift_offset"] == pytest.approx(expected_delta)
+    shift, temperature = summary["logit_shift"], summary["temperature"]
+    assert shift == pytest.approx(calib["pos_weight_offset"] + expected_delta * temperature)
+    with open(tmp_path / "run" / "predictions_val.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    raw = np.array([float(r["raw_logit"]) for r in rows])
+    served = np.array([float(r["probability"]) for r in rows])
+    np.testing.assert_allclose(served, 1 / (1 + np.exp(-(raw + shift) / temperature)), rtol=1e-6)
+    eager = build_model().eval()
+    eager.load_state_dict(torch.load(tmp_path / "run" / "best.pth", weights_only=False)["model"])
+    scripted = torch.jit.load(str(tmp_path / "run" / "model.pt"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(scripted(x), eager(x) + shift, atol=1e-4, rtol=1e-5)
 
 
 def test_train_refuses_bad_arguments_in_one_line(tmp_path, capsys, monkeypatch):
