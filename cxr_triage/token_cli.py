@@ -60,10 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     store = Store.from_url(settings.database_url)
     try:
-        if not store.has_table("api_tokens"):
-            raise ConfigError(
-                "the store has no api_tokens table: run `cxr-triage db upgrade` first"
-            )
+        store.check_schema()
         if args.action == "create":
             name, role = args.name, args.role
             try:

@@ -26,20 +26,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_store(store: Store) -> None:
-    """Refuse to serve a store that was never migrated.
+    """Refuse to serve a store that is not at the schema revision this code needs.
 
     Raises
     ------
-    ConfigError
-        The store has no ``studies`` table.
+    SchemaOutOfDate
+        The store was never migrated, or is at another revision.
     StoreUnavailable
         The store does not answer.
     """
-    if not store.has_table("studies"):
-        raise ConfigError(
-            f"the store at {store.engine.url.render_as_string(hide_password=True)} has no "
-            "tables: run `cxr-triage db upgrade` first"
-        )
+    store.check_schema()
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
