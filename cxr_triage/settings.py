@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     # Web
     web_host: str = Field(default="127.0.0.1", description="Address the web server binds.")
     web_port: int = Field(default=8000, ge=1, le=65535, description="Web server port.")
+    web_secure_cookies: bool = Field(
+        default=False,
+        description="Mark login cookies Secure even on plain HTTP requests: set it when a "
+        "TLS-terminating proxy is in front of the web (cookies are Secure on HTTPS anyway).",
+    )
 
     # Audit
     syslog_url: str = Field(

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from governance import audit
 from governance.errors import ModelIntegrityError, NoActiveModel, NotFound, TriageError
-from governance.models import ModelStatus, ModelVersion, ThresholdPolicy, utcnow
+from governance.models import ModelStatus, ModelVersion, utcnow
+from governance.policies import policy_in_force
 
 logger = logging.getLogger(__name__)
 
@@ -174,12 +175,10 @@ def activate_model(
         The version has no threshold policy: a model never serves without a tau.
     """
     model = get_model(session, version)
-    has_policy = session.scalar(
-        select(ThresholdPolicy.id).where(ThresholdPolicy.model_version_id == model.id).limit(1)
-    )
-    if not has_policy:
+    # A policy that takes effect only later would leave the workers without a tau until then.
+    if policy_in_force(session, model.id) is None:
         raise NoActiveModel(
-            f"model version {version!r} has no threshold policy; set one first "
+            f"model version {version!r} has no threshold policy in force; set one first "
             "(cxr-triage policy set)"
         )
     previous = active_model(session)

@@ -39,7 +39,8 @@ MAX_FORM_BYTES = 8192
 
 
 def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
+    # Behind a proxy that terminates TLS the request arrives as plain HTTP; the site says so.
+    return request.url.scheme == "https" or bool(request.app.state.settings.web_secure_cookies)
 
 
 def _login_page(

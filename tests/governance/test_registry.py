@@ -137,3 +137,21 @@ def test_bad_policies_are_refused(
     values.update(kwargs)
     with pytest.raises(ValueError, match=message):
         store.run(lambda s: set_policy(s, s.get(ModelVersion, model.id), **values))
+
+
+def test_activation_needs_a_policy_in_force_now(store: Store, weights: Path) -> None:
+    model = store.run(lambda s: register_model(s, version="v1", path=weights, input_size=64))
+    tomorrow = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    store.run(
+        lambda s: set_policy(
+            s,
+            s.get(ModelVersion, model.id),
+            operating_point="balanced",
+            tau=0.5,
+            rationale="from tomorrow",
+            approved_by="dr a",
+            effective_from=tomorrow,
+        )
+    )
+    with pytest.raises(NoActiveModel, match="in force"):
+        store.run(lambda s: activate_model(s, "v1"))
