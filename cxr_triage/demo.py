@@ -56,24 +56,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prepare(settings: Settings, *, studies: int, size: int, seed: int) -> tuple[str, Path]:
-    """Store migrated, demo model active, studies written; returns (model version, studies dir)."""
-    from training.demo import ensure_demo_model
-    from training.synthetic import write_studies
+def prepare(settings: Settings, *, studies: int, size: int, seed: int) -> tuple[str, Path, str]:
+    """Store migrated, demo model active, studies written, a radiologist token made.
+
+    Returns the model version, the studies' folder and the token (shown once, stored hashed).
+    """
+    import datetime as dt
 
     from governance.db import Store
+    from governance.models import Role
+    from governance.tokens import create_token
+    from training.demo import ensure_demo_model
+    from training.synthetic import write_studies
 
     prepare_store(settings)
     store = Store.from_url(settings.database_url)
     try:
         version = ensure_demo_model(settings, store)
+        name = f"demo-radiologist-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+        _, token = store.run(
+            lambda s: create_token(
+                s, name=name, role=Role.RADIOLOGIST, created_by="cxr-triage demo"
+            )
+        )
     finally:
         store.dispose()
     out = settings.data_dir / "demo-studies" / f"seed{seed}-n{studies}-{size}px"
     if not (out / "labels.csv").is_file():
         logger.info("writing %d synthetic studies to %s", studies, out)
         write_studies(out, studies, size=size, seed=seed)
-    return version, out
+    return version, out, token
 
 
 def study_files(folder: Path) -> list[Path]:
@@ -94,7 +106,7 @@ def _wait_http(url: str, timeout: float) -> bool:
 
 
 def _triage_progress(settings: Settings) -> tuple[int, int, int]:
-    """(studies, finished, flagged) in the store."""
+    """(studies, finished, flagged) in the store (read directly: no token needed)."""
     from sqlalchemy import func, select
 
     from governance.db import Store
@@ -136,9 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         print("cxr-triage demo: --studies must be at least 1", file=sys.stderr)
         return 2
     settings = get_settings()
-    version, folder = prepare(settings, studies=args.studies, size=args.size, seed=args.seed)
+    version, folder, token = prepare(settings, studies=args.studies, size=args.size, seed=args.seed)
     files = study_files(folder)
-    print(f"demo model: {version} (NON-CLINICAL)\nstudies:    {len(files)} files in {folder}")
+    print(
+        f"demo model: {version} (NON-CLINICAL)\nstudies:    {len(files)} files in {folder}\n"
+        f"login:      radiologist token {token}\n            (shown once; paste it on the "
+        "login page, or send it as `Authorization: Bearer ...` to the API)"
+    )
     if args.prepare_only:
         print("prepared; run `cxr-triage demo` or `cxr-triage up` to start the services")
         return 0

@@ -23,15 +23,20 @@ from cxr_triage.settings import Settings
 from cxr_triage.up import prepare_store
 from dicom_gateway.scu import send_files, wait_for_echo
 from governance.db import Store
+from governance.models import Role
+from governance.tokens import create_token
 from tests.services import TrainedModel, activate_trained, settings_env, wait_until
 from training.synthetic import write_studies
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _worklist(port: int) -> list[dict[str, Any]]:
+def _worklist(port: int, token: str) -> list[dict[str, Any]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/worklist", headers={"Authorization": f"Bearer {token}"}
+    )
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/worklist", timeout=5) as r:
+        with urllib.request.urlopen(request, timeout=5) as r:
             return json.load(r)  # type: ignore[no-any-return]
     except OSError:
         return []
@@ -53,6 +58,9 @@ def test_up_triages_on_embedded_defaults_and_stops_on_ctrl_c(
     prepare_store(settings)
     store = Store.from_url(settings.database_url)
     activate_trained(store, trained_model)
+    _, token = store.run(
+        lambda s: create_token(s, name="dr-up", role=Role.RADIOLOGIST, created_by="pytest")
+    )
     store.dispose()
     records = write_studies(tmp_path / "studies", 1, size=256, seed=3, positive_fraction=1.0)
 
@@ -73,7 +81,7 @@ def test_up_triages_on_embedded_defaults_and_stops_on_ctrl_c(
         )
         assert report.sent == len(records) and not report.failed
         rows = wait_until(
-            lambda: [r for r in _worklist(settings.web_port) if r["status"] == "triaged"],
+            lambda: [r for r in _worklist(settings.web_port, token) if r["status"] == "triaged"],
             120,
             "the study to be triaged through the filesystem broker",
         )
