@@ -22,7 +22,8 @@ from tests.dicom_gateway.builders import make_dataset, write_instance
 from tests.dicom_gateway.inspection import stored_instances
 from tests.peers import echoscu, pynetdicom_store
 
-pytestmark = pytest.mark.integration
+# Malformed data sets make pydicom warn as it reads them; that is what the tests send.
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::UserWarning:pydicom")]
 
 
 def _instance(folder: Path, name: str, study_uid: str | None = None, **kwargs: object) -> Path:

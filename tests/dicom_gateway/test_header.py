@@ -14,6 +14,9 @@ from dicom_gateway import status
 from dicom_gateway.header import InstanceRejected, age_in_years, is_valid_uid, read_header
 from tests.dicom_gateway.builders import TEST_SYNTAXES, make_dataset, write_instance
 
+# Some tests write values pydicom rightly calls invalid: that is what they are about.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")
+
 
 def _read(path: Path, sop_instance_uid: str | None = None, sop_class_uid: str | None = None):
     meta = dcmread(path, stop_before_pixels=True).file_meta
