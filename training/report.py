@@ -216,13 +216,15 @@ def write_html(run_dir: Path, summary: dict[str, Any], warnings: Sequence[str]) 
         + "".join(f"<th>{m}</th>" for m in TABLE_METRICS)
         + "</tr>"
     )
+    policy_names = {criterion: policy for policy, criterion in POLICY_CRITERIA.items()}
     for name, point in summary["operating_points"].items():
+        label = f"{name} ({policy_names[name]})" if name in policy_names else name
         for split, block in (("val", val_m), ("test", test_m)):
             entry = (block.get("operating_points") or {}).get(name)
             if not entry:
                 continue
             parts.append(
-                f"<tr><td>{name}</td><td>{e(point['criterion'])}</td>"
+                f"<tr><td>{label}</td><td>{e(point['criterion'])}</td>"
                 f"<td>{point['tau']:.4f}</td><td>{split}</td>"
                 + "".join(f"<td>{_fmt(entry.get(m))}</td>" for m in TABLE_METRICS)
                 + "</tr>"
