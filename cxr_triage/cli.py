@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("worker.predict", "score DICOM files offline; JSON lines on stdout"),
     "synth": ("training.synthetic", "write synthetic chest radiograph studies as DICOM"),
     "train": ("training.train", "train, calibrate, export and register a ResNet-50"),
+    "evaluate": ("training.evaluate", "evaluate a model on a dataset: metrics, plots, report"),
     "model": ("cxr_triage.model_cli", "model versions: list, show, register, activate, rollback"),
     "policy": ("cxr_triage.policy_cli", "threshold policies: list, set"),
     "token": ("cxr_triage.token_cli", "API tokens: create, list, revoke"),
@@ -53,7 +54,14 @@ def _usage() -> str:
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-    for noisy in ("pynetdicom", "PIL", "matplotlib", "multipart", "alembic.runtime.plugins"):
+    for noisy in (
+        "pynetdicom",
+        "PIL",
+        "matplotlib",
+        "multipart",
+        "alembic.runtime.plugins",
+        "openjpeg",
+    ):
         if level.upper() != "DEBUG":
             logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                 settings.ae_title,
                 calling_ae=DEMO_CALLING_AE,
             )
-            for path, why in report.failed:
-                logger.error("could not send %s: %s", path, why)
+            for failed_path, why in report.failed:
+                logger.error("could not send %s: %s", failed_path, why)
         print(
             f"pushed {len(by_study)} studies over DICOM to {settings.ae_title}@{host}:"
             f"{settings.dicom_port}\n\n  worklist: {url}\n\nCtrl-C stops the demo."

@@ -238,18 +238,19 @@ def pixel_transform(ds: Dataset) -> PixelTransform:
         raise ValueError(f"photometric interpretation {photometric!r} is not supported")
     if not photometric.startswith("MONOCHROME"):
         return PixelTransform()  # colour: decode() gives luminance; no rescale or window
-    slope = _first_float(ds.get("RescaleSlope"), 1.0)
-    intercept = _first_float(ds.get("RescaleIntercept"), 0.0)
+    # A zero or missing slope is taken as 1 (a zero slope would erase the image).
+    slope = _first_float(ds.get("RescaleSlope")) or 1.0
+    intercept = _first_float(ds.get("RescaleIntercept")) or 0.0
     if "ModalityLUTSequence" in ds:
         slope, intercept = 1.0, 0.0  # applied as a table by preprocess()
     window = None
     if "VOILUTSequence" not in ds:
-        center = _first_float(ds.get("WindowCenter"), None)
-        width = _first_float(ds.get("WindowWidth"), None)
+        center = _first_float(ds.get("WindowCenter"))
+        width = _first_float(ds.get("WindowWidth"))
         if center is not None and width is not None and width >= 1:
             window = (center, width)
     return PixelTransform(
-        slope=slope if slope != 0 else 1.0,
+        slope=slope,
         intercept=intercept,
         window=window,
         voi_function=str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper(),
@@ -310,14 +311,14 @@ def preprocess_image(gray: np.ndarray, size: int) -> np.ndarray:
     return standardize(to_unit_image(np.asarray(gray), PixelTransform(), size))
 
 
-def _first_float(value: object, default: float | None) -> float | None:
-    """The first value of a possibly multi-valued DS/IS attribute, or ``default``."""
+def _first_float(value: object) -> float | None:
+    """The first value of a possibly multi-valued DS/IS attribute, or None."""
     if isinstance(value, MultiValue | list | tuple):
         value = value[0] if len(value) else None
     if value is None or value == "":
-        return default
+        return None
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return default
-    return number if math.isfinite(number) else default
+        return None
+    return number if math.isfinite(number) else None
