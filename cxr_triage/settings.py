@@ -16,7 +16,7 @@ import functools
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _AE_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _-.+")
@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         "with fp32 to 1e-2 in probability.",
     )
     batch_size: int = Field(default=8, ge=1, description="Images scored per forward pass.")
+
+    pseudonym_key: SecretStr | None = Field(
+        default=None,
+        description="Key (>= 16 characters) of the keyed patient pseudonyms; default: one "
+        "generated once in CXR_DATA_DIR/pseudonym.key. Every gateway of a site needs the same.",
+    )
 
     # Web
     web_host: str = Field(default="127.0.0.1", description="Address the web server binds.")

@@ -44,16 +44,28 @@ def handle_echo(event: Event) -> int:
     return status.SUCCESS
 
 
-def handle_store(event: Event, spool: Spool, store: Store, assembly: StudyAssembly) -> Any:
+def handle_store(
+    event: Event,
+    spool: Spool,
+    store: Store,
+    assembly: StudyAssembly,
+    pseudonym_key: bytes | None = None,
+) -> Any:
     """C-STORE: check the header, place the file durably, record it, note the study."""
     try:
-        return _store(event, spool, store, assembly)
+        return _store(event, spool, store, assembly, pseudonym_key)
     except Exception:  # a bug must cost one instance, not the association or the server
         logger.exception("C-STORE from %s failed unexpectedly", _peer(event))
         return status.PROCESSING_FAILURE
 
 
-def _store(event: Event, spool: Spool, store: Store, assembly: StudyAssembly) -> Any:
+def _store(
+    event: Event,
+    spool: Spool,
+    store: Store,
+    assembly: StudyAssembly,
+    pseudonym_key: bytes | None,
+) -> Any:
     request = cast(C_STORE, event.request)
     sop_class_uid = str(request.AffectedSOPClassUID or "")
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
@@ -63,6 +75,7 @@ def _store(event: Event, spool: Spool, store: Store, assembly: StudyAssembly) ->
             source,
             affected_sop_class_uid=sop_class_uid,
             affected_sop_instance_uid=sop_instance_uid,
+            pseudonym_key=pseudonym_key,
         )
     except InstanceRejected as exc:
         logger.warning(
@@ -140,6 +153,7 @@ def _received(
         manufacturer=header.manufacturer,
         patient_sex=header.patient_sex,
         patient_age_years=header.patient_age_years,
+        patient_pseudonym=header.patient_pseudonym,
     )
 
 

@@ -3,7 +3,8 @@
 The gateway never decodes pixel data: it reads the header up to (7FE0,0010) Pixel Data with
 only the attributes listed in :data:`HEADER_TAGS`, then checks from the element's length that the
 Pixel Data is complete in the file. The only patient attributes that leave this module are sex
-and age in years, which the store keeps for subgroup monitoring.
+and age in years, which the store keeps for subgroup monitoring, and a keyed pseudonym of the
+Patient ID (the ID itself never leaves :func:`read_header`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from dicom_gateway import status
+from governance.audit import pseudonym
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ HEADER_KEYWORDS = (
     "Manufacturer",
     "PatientSex",
     "PatientAge",
+    "PatientID",  # read only to derive its keyed pseudonym
 )
 HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
 
@@ -82,6 +85,7 @@ class InstanceHeader:
     manufacturer: str | None
     patient_sex: str | None
     patient_age_years: int | None
+    patient_pseudonym: str | None = None
 
 
 def is_valid_uid(value: object) -> bool:
@@ -113,7 +117,11 @@ def age_in_years(value: object) -> int | None:
 
 
 def read_header(
-    path: Path, *, affected_sop_class_uid: str, affected_sop_instance_uid: str
+    path: Path,
+    *,
+    affected_sop_class_uid: str,
+    affected_sop_instance_uid: str,
+    pseudonym_key: bytes | None = None,
 ) -> InstanceHeader:
     """Read and check the header of a received Part-10 file, without its pixel data.
 
@@ -124,6 +132,8 @@ def read_header(
         request, then the data set exactly as the peer sent it.
     affected_sop_class_uid, affected_sop_instance_uid
         The UIDs of the C-STORE request; the data set must carry the same ones (PS3.4 B.2.3).
+    pseudonym_key
+        The site's pseudonym key; with it, a Patient ID becomes a keyed pseudonym.
 
     Raises
     ------
@@ -168,6 +178,10 @@ def read_header(
         raise InstanceRejected(status.DATASET_MISMATCH, "Study Instance UID is not a valid UID")
     series_uid = _uid(ds, "SeriesInstanceUID")
     sex = (_text(ds, "PatientSex", 16) or "").upper()
+    patient_id = str(ds.get("PatientID", "") or "").strip()
+    patient_pseudonym = (
+        pseudonym(patient_id, pseudonym_key) if pseudonym_key and patient_id else None
+    )
     return InstanceHeader(
         study_instance_uid=study_uid,
         series_instance_uid=series_uid if is_valid_uid(series_uid) else None,
@@ -181,6 +195,7 @@ def read_header(
         manufacturer=_text(ds, "Manufacturer", 64),
         patient_sex=sex if sex in {"M", "F", "O"} else None,
         patient_age_years=age_in_years(_text(ds, "PatientAge", 16)),
+        patient_pseudonym=patient_pseudonym,
     )
 
 

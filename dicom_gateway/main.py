@@ -13,6 +13,7 @@ from kombu.utils.url import maybe_sanitize_url
 from cxr_triage.settings import Settings, get_settings
 from dicom_gateway.scp import Gateway
 from governance.db import Store
+from governance.syslog_export import configure_export
 from worker.celery_app import make_celery
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     get_args_parser().parse_args(argv)
     settings = get_settings()
     store = Store.from_url(settings.database_url)
+    configure_export(settings.syslog_url, audit_source_id=settings.ae_title)
     celery_app = make_celery(settings)
     gateway = Gateway(settings, store, celery_app)
     stopping = threading.Event()

@@ -28,6 +28,7 @@ from dicom_gateway.assembly import StudyAssembly
 from dicom_gateway.spool import Spool
 from governance.db import Store
 from governance.errors import ConfigError, StoreUnavailable
+from governance.pseudonyms import load_key
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class Gateway:
         self.settings = settings
         self.store = store
         self.spool = Spool(settings.spool_path)
+        self.pseudonym_key = load_key(settings)
         self.assembly = StudyAssembly(
             store,
             celery_app,
@@ -183,7 +185,11 @@ class Gateway:
         allowed = list(self.settings.allowed_calling_aes)
         return [
             (evt.EVT_C_ECHO, handlers.handle_echo),
-            (evt.EVT_C_STORE, handlers.handle_store, [self.spool, self.store, self.assembly]),
+            (
+                evt.EVT_C_STORE,
+                handlers.handle_store,
+                [self.spool, self.store, self.assembly, self.pseudonym_key],
+            ),
             (evt.EVT_ACCEPTED, handlers.handle_accepted),
             (evt.EVT_RELEASED, handlers.handle_released, [self.assembly]),
             (evt.EVT_ABORTED, handlers.handle_aborted, [self.assembly]),
@@ -224,10 +230,8 @@ class Gateway:
 
 
 def check_store(store: Store) -> None:
-    """Raise ConfigError unless the store answers and holds the gateway's tables."""
+    """Raise ConfigError unless the store answers at the schema revision this code needs."""
     try:
-        ready = store.has_table("instances")
+        store.check_schema()
     except StoreUnavailable as exc:
         raise ConfigError(f"the store does not answer: {exc}; check CXR_DATABASE_URL") from None
-    if not ready:
-        raise ConfigError("store not initialised: run `cxr-triage db upgrade`")

@@ -33,6 +33,7 @@ class ReceivedInstance:
     manufacturer: str | None = None
     patient_sex: str | None = None
     patient_age_years: int | None = None
+    patient_pseudonym: str | None = None
     received_at: dt.datetime | None = None
 
 
@@ -52,6 +53,7 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
             last_received_at=now,
             patient_sex=item.patient_sex,
             patient_age_years=item.patient_age_years,
+            patient_pseudonym=item.patient_pseudonym,
         )
         session.add(study)
         session.flush()
@@ -61,6 +63,8 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
             study.patient_sex = item.patient_sex
         if study.patient_age_years is None:
             study.patient_age_years = item.patient_age_years
+        if study.patient_pseudonym is None:
+            study.patient_pseudonym = item.patient_pseudonym
     instance = session.scalar(
         select(Instance).where(Instance.sop_instance_uid == item.sop_instance_uid)
     )

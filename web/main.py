@@ -8,6 +8,7 @@ import logging
 from cxr_triage.settings import Settings, get_settings
 from governance.db import Store
 from governance.errors import ConfigError
+from governance.syslog_export import configure_export
 
 logger = logging.getLogger(__name__)
 
@@ -78,5 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     host = args.host or settings.web_host
     port = args.port if args.port is not None else settings.web_port
+    configure_export(settings.syslog_url, audit_source_id=settings.ae_title)
     serve(settings, host, port)
     return 0

@@ -51,7 +51,7 @@ def test_help() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({}, "store not initialised: run `cxr-triage db upgrade`"),
+        ({}, "schema revision none, this code needs"),
         ({"database_url": "mysql://db/cxr"}, "supports sqlite and postgresql"),
         ({"spool_dir": "/proc/version/spool"}, "CXR_SPOOL_DIR /proc/version/spool cannot be used"),
     ],
