@@ -9,7 +9,7 @@ from cxr_triage.settings import get_settings
 from governance.db import Store
 from governance.errors import ConfigError
 from governance.models import OperatingPoint
-from governance.policies import list_policies, set_policy
+from governance.policies import list_policies, recorded_operating_point, set_policy
 from governance.registry import get_model
 
 
@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     def work(session):  # type: ignore[no-untyped-def]
         model = get_model(session, args.model)
         tau = args.tau
-        recorded = (model.details or {}).get("operating_points", {}).get(args.operating_point)
+        recorded = recorded_operating_point(model, args.operating_point)
         if tau is None:
-            if not recorded or "tau" not in recorded:
+            if not recorded:
                 raise ConfigError(
                     f"model {model.version} has no recorded {args.operating_point!r} operating "
                     "point; give --tau"

@@ -19,6 +19,28 @@ from governance.models import ModelVersion, OperatingPoint, ThresholdPolicy, utc
 
 logger = logging.getLogger(__name__)
 
+#: Which operating point, chosen on validation and recorded with a model version, each SOP
+#: operating point takes its tau from (training records them under these names).
+SOP_CRITERIA = {
+    OperatingPoint.TRIAGE: "target_sensitivity",
+    OperatingPoint.BALANCED: "youden",
+    OperatingPoint.PRECISION: "target_specificity",
+}
+
+
+def recorded_operating_point(model: ModelVersion, operating_point: str) -> dict[str, Any]:
+    """The point recorded with ``model`` for an SOP operating point (empty when there is none).
+
+    Looked up under its criterion name (:data:`SOP_CRITERIA`), or under the SOP name itself
+    for a version registered with its points named that way.
+    """
+    points = (model.details or {}).get("operating_points") or {}
+    for key in (SOP_CRITERIA.get(operating_point), operating_point):
+        recorded = points.get(key) if key else None
+        if isinstance(recorded, dict) and "tau" in recorded:
+            return recorded
+    return {}
+
 
 def set_policy(
     session: Session,

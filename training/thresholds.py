@@ -15,15 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from governance.policies import SOP_CRITERIA
 from training.metrics import threshold_metrics
 
 logger = logging.getLogger(__name__)
 
-POLICY_CRITERIA = {
-    "triage": "target_sensitivity",
-    "balanced": "youden",
-    "precision": "target_specificity",
-}
+POLICY_CRITERIA = SOP_CRITERIA
 
 
 def _curve(

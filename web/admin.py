@@ -18,7 +18,12 @@ from sqlalchemy.orm import Session
 from governance.db import Store
 from governance.errors import NoActiveModel, NotFound, TriageError
 from governance.models import ApiToken, ModelVersion, Role, ThresholdPolicy
-from governance.policies import list_policies, policy_in_force, set_policy
+from governance.policies import (
+    list_policies,
+    policy_in_force,
+    recorded_operating_point,
+    set_policy,
+)
 from governance.registry import activate_model, active_model, get_model, list_models
 from governance.registry import rollback_model as rollback_registry
 from governance.tokens import Identity, create_token, list_tokens, revoke_token
@@ -182,12 +187,6 @@ def get_policies(
     model_version: Annotated[str | None, Query(description="Only this model version's.")] = None,
 ) -> list[PolicyOut]:
     return read_store(store, lambda session: _policies(session, model_version))
-
-
-def recorded_operating_point(model: ModelVersion, operating_point: str) -> dict[str, Any]:
-    """The operating point chosen on validation and recorded with the model (maybe empty)."""
-    recorded = (model.details or {}).get("operating_points", {}).get(operating_point)
-    return recorded if isinstance(recorded, dict) else {}
 
 
 @router.post(

@@ -350,3 +350,42 @@ def test_cuda_training_with_amp_and_channels_last(tmp_path):
     assert result.summary["training_args"]["amp"] is True
     assert result.summary["training_args"]["channels_last"] is True
     assert result.summary["export_check"]["max_abs_probability_diff"] < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("operating_point", "criterion"),
+    [("triage", "target_sensitivity"), ("balanced", "youden"), ("precision", "target_specificity")],
+)
+def test_policy_set_takes_tau_from_what_training_recorded(
+    trained_run, store, monkeypatch, capsys, operating_point, criterion
+):
+    from cxr_triage import policy_cli
+    from cxr_triage.settings import get_settings
+
+    version = f"{trained_run.result.version}-{operating_point}"
+    register_run(store, trained_run.run_dir, version=version, actor="test")
+    monkeypatch.setenv("CXR_DATABASE_URL", store.engine.url.render_as_string(hide_password=False))
+    get_settings.cache_clear()
+    try:
+        code = policy_cli.main(
+            [
+                "set",
+                "--model",
+                version,
+                "--operating-point",
+                operating_point,
+                "--approved-by",
+                "Dr Test",
+                "--rationale",
+                "site SOP 4",
+            ]
+        )
+    finally:
+        get_settings.cache_clear()
+    assert code == 0, capsys.readouterr()
+    recorded = _summary(trained_run)["operating_points"][criterion]
+    with store.read() as session:
+        policy = policy_in_force(session, get_model(session, version).id)
+        assert policy.tau == pytest.approx(recorded["tau"])
+        assert policy.target_metric == recorded["criterion"]
+        assert policy.validation == pytest.approx(recorded["validation"])

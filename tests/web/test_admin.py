@@ -88,11 +88,13 @@ def test_rollback_with_nothing_before_is_a_409(
 def test_a_policy_takes_tau_from_the_models_recorded_operating_point(
     admin: TestClient, store: Store, tmp_path: Path
 ) -> None:
+    # As training records them: under the criterion's name (balanced takes Youden's J).
     recorded = {
         "operating_points": {
-            "balanced": {
+            "youden": {
+                "name": "youden",
                 "tau": 0.4321,
-                "criterion": "youden",
+                "criterion": "maximise sensitivity + specificity - 1",
                 "validation": {"sensitivity": 0.88, "specificity": 0.81, "n": 400},
             }
         }
@@ -110,7 +112,7 @@ def test_a_policy_takes_tau_from_the_models_recorded_operating_point(
     assert response.status_code == 201, response.text
     policy = response.json()
     assert policy["tau"] == pytest.approx(0.4321)
-    assert policy["target_metric"] == "youden"
+    assert policy["target_metric"] == "maximise sensitivity + specificity - 1"
     assert policy["validation"]["sensitivity"] == pytest.approx(0.88)
     assert policy["approved_by"] == "Dr. Q, clinical lead"
     assert policy["version"] == 1 and policy["in_force"] is True
