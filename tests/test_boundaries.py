@@ -1,0 +1,87 @@
+"""The package boundaries of DESIGN.md, checked on every import statement (lazy ones too).
+
+| package | may import (besides itself and cxr_triage.settings) |
+| governance | nothing else of ours |
+| worker | governance |
+| dicom_gateway | governance, worker.celery_app (never torch) |
+| training | worker (preprocess, model, inference), governance |
+| web | governance, worker.celery_app |
+| migrations | governance (models; and the engine and errors it reports with) |
+| cxr_triage | anything (the CLI dispatches lazily) |
+
+Every package may also import ``cxr_triage.settings`` and the package root (its version), which
+import nothing of ours.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = {"cxr_triage", "governance", "worker", "dicom_gateway", "training", "web", "migrations"}
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "governance": (),
+    "worker": ("governance",),
+    "dicom_gateway": ("governance", "worker.celery_app"),
+    "training": ("governance", "worker.preprocess", "worker.model", "worker.inference"),
+    "web": ("governance", "worker.celery_app"),
+    "migrations": ("governance",),
+}
+NEVER_TORCH = ("dicom_gateway", "web", "governance", "migrations")
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.extend((node.lineno, f"{node.module}.{alias.name}") for alias in node.names)
+            found.append((node.lineno, node.module))
+    return found
+
+
+def allowed(package: str, module: str) -> bool:
+    top = module.split(".")[0]
+    if top not in OURS or top == package or module.startswith("cxr_triage.settings"):
+        return True
+    if module in {"cxr_triage", "cxr_triage.__version__"}:  # the package root imports nothing
+        return True
+    return any(module == rule or module.startswith(rule + ".") for rule in ALLOWED[package])
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_stay_within_design(package: str) -> None:
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for line, module in imported_modules(path):
+            top = module.split(".")[0]
+            if top not in OURS:
+                continue
+            # `from worker.celery_app import make_celery` yields both the module and the name;
+            # judge the module path only.
+            if not allowed(package, module) and not allowed(package, module.rsplit(".", 1)[0]):
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("package", NEVER_TORCH)
+def test_servers_without_models_never_import_torch(package: str) -> None:
+    bad = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for line, module in imported_modules(path)
+        if module.split(".")[0] in {"torch", "torchvision"}
+    ]
+    assert not bad, bad
+
+
+def test_the_rule_catches_a_forbidden_import() -> None:
+    assert not allowed("dicom_gateway", "worker.tasks")
+    assert not allowed("governance", "worker.celery_app")
+    assert not allowed("web", "training.train")
+    assert allowed("dicom_gateway", "worker.celery_app")
