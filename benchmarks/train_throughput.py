@@ -31,7 +31,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from training.data import read_gray
 from training.datasets import UnitImageDataset, make_loader
-from training.engine import amp_dtype_for, configure_device, make_optimizer, zero_init_residual
+from training.engine import (
+    amp_dtype_for,
+    configure_device,
+    make_optimizer,
+    train_step,
+    zero_init_residual,
+)
 from training.presets import ClassificationPresetTrain
 from worker.model import build_model, resolve_device
 from worker.preprocess import PixelTransform, to_unit_image
@@ -82,18 +88,9 @@ def model_images_per_s(
     targets = (torch.rand(batch_size, device=device) > 0.5).float()
 
     def step() -> None:
-        with torch.autocast(
-            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-        ):
-            loss = criterion(model(images).squeeze(1).float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        train_step(
+            model, criterion, optimizer, images, targets, device, amp_dtype=amp_dtype, scaler=scaler
+        )
 
     for _ in range(warmup):
         step()

@@ -90,6 +90,37 @@ def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) 
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
+def train_step(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
+    """Forward, backward and one optimiser step on a batch (autocast and fp16 scaling as set).
+
+    A non-finite loss is not stepped on by the scaler; the caller decides what it means.
+    Returns the loss (a 0-d tensor).
+    """
+    with torch.autocast(
+        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+    ):
+        loss = criterion(model(images).squeeze(1).float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
@@ -122,20 +153,11 @@ def train_one_epoch(
     for images, targets in bar:
         images = _to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True).float()
-        with torch.autocast(
-            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-        ):
-            loss = criterion(model(images).squeeze(1).float(), targets)
+        loss = train_step(
+            model, criterion, optimizer, images, targets, device, amp_dtype=amp_dtype, scaler=scaler
+        )
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}; lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
         scheduler.step()
         total += loss.item() * len(targets)
         count += len(targets)

@@ -16,6 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +42,18 @@ class ModelSpec:
     input_size: int
     temperature: float = 1.0
     architecture: str = "resnet50"
+
+    @classmethod
+    def of(cls, model: Any) -> ModelSpec:
+        """The spec of a registered version (a ``governance.models.ModelVersion`` row)."""
+        return cls(
+            model.version,
+            model.path,
+            model.sha256,
+            model.input_size,
+            model.temperature,
+            model.architecture,
+        )
 
 
 @dataclass

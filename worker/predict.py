@@ -75,14 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if model is None:
             raise NoActiveModel("no active model version; pass --model VERSION or activate one")
         policy = policy_in_force(session, model.id)
-        spec = ModelSpec(
-            model.version,
-            model.path,
-            model.sha256,
-            model.input_size,
-            model.temperature,
-            model.architecture,
-        )
+        spec = ModelSpec.of(model)
         tau = policy.tau if policy else None
     store.dispose()
     cache = ModelCache(device=settings.device, precision=settings.precision)

@@ -119,14 +119,7 @@ def _preload_model(sender: Any = None, **_: Any) -> None:
             if model is None:
                 logger.warning("no active model version yet; studies will wait as no_model")
                 return
-            spec = ModelSpec(
-                model.version,
-                model.path,
-                model.sha256,
-                model.input_size,
-                model.temperature,
-                model.architecture,
-            )
+            spec = ModelSpec.of(model)
         ctx.models.get(spec)
     except (StoreUnavailable, ModelIntegrityError) as exc:
         logger.error("could not preload the active model: %s", exc)

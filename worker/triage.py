@@ -100,14 +100,7 @@ def _plan(session: Session, study_uid: str) -> _Plan:
         )
         if instance.id not in done
     ]
-    spec = ModelSpec(
-        version=model.version,
-        path=model.path,
-        sha256=model.sha256,
-        input_size=model.input_size,
-        temperature=model.temperature,
-        architecture=model.architecture,
-    )
+    spec = ModelSpec.of(model)
     return _Plan(study.id, spec, model.id, todo)
 
 

@@ -12,7 +12,7 @@ import redis
 from sqlalchemy import select
 
 from governance.db import Store
-from governance.models import AuditEvent, Instance, Study
+from governance.models import Instance, Study
 
 
 class RedisQueue:
@@ -56,17 +56,6 @@ def stored_instances(store: Store) -> list[tuple[str, str, str]]:
             )
         )
         return [tuple(row) for row in rows]  # type: ignore[misc]
-
-
-def audit_events(store: Store, action: str) -> list[AuditEvent]:
-    with store.read() as session:
-        events = list(
-            session.scalars(
-                select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)
-            )
-        )
-        session.expunge_all()  # keep the loaded values past the read session's rollback
-        return events
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:

@@ -22,10 +22,10 @@ from tests.conftest import REDIS_URL, free_port
 from tests.dicom_gateway.builders import make_dataset, write_instance, write_study
 from tests.dicom_gateway.inspection import (
     RedisQueue,
-    audit_events,
     stored_instances,
     wait_until,
 )
+from tests.inspect_store import audit_events
 from tests.peers import pynetdicom_store, storescu
 
 pytestmark = pytest.mark.integration

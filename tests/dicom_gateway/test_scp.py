@@ -23,10 +23,10 @@ from tests.dicom_gateway.builders import (
 )
 from tests.dicom_gateway.inspection import (
     RedisQueue,
-    audit_events,
     stored_instances,
     wait_until,
 )
+from tests.inspect_store import audit_events
 from tests.peers import Orthanc, echoscu, storescu
 
 pytestmark = pytest.mark.integration

@@ -10,19 +10,9 @@ from sqlalchemy import select, text, update
 
 from governance.db import Store
 from governance.errors import NotFound, TriageError
-from governance.models import ApiToken, AuditEvent, utcnow
+from governance.models import ApiToken, utcnow
 from governance.tokens import authenticate, create_token, list_tokens, revoke_token
-
-
-def _events(store: Store, action: str) -> list[AuditEvent]:
-    with store.read() as session:
-        events = list(
-            session.scalars(
-                select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)
-            )
-        )
-        session.expunge_all()
-        return events
+from tests.inspect_store import audit_events as _events
 
 
 def _row(store: Store, name: str) -> ApiToken:

@@ -35,9 +35,7 @@ def test_ensure_demo_model_trains_registers_activates_once(
         assert policy is not None and policy.operating_point == "balanced"
         assert policy.tau == pytest.approx(model.details["operating_points"]["youden"]["tau"])
         details = model.details
-        spec = ModelSpec(
-            model.version, model.path, model.sha256, model.input_size, model.temperature
-        )
+        spec = ModelSpec.of(model)
     assert details["non_clinical"] is True
     assert details["training_args"]["n_train"] == 48
     assert sum(details["reference_distribution"]["counts"]) == 32

@@ -10,21 +10,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from governance.db import Store
-from governance.models import AuditEvent, ModelVersion
+from governance.models import ModelVersion
 from governance.policies import set_policy
 from governance.registry import activate_model, register_model
+from tests.inspect_store import audit_events as _events
 from tests.web.conftest import Scenario, bearer
-
-
-def _events(store: Store, action: str) -> list[AuditEvent]:
-    with store.read() as session:
-        events = list(
-            session.scalars(
-                select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)
-            )
-        )
-        session.expunge_all()
-        return events
 
 
 def _register(store: Store, tmp_path: Path, version: str, details: dict | None = None) -> None:

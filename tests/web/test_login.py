@@ -9,20 +9,9 @@ from sqlalchemy import select
 
 from cxr_triage.settings import Settings
 from governance.db import Store
-from governance.models import AuditEvent
+from tests.inspect_store import audit_events as _events
 from tests.web.conftest import Scenario, bearer
 from web.app import create_app
-
-
-def _events(store: Store, action: str) -> list[AuditEvent]:
-    with store.read() as session:
-        events = list(
-            session.scalars(
-                select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)
-            )
-        )
-        session.expunge_all()
-        return events
 
 
 def _log_in(client: TestClient, token: str, next_path: str = "/") -> httpx.Response:

@@ -51,6 +51,6 @@ def test_predict_prints_a_json_line_per_file(
     spec_cache = ModelCache(device="cpu", precision="fp32")
     from worker.inference import ModelSpec
 
-    spec = ModelSpec(model.version, model.path, model.sha256, model.input_size, model.temperature)
+    spec = ModelSpec.of(model)
     [worker_result] = score_images(spec_cache, spec, [(0, "pa", str(frontal))])
     assert scored["probability"] == pytest.approx(worker_result.probability, abs=1e-6)
