@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         "seconds without a new instance.",
     )
     network_timeout_s: float = Field(default=60.0, gt=0, description="DICOM network timeout.")
+    requeue_after_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A study queued this long ago and still not triaged is queued again (its "
+        "message may have died with a worker; triage is idempotent, so a duplicate costs little).",
+    )
 
     # Worker
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Inference device.")

@@ -62,6 +62,8 @@ class StudyAssembly:
     sweep_interval_s
         How often the store is asked for studies that were never queued (the first time at
         start).
+    requeue_after_s
+        A study queued longer ago than this and still not triaged is queued again.
     send
         ``send(app, study_uid)``; :func:`worker.celery_app.queue_study` unless a caller needs
         another way to queue.
@@ -74,6 +76,7 @@ class StudyAssembly:
         *,
         stable_age_s: float,
         sweep_interval_s: float = 30.0,
+        requeue_after_s: float = 900.0,
         send: Callable[[Celery, str], None] = queue_study,
     ) -> None:
         if stable_age_s <= 0:
@@ -84,6 +87,7 @@ class StudyAssembly:
         self.celery_app = celery_app
         self.stable_age_s = stable_age_s
         self.sweep_interval_s = sweep_interval_s
+        self.requeue_after_s = requeue_after_s
         self._send_fn = send
         self._tick_s = min(stable_age_s / 4, 0.5)
         self._lock = threading.Lock()
@@ -199,8 +203,9 @@ class StudyAssembly:
 
     def _sweep_store(self, cutoff: dt.datetime) -> None:
         try:
+            stale = utcnow() - dt.timedelta(seconds=self.requeue_after_s)
             with self.store.read() as session:
-                found = studies_awaiting_queue(session, cutoff)
+                found = studies_awaiting_queue(session, cutoff, stale_before=stale)
         except StoreUnavailable as exc:
             logger.warning("cannot look for unqueued studies: %s", exc)
             return
@@ -208,7 +213,11 @@ class StudyAssembly:
             busy = {study for (_, study) in self._arrivals}
         new = [uid for uid in found if uid not in self._to_send and uid not in busy]
         if new:
-            logger.info("found %d received studies that were never queued", len(new))
+            logger.info(
+                "found %d studies to queue (never queued, or queued %.0f s ago and not triaged)",
+                len(new),
+                self.requeue_after_s,
+            )
         for uid in new:
             self._to_send[uid] = None
 

@@ -108,6 +108,7 @@ class Gateway:
             celery_app,
             stable_age_s=settings.stable_age_s,
             sweep_interval_s=sweep_interval_s,
+            requeue_after_s=settings.requeue_after_s,
         )
         self.ae = make_ae(settings)
         self._server: ThreadedAssociationServer | None = None

@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from governance.models import Instance, Study, StudyStatus, utcnow
@@ -107,19 +107,32 @@ def mark_queued(session: Session, study_uids: list[str], at: dt.datetime | None 
             study.status = StudyStatus.QUEUED
 
 
-def studies_awaiting_queue(session: Session, older_than: dt.datetime) -> list[str]:
-    """Studies with an instance newer than their last queueing, last received before a time.
+def studies_awaiting_queue(
+    session: Session, older_than: dt.datetime, *, stale_before: dt.datetime | None = None
+) -> list[str]:
+    """Studies to hand to the broker (again).
 
-    Used by a gateway at start (and periodically) so that a study received while the broker
-    was down, or before a crash, is never left behind.
+    - those with an instance newer than their last queueing, last received before
+      ``older_than``: received while the broker was down, or before a crash;
+    - with ``stale_before``, those queued before it and still waiting or being triaged: their
+      message may have died with a worker (the embedded filesystem broker cannot redeliver an
+      unacknowledged message); and those that found no active model then, so that they are
+      triaged once one is activated. Triage is idempotent, so queueing one twice costs little.
     """
-    rows = session.scalars(
-        select(Study.study_instance_uid).where(
+    conditions = [
+        and_(
             or_(Study.queued_at.is_(None), Study.queued_at < Study.last_received_at),
             Study.last_received_at <= older_than,
         )
-    )
-    return list(rows)
+    ]
+    if stale_before is not None:
+        conditions.append(
+            and_(
+                Study.status.in_([StudyStatus.QUEUED, StudyStatus.TRIAGING, StudyStatus.NO_MODEL]),
+                Study.queued_at < stale_before,
+            )
+        )
+    return list(session.scalars(select(Study.study_instance_uid).where(or_(*conditions))))
 
 
 def instance_count(session: Session, study_uid: str) -> int:

@@ -29,11 +29,18 @@ PUBLISH_RETRY_POLICY = {
 
 BrokerUnavailable = KombuOperationalError
 
+REDIS_VISIBILITY_TIMEOUT_S = 300
+
 
 def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
     """The broker URL and transport options (the embedded default: kombu's filesystem one)."""
     if settings.broker_url and not settings.broker_url.startswith("filesystem://"):
-        return settings.broker_url, {}
+        # Redis hands an unacknowledged message (late ack: its worker died) to another
+        # worker after the visibility timeout; kombu's default is an hour. A triage takes
+        # seconds and a worker reserves one message ahead, so five minutes is ample, and a
+        # rare duplicate is harmless (idempotent tasks).
+        options: dict[str, Any] = {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S}
+        return settings.broker_url, options if settings.broker_url.startswith("redis") else {}
     base = settings.broker_dir
     queue_dir = base / "queue"
     processed_dir = base / "processed"
