@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     supervisor.start()
     logger.info(
-        "DICOM: %s@%s:%d   worklist: http://%s:%d/",
+        "DICOM: %s@%s:%d   worklist: http://%s:%d/ (log in with a token from "
+        "`cxr-triage token create --role radiologist --name NAME`)",
         settings.ae_title,
         settings.dicom_host,
         settings.dicom_port,
