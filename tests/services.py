@@ -84,6 +84,43 @@ def activate_trained(
     return store.run(work)
 
 
+@dataclass(frozen=True)
+class Stack:
+    """What a test needs to drive the production-shaped stack it starts."""
+
+    settings: Settings
+    store: Store
+    model: ModelVersion
+    token: str
+
+
+@pytest.fixture
+def production_stack(
+    make_settings: Callable[..., Settings],
+    make_database_url: Callable[[str], str],
+    trained_model: TrainedModel,
+) -> Iterator[Stack]:
+    """Settings on PostgreSQL and Redis accepting the AE ``ORTHANC``, the trained model active,
+    and a radiologist's token. Start the services with ``start_service``."""
+    from governance.models import Role
+    from governance.tokens import create_token
+    from tests.conftest import REDIS_URL
+
+    settings = make_settings(
+        database_url=make_database_url("postgresql"),
+        broker_url=REDIS_URL,
+        allowed_calling_aes=["ORTHANC"],
+        precision="fp32",
+    )
+    store = Store.from_url(settings.database_url)
+    model = activate_trained(store, trained_model)
+    _, token = store.run(
+        lambda s: create_token(s, name="radiologist", role=Role.RADIOLOGIST, created_by="pytest")
+    )
+    yield Stack(settings, store, model, token)
+    store.dispose()
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a cxr-triage process use exactly ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
@@ -152,10 +189,16 @@ def start_service(tmp_path: Path) -> Iterator[Callable[[str, Settings], Service]
 def wait_until(
     predicate: Callable[[], Any], timeout: float, what: str, services: list[Service] | None = None
 ) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with the services' logs."""
+    """Poll ``predicate`` until it returns something truthy; fail with the services' logs.
+
+    A connection error (OSError) counts as "not yet": the service may still be starting.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except OSError:
+            value = None
         if value:
             return value
         for service in services or []:

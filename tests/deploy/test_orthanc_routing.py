@@ -25,13 +25,11 @@ from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 from sqlalchemy import select
 
 from cxr_triage.settings import Settings
-from governance.db import Store
 from governance.models import Instance, Study
-from governance.tokens import create_token
 from tests.conftest import REDIS_URL, free_port
 from tests.deploy.compose_file import ROOT
 from tests.peers import storescu
-from tests.services import Service, TrainedModel, activate_trained, settings_env, wait_until
+from tests.services import Service, Stack, settings_env, wait_until
 from training.synthetic import write_studies
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -107,22 +105,12 @@ def healthcheck(settings: Settings, *args: str) -> subprocess.CompletedProcess[s
 def test_a_study_stored_into_orthanc_is_routed_to_the_gateway_and_triaged(
     tmp_path: Path,
     make_settings: Callable[..., Settings],
-    make_database_url: Callable[[str], str],
     make_orthanc: Callable[..., Any],
     start_service: Callable[[str, Settings], Service],
-    trained_model: TrainedModel,
+    production_stack: Stack,
 ) -> None:
-    settings = make_settings(
-        database_url=make_database_url("postgresql"),
-        broker_url=REDIS_URL,
-        allowed_calling_aes=["ORTHANC"],
-        precision="fp32",
-    )
-    store = Store.from_url(settings.database_url)
-    model = activate_trained(store, trained_model)
-    _, token = store.run(
-        lambda s: create_token(s, name="radiologist", role="radiologist", created_by="pytest")
-    )
+    stack = production_stack
+    settings, store, model, token = stack.settings, stack.store, stack.model, stack.token
     records = write_studies(tmp_path / "studies", 1, size=256, seed=11)
     study_uid = records[0].study_instance_uid
     radiographs = {r.sop_instance_uid for r in records}
@@ -213,4 +201,3 @@ def test_a_study_stored_into_orthanc_is_routed_to_the_gateway_and_triaged(
     for kind in ("gateway", "web"):
         check = healthcheck(nobody, kind, "--timeout", "2")
         assert check.returncode == 1 and check.stdout.startswith(f"{kind}: "), check
-    store.dispose()

@@ -18,10 +18,7 @@ import pydicom
 import pytest
 
 from cxr_triage.settings import Settings
-from governance.db import Store
-from governance.tokens import create_token
-from tests.conftest import REDIS_URL
-from tests.services import Service, TrainedModel, activate_trained, wait_until
+from tests.services import Service, Stack, wait_until
 from training.synthetic import write_studies
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -54,23 +51,12 @@ def worklist(settings: Settings, token: str) -> list[dict[str, Any]]:
 
 def test_orthanc_to_flagged_worklist_on_postgres_and_redis(
     tmp_path: Path,
-    make_settings: Callable[..., Settings],
-    make_database_url: Callable[[str], str],
     make_orthanc: Callable[..., Any],
     start_service: Callable[[str, Settings], Service],
-    trained_model: TrainedModel,
+    production_stack: Stack,
 ) -> None:
-    settings = make_settings(
-        database_url=make_database_url("postgresql"),
-        broker_url=REDIS_URL,
-        allowed_calling_aes=["ORTHANC"],
-        precision="fp32",
-    )
-    store = Store.from_url(settings.database_url)
-    model = activate_trained(store, trained_model)
-    _, token = store.run(
-        lambda s: create_token(s, name="e2e reader", role="radiologist", created_by="pytest")
-    )
+    stack = production_stack
+    settings, model, token = stack.settings, stack.model, stack.token
 
     # Two studies: one with consolidation, one without; each a frontal plus a lateral.
     studies = tmp_path / "studies"
@@ -139,7 +125,7 @@ def test_orthanc_to_flagged_worklist_on_postgres_and_redis(
         {"pneumonia": True},
         token,
     )
-    assert read["final_read"] is True and read["final_read_by"] == "e2e reader"
+    assert read["final_read"] is True and read["final_read_by"] == "radiologist"
 
     # What a hospital would grep for: no patient identifier in any service's log.
     phi = set()
@@ -154,4 +140,3 @@ def test_orthanc_to_flagged_worklist_on_postgres_and_redis(
         assert not leaked, f"{service.name} logged patient identifiers: {leaked}"
 
     print(f"\nlast instance stored -> both studies triaged in the API: {latency:.2f} s")
-    store.dispose()
