@@ -24,6 +24,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, Operationa
 from sqlalchemy.orm import Session, sessionmaker
 
 from governance.errors import ConfigError, SchemaOutOfDate, StoreUnavailable
+from governance.events import discard_after_commit, run_after_commit
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 #: The newest Alembic revision this code needs. Server processes refuse a store at another one
 #: (a test keeps it equal to the head of ``migrations``, which governance may not import).
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 
 def create_store_engine(url: str, *, echo: bool = False) -> Engine:
@@ -151,15 +152,20 @@ class Store:
             yield session
             session.commit()
         except IntegrityError:
+            discard_after_commit(session)
             # A constraint said no: the caller's business (e.g. a concurrent insert), not an outage.
             session.rollback()
             raise
         except DBAPIError as exc:
+            discard_after_commit(session)
             session.rollback()
             raise StoreUnavailable(f"the store did not take the write: {_short(exc)}") from exc
         except BaseException:
+            discard_after_commit(session)
             session.rollback()
             raise
+        else:
+            run_after_commit(session)
         finally:
             session.close()
 

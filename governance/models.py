@@ -243,6 +243,33 @@ class StudyInference(Base):
     policy: Mapped[ThresholdPolicy | None] = relationship()
 
 
+class TriageEvent(Base):
+    """One "study triaged" event: written in the transaction that records a study's triage.
+
+    The outbox of everything that follows a triage (result export, flag notifications,
+    monitoring): a consumer reads events in ``id`` order and keeps its own progress, so an event
+    is never lost with a process and is seen once per consumer.
+    """
+
+    __tablename__ = "triage_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    study_inference_id: Mapped[int | None] = mapped_column(
+        ForeignKey("study_inferences.id", ondelete="CASCADE")
+    )
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    probability: Mapped[float | None] = mapped_column(Float)
+    tau: Mapped[float | None] = mapped_column(Float)
+    policy_version: Mapped[int | None] = mapped_column(Integer)
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    previously_flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class AuditEvent(Base):
     """One entry of the audit trail. The application only ever inserts rows here."""
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from governance import audit
 from governance.db import Store
 from governance.errors import NotFound
+from governance.events import emit_study_triaged
 from governance.models import (
     ImageInference,
     Instance,
@@ -282,6 +283,20 @@ def _persist(
         object_type="study",
         object_uid=study.study_instance_uid,
         detail=detail,
+    )
+    emit_study_triaged(
+        session,
+        study_id=study.id,
+        study_instance_uid=study.study_instance_uid,
+        status=study.status,
+        model_version_id=plan.model_id,
+        model_version=spec.version,
+        study_inference_id=result.id,
+        probability=probability,
+        tau=tau,
+        policy_version=result.policy_version,
+        flagged=flagged,
+        previously_flagged=was_flagged,
     )
     if flagged and not was_flagged:
         audit.record(

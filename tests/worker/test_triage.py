@@ -18,6 +18,7 @@ from governance.models import (
     ModelVersion,
     Study,
     StudyInference,
+    TriageEvent,
 )
 from governance.studies import ReceivedInstance, record_instance
 from tests.worker.builders import radiograph, write
@@ -143,6 +144,8 @@ def test_triage_is_idempotent_and_picks_up_new_instances(
             select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "study_triaged")
         )
         assert triaged_events == 1
+        # One "study triaged" event per recorded triage, none for a run with nothing new.
+        assert session.scalar(select(func.count()).select_from(TriageEvent)) == 1
 
     add_image(store, tmp_path, study_uid, view="AP", seed=7)
     later = triage_study(store, cache, study_uid)
@@ -150,6 +153,10 @@ def test_triage_is_idempotent_and_picks_up_new_instances(
     with store.read() as session:
         assert session.scalar(select(func.count()).select_from(ImageInference)) == 2
         assert session.scalar(select(StudyInference.runs)) == 2
+        events = session.scalars(select(TriageEvent).order_by(TriageEvent.id)).all()
+        assert [e.probability for e in events] == [first.probability, later.probability]
+        assert events[1].study_instance_uid == study_uid and events[1].status == "triaged"
+        assert events[1].previously_flagged == (first.flagged)
 
 
 def test_no_active_model_leaves_study_waiting(
