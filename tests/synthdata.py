@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.synthetic import synthetic_arrays as make_synthetic_arrays
-from training.synthetic import write_kaggle_layout, write_studies
+from training.synthetic.kaggle_layout import write_kaggle_layout
+from training.synthetic.studies import synthetic_arrays as make_synthetic_arrays
+from training.synthetic.studies import write_studies
 
 # The Kaggle-like folder the training tests use: enough images for a 64 px ResNet-50 to learn
 # the synthetic task in a few CPU epochs, small enough to write in a few seconds.

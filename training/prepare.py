@@ -27,7 +27,7 @@ from training.splits import (
     split_counts,
     write_manifest,
 )
-from training.synthetic import render_unit_image
+from training.synthetic.studies import render_unit_image
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class PreparedData:
 def synthetic_source(n: int, size: int, seed: int) -> tuple[SourceData, np.ndarray]:
     """``n`` synthetic frontal images (half positive) rendered at 4x ``size`` (at least
     256 px) and reduced by serving's path; one patient per image, no split provided."""
-    from training.synthetic import balanced_labels
+    from training.synthetic.studies import balanced_labels
 
     if n < 20:
         raise ConfigError(f"--synthetic needs at least 20 images, got {n}")

@@ -18,7 +18,7 @@ from governance.db import Store
 from governance.models import Study, StudyStatus
 from governance.studies import ReceivedInstance, mark_queued, record_instance
 from tests.services import Service, TrainedModel, activate_trained, wait_until
-from training.synthetic import write_studies
+from training.synthetic.studies import write_studies
 from worker.celery_app import make_celery
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

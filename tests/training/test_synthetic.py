@@ -14,8 +14,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from training import synthetic
-from training.dicom_writer import (
+from training.synthetic import studies as synthetic
+from training.synthetic.dicom_writer import (
     TRANSFER_SYNTAXES,
     Encoding,
     build_dataset,
@@ -25,7 +25,7 @@ from training.dicom_writer import (
     sample_patient,
     to_stored,
 )
-from training.phantom import chest_radiograph
+from training.synthetic.phantom import chest_radiograph
 from worker.preprocess import preprocess, standardize, to_unit_image
 
 ENCODINGS = [
