@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from PIL import Image, UnidentifiedImageError
 
 from governance.errors import ConfigError
 from training.splits import parse_patient_id
+from worker.preprocess import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -355,8 +355,7 @@ def deduplicate(records: list[ImageRecord]) -> tuple[list[ImageRecord], list[dic
 
 
 def read_gray(path: Path) -> np.ndarray:
-    """A JPEG/PNG as a 2-D array: colour becomes luminance (ITU-R BT.601), 16-bit PNGs keep
-    their values.
+    """A JPEG/PNG as a 2-D array (:func:`worker.preprocess.read_image`).
 
     Raises
     ------
@@ -364,9 +363,6 @@ def read_gray(path: Path) -> np.ndarray:
         The file cannot be read as an image.
     """
     try:
-        with Image.open(path) as image:
-            if image.mode in {"L", "I;16", "I", "F"}:
-                return np.asarray(image)
-            return np.asarray(image.convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read image {path}: {exc}") from None
+        return read_image(path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -3,8 +3,8 @@
 The exported file is what the worker serves: :func:`worker.model.export_torchscript` traces
 it, :func:`export_checked` compares it with the eager network on a batch, and
 :func:`register_version` records it with its SHA-256, temperature, operating points, metrics,
-reference score distribution and training arguments in one transaction, optionally with a
-threshold policy and activation. :func:`register_run` does that for a training run folder
+reference score distribution, training arguments and the preprocessing record the file
+carries in one transaction, optionally with a threshold policy and activation. :func:`register_run` does that for a training run folder
 (``cxr-triage model register RUN_DIR``).
 """
 
@@ -29,7 +29,7 @@ from governance.policies import set_policy
 from governance.registry import activate_model, register_model
 from training.calibration import probabilities
 from training.thresholds import POLICY_CRITERIA
-from worker.model import export_torchscript
+from worker.model import export_torchscript, preprocessing_of
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,8 @@ def register_version(
     """
     if activate and policy is None:
         raise ValueError("activate needs a policy: a model never serves without a tau")
-    safe_details = json_safe(details)
+    # The registry row says how the file's input is made: the record the file itself carries.
+    safe_details = json_safe({**details, "preprocessing": preprocessing_of(path)})
 
     def work(session: Any) -> ModelVersion:
         model = register_model(
@@ -306,5 +307,7 @@ def registry_details(summary: dict[str, Any]) -> dict[str, Any]:
         "export_check",
         "sha256",
         "best_epoch",
+        "preprocessing",
+        "provenance",
     )
     return {k: summary[k] for k in keys if k in summary}

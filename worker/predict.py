@@ -1,7 +1,9 @@
-"""``cxr-triage predict FILE|DIR...``: score DICOM files offline, one JSON line per file.
+"""``cxr-triage predict FILE|DIR...``: score DICOM, JPEG and PNG files offline, one JSON line
+per file.
 
 Uses the active model version and the policy in force (or ``--model VERSION``), through the
-same selection, preprocessing and calibration as the worker. Nothing is written to the store.
+same selection (DICOM), preprocessing (:func:`worker.preprocess.prepare`) and calibration as the
+worker. Nothing is written to the store.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from cxr_triage.settings import get_settings
 from governance.db import Store
 from governance.errors import ConfigError, NoActiveModel
 from governance.policies import policy_in_force
 from governance.registry import active_model, get_model
-from worker.inference import ModelCache, ModelSpec
+from worker.inference import ModelCache, ModelSpec, calibrate, predict_logits
+from worker.preprocess import is_image_file, prepare
 from worker.triage import score_images
 
 logger = logging.getLogger(__name__)
@@ -27,11 +32,14 @@ logger = logging.getLogger(__name__)
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxr-triage predict",
-        description="Score DICOM files offline with a registered model version and print one "
-        "JSON line per file: path, probability, logit, model_version, tau, flagged, or "
+        description="Score DICOM, JPEG and PNG files offline with a registered model version "
+        "and print one JSON line per file: path, probability, logit, model_version, tau, "
+        "flagged, or "
         "skipped_reason. Folders are searched recursively.",
     )
-    parser.add_argument("paths", nargs="+", metavar="FILE|DIR", help="DICOM files or folders")
+    parser.add_argument(
+        "paths", nargs="+", metavar="FILE|DIR", help="DICOM/JPEG/PNG files or folders"
+    )
     parser.add_argument(
         "--model", metavar="VERSION", help="model version (default: the active one)"
     )
@@ -85,22 +93,56 @@ def main(argv: list[str] | None = None) -> int:
     chunk = max(batch, 32)
     for start in range(0, len(files), chunk):
         part = files[start : start + chunk]
-        todo = [(i, path.name, str(path)) for i, path in enumerate(part)]
-        results = score_images(cache, spec, todo, batch_size=batch)
-        for result in sorted(results, key=lambda r: r.instance_id):
+        scores = score_files(cache, spec, part, batch)
+        for index, path in enumerate(part):
+            probability, logit, reason = scores[index]
             line: dict[str, object] = {
-                "path": str(part[result.instance_id]),
+                "path": str(path),
                 "model_version": spec.version,
                 "tau": tau,
             }
-            if result.probability is None:
-                line["skipped_reason"] = result.skipped_reason
+            if probability is None:
+                line["skipped_reason"] = reason
             else:
                 line.update(
-                    probability=round(result.probability, 6),
-                    logit=round(float(result.logit or 0.0), 6),
-                    flagged=bool(tau is not None and result.probability >= tau),
+                    probability=round(probability, 6),
+                    logit=round(float(logit or 0.0), 6),
+                    flagged=bool(tau is not None and probability >= tau),
                 )
             sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
     return 0
+
+
+Score = tuple[float | None, float | None, str | None]  # probability, logit, skipped reason
+
+
+def score_files(
+    cache: ModelCache, spec: ModelSpec, paths: list[Path], batch_size: int
+) -> dict[int, Score]:
+    """Scores by index in ``paths``: DICOM through the worker's selection and scoring, JPEG
+    and PNG (no header to select on) through the same preprocessing and calibration."""
+    images, dicoms = [], []
+    for index, path in enumerate(paths):
+        try:
+            (images if is_image_file(path) else dicoms).append(index)
+        except OSError:
+            dicoms.append(index)  # the DICOM path reports why it cannot be read
+    scores: dict[int, Score] = {}
+    todo = [(i, paths[i].name, str(paths[i])) for i in dicoms]
+    for result in score_images(cache, spec, todo, batch_size=batch_size):
+        scores[result.instance_id] = (result.probability, result.logit, result.skipped_reason)
+    for start in range(0, len(images), batch_size):
+        inputs = []
+        for index in images[start : start + batch_size]:
+            try:
+                inputs.append((index, prepare(paths[index], spec.input_size).input))
+            except ValueError as exc:
+                scores[index] = (None, None, str(exc)[:250])
+        if inputs:
+            logits = predict_logits(cache.get(spec), np.stack([x for _, x in inputs]))
+            for (index, _), logit, probability in zip(
+                inputs, logits, calibrate(logits, spec.temperature), strict=True
+            ):
+                scores[index] = (float(probability), float(logit), None)
+    return scores

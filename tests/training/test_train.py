@@ -21,7 +21,7 @@ from training.data import read_gray
 from training.export import register_run
 from training.train import get_args_parser, train
 from worker.inference import ModelSpec, calibrate, load_model, predict_logits
-from worker.preprocess import preprocess_image
+from worker.preprocess import preprocess
 
 from .conftest import TRAIN_ARGS, make_store_settings
 
@@ -179,7 +179,7 @@ def test_worker_gives_the_probability_training_evaluated(trained_run):
     loaded = load_model(spec, device="cpu", precision="fp32")
     with open(trained_run.run_dir / "predictions_test.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))[:12]
-    batch = np.stack([preprocess_image(read_gray(trained_run.data / r["name"]), 64) for r in rows])
+    batch = np.stack([preprocess(read_gray(trained_run.data / r["name"]), 64) for r in rows])
     served = calibrate(predict_logits(loaded, batch), spec.temperature)
     recorded = np.array([float(r["probability"]) for r in rows])
     np.testing.assert_allclose(served, recorded, atol=1e-5)
