@@ -4,7 +4,8 @@ The exported file is what the worker serves: :func:`worker.model.export_torchscr
 it, :func:`export_checked` compares it with the eager network on a batch, and
 :func:`register_version` records it with its SHA-256, temperature, operating points, metrics,
 reference score distribution, training arguments and the preprocessing record the file
-carries in one transaction, optionally with a threshold policy and activation. :func:`register_run` does that for a training run folder
+carries in one transaction, optionally with a threshold policy and activation.
+:func:`register_run` does that for a training run folder
 (``cxr-triage model register RUN_DIR``).
 """
 

@@ -122,7 +122,8 @@ def score_files(
 ) -> dict[int, Score]:
     """Scores by index in ``paths``: DICOM through the worker's selection and scoring, JPEG
     and PNG (no header to select on) through the same preprocessing and calibration."""
-    images, dicoms = [], []
+    images: list[int] = []
+    dicoms: list[int] = []
     for index, path in enumerate(paths):
         try:
             (images if is_image_file(path) else dicoms).append(index)
