@@ -28,7 +28,7 @@ from governance.registry import activate_model, active_model, sha256_file
 from training.datasets import UnitImageDataset, make_loader
 from training.engine import fit, set_seed, zero_init_residual
 from training.export import export_checked, json_safe, register_version
-from training.finalize import Finalized, finalize
+from training.finalize import Finalized, eager_scores, finalize
 from training.presets import ClassificationPresetEval, ClassificationPresetTrain
 from training.synthetic.studies import synthetic_arrays
 from training.thresholds import POLICY_CRITERIA
@@ -120,9 +120,8 @@ def train_demo_model(
         progress=progress,
     )
     model.load_state_dict(result.best_state)
-    final = finalize(
-        model, loaders[0], loaders[1], device, pos_weight=pos_weight, n_bootstrap=200, seed=seed
-    )
+    val, test = (eager_scores(model, loader, device) for loader in loaders)
+    final = finalize(model, val, test, pos_weight=pos_weight, n_bootstrap=200, seed=seed)
     args.update(
         pos_weight=pos_weight,
         best_epoch=result.best_epoch,
