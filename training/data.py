@@ -48,6 +48,7 @@ class ImageRecord:
     split: str | None = None  # "train", "val", "test" when the source says so
     sha256: str = ""
     subgroups: dict[str, str] = field(default_factory=dict)
+    study: str | None = None  # Study Instance UID where the source has studies
 
 
 @dataclass
@@ -286,6 +287,8 @@ def load_dicom_folder(folder: Path, *, frontal_only: bool = True) -> SourceData:
                 label=label,
                 patient=patient,
                 kind="dicom",
+                study=str(row.get("study_instance_uid") or ds.get("StudyInstanceUID") or "")
+                or None,
                 split=_split_value(row, labels_csv),
                 subgroups={
                     k: row[k].strip() for k in DEFAULT_SUBGROUPS if (row.get(k) or "").strip()

@@ -147,6 +147,30 @@ def cluster_bootstrap_indices(
     ]
 
 
+def study_level(
+    labels: np.ndarray, probs: np.ndarray, studies: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per study: the label (positive if any image is) and the probability the worker flags
+    on (the highest of its images), with the study keys in first-seen order.
+
+    Raises
+    ------
+    ValueError
+        The lengths differ.
+    """
+    if not len(labels) == len(probs) == len(studies):
+        raise ValueError("labels, probs and studies must have equal lengths")
+    order: dict[str, int] = {}
+    for study in studies:
+        order.setdefault(study, len(order))
+    index = np.array([order[s] for s in studies], dtype=np.int64)
+    y = np.zeros(len(order), dtype=np.int64)
+    p = np.full(len(order), -np.inf)
+    np.maximum.at(y, index, np.asarray(labels, dtype=np.int64))
+    np.maximum.at(p, index, np.asarray(probs, dtype=np.float64))
+    return y, p, list(order)
+
+
 def summarize(
     labels: np.ndarray,
     probs: np.ndarray,

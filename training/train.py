@@ -28,7 +28,7 @@ from cxr_triage.settings import Settings, get_settings
 from governance.db import Store
 from governance.errors import ConfigError
 from governance.registry import sha256_file
-from training import report
+from training import metrics, report
 from training.calibration import probabilities
 from training.datasets import UnitImageDataset, make_loader
 from training.engine import FitResult, fit, set_seed, zero_init_residual
@@ -40,6 +40,7 @@ from training.presets import (
     ClassificationPresetEval,
     ClassificationPresetTrain,
 )
+from training.thresholds import POLICY_CRITERIA
 from worker.model import build_model, export_torchscript, resolve_device
 from worker.preprocess import preprocessing_record
 
@@ -482,6 +483,32 @@ def export_model(
     return path, check
 
 
+def study_metrics(
+    data: PreparedData,
+    val_idx: np.ndarray,
+    test_idx: np.ndarray,
+    final: Finalized,
+    args: argparse.Namespace,
+) -> dict[str, Any] | None:
+    """Metrics per study (highest image probability, as the worker flags) at the balanced
+    tau, where the source has studies; None where it has not."""
+    if not any(r.study for r in data.records):
+        return None
+    tau = final.operating_points[POLICY_CRITERIA["balanced"]].tau
+    out: dict[str, Any] = {"aggregation": "max over the study's images", "tau": tau}
+    for name, idx, scores in (("val", val_idx, final.val), ("test", test_idx, final.test)):
+        if scores is None or len(idx) == 0:
+            continue
+        studies = [data.records[i].study or f"image:{i}" for i in idx]
+        labels, probs, _ = metrics.study_level(scores.labels, scores.probs, studies)
+        if len(set(labels.tolist())) < 2:
+            continue
+        out[name] = metrics.summarize(
+            labels, probs, tau, n_bootstrap=args.bootstrap, seed=args.seed
+        )
+    return out
+
+
 def provenance(input_size: int) -> dict[str, Any]:
     """Versions and commit a run was made with."""
     import torchvision
@@ -598,6 +625,7 @@ def train(args: argparse.Namespace, settings: Settings) -> RunResult:
         "data": data.report,
         "export_check": export_check,
         "subgroups": subgroup_metrics(data, test_idx, final),
+        "study_metrics": study_metrics(data, val_idx, test_idx, final, args),
         "preprocessing": preprocessing_record(size),
         "provenance": provenance(size),
         "description": ("NON-CLINICAL " if args.synthetic is not None else "")

@@ -120,3 +120,13 @@ def test_patient_bootstrap_widens_intervals_for_correlated_images() -> None:
     width = lambda s: s["auc"]["ci95"][1] - s["auc"]["ci95"][0]  # noqa: E731
     assert by_patient["auc"]["value"] == by_image["auc"]["value"]
     assert width(by_patient) > 1.5 * width(by_image)
+
+
+def test_study_level_takes_the_highest_image_and_any_positive() -> None:
+    labels = np.array([0, 1, 0, 0, 1])
+    probs = np.array([0.2, 0.7, 0.9, 0.1, 0.4])
+    studies = ["s1", "s1", "s2", "s2", "s3"]
+    y, p, keys = metrics.study_level(labels, probs, studies)
+    assert keys == ["s1", "s2", "s3"]
+    np.testing.assert_array_equal(y, [1, 0, 1])
+    np.testing.assert_allclose(p, [0.7, 0.9, 0.4])
