@@ -92,21 +92,6 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
     return instance, replaced
 
 
-def mark_queued(session: Session, study_uids: list[str], at: dt.datetime | None = None) -> None:
-    """Note that these studies were handed to the broker."""
-    when = at or utcnow()
-    for study in session.scalars(select(Study).where(Study.study_instance_uid.in_(study_uids))):
-        study.queued_at = when
-        if study.status in (
-            StudyStatus.RECEIVED,
-            StudyStatus.TRIAGED,
-            StudyStatus.NO_FRONTAL,
-            StudyStatus.FAILED,
-            StudyStatus.NO_MODEL,
-        ):
-            study.status = StudyStatus.QUEUED
-
-
 def studies_awaiting_queue(
     session: Session, older_than: dt.datetime, *, stale_before: dt.datetime | None = None
 ) -> list[str]:

@@ -16,12 +16,8 @@ from sqlalchemy import func, select, text
 from governance.db import Store, create_store_engine
 from governance.errors import ConfigError, StoreUnavailable
 from governance.models import Base, Instance, Study
-from governance.studies import (
-    ReceivedInstance,
-    mark_queued,
-    record_instance,
-    studies_awaiting_queue,
-)
+from governance.studies import ReceivedInstance, record_instance, studies_awaiting_queue
+from governance.triage_results import mark_queued
 from migrations import alembic_config, check_current
 
 
