@@ -10,6 +10,7 @@ inferences, the audit events and the one "study triaged" event in the caller's t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
@@ -139,6 +140,30 @@ class TriageOutcome:
     detail: str | None = None
     skipped: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def of(
+        cls,
+        study_uid: str,
+        model_version: str,
+        result: StudyInference | Decision,
+        *,
+        newly_scored: int = 0,
+        skipped: dict[str, str] | None = None,
+    ) -> TriageOutcome:
+        """The outcome a study inference row or a fresh decision describes."""
+        return cls(
+            study_uid,
+            StudyStatus.TRIAGED if result.images_scored else StudyStatus.NO_FRONTAL,
+            model_version,
+            result.probability,
+            result.tau,
+            result.flagged,
+            result.images_scored,
+            result.images_skipped,
+            newly_scored,
+            skipped=skipped or {},
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class PendingImage:
@@ -153,6 +178,16 @@ class PendingImage:
     modality: str | None
     view_position: str | None
     body_part: str | None
+
+    @classmethod
+    def of(cls, instance: Instance, study_instance_uid: str) -> PendingImage:
+        """The pending image of an Instance row of the study ``study_instance_uid``."""
+        columns = {
+            f.name: getattr(instance, f.name)
+            for f in dataclasses.fields(cls)
+            if f.name not in ("instance_id", "study_instance_uid")
+        }
+        return cls(instance_id=instance.id, study_instance_uid=study_instance_uid, **columns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,17 +220,7 @@ def plan(session: Session, study_uid: str) -> TriagePlan:
         )
     )
     pending = [
-        PendingImage(
-            instance_id=i.id,
-            sop_instance_uid=i.sop_instance_uid,
-            path=i.path,
-            study_instance_uid=study.study_instance_uid,
-            series_instance_uid=i.series_instance_uid,
-            sop_class_uid=i.sop_class_uid,
-            modality=i.modality,
-            view_position=i.view_position,
-            body_part=i.body_part,
-        )
+        PendingImage.of(i, study.study_instance_uid)
         for i in session.scalars(
             select(Instance).where(Instance.study_id == study.id).order_by(Instance.id)
         )
@@ -206,18 +231,7 @@ def plan(session: Session, study_uid: str) -> TriagePlan:
 
 def _current(session: Session, study: Study, model: ModelVersion) -> TriageOutcome | None:
     result = _study_inference(session, study.id, model.id)
-    if result is None:
-        return None
-    return TriageOutcome(
-        study.study_instance_uid,
-        StudyStatus.TRIAGED if result.images_scored else StudyStatus.NO_FRONTAL,
-        model.version,
-        result.probability,
-        result.tau,
-        result.flagged,
-        result.images_scored,
-        result.images_skipped,
-    )
+    return TriageOutcome.of(study.study_instance_uid, model.version, result) if result else None
 
 
 def _study_inference(session: Session, study_id: int, model_id: int) -> StudyInference | None:
@@ -303,21 +317,18 @@ def record(
     _set_status(study, decision.status, None if decision.images_scored else NO_FRONTAL_DETAIL)
     study.triaged_at = result.finished_at
     _audit_and_emit(session, study, model, result, decision, was_flagged)
-    return TriageOutcome(
-        study_instance_uid=study.study_instance_uid,
-        status=decision.status,
-        model_version=model.version,
-        probability=decision.probability,
-        tau=decision.tau,
-        flagged=decision.flagged,
-        images_scored=decision.images_scored,
-        images_skipped=decision.images_skipped,
-        newly_scored=sum(1 for s in scores if s.probability is not None),
-        skipped={
-            s.sop_instance_uid: reason
-            for s in all_scores
-            if s.probability is None and (reason := s.skipped_reason)
-        },
+    skipped = {
+        s.sop_instance_uid: reason
+        for s in all_scores
+        if s.probability is None and (reason := s.skipped_reason)
+    }
+    newly_scored = sum(1 for s in scores if s.probability is not None)
+    return TriageOutcome.of(
+        study.study_instance_uid,
+        model.version,
+        decision,
+        newly_scored=newly_scored,
+        skipped=skipped,
     )
 
 
@@ -336,20 +347,9 @@ def _add_image_inferences(
     for s in scores:
         if s.instance_id in existing:
             continue  # a concurrent run of the same study got there first
-        session.add(
-            ImageInference(
-                instance_id=s.instance_id,
-                model_version_id=model.id,
-                model_sha256=model.sha256,
-                probability=s.probability,
-                logit=s.logit,
-                skipped_reason=s.skipped_reason,
-                started_at=s.started_at,
-                decoded_at=s.decoded_at,
-                preprocessed_at=s.preprocessed_at,
-                inferred_at=s.inferred_at,
-            )
-        )
+        columns = dataclasses.asdict(s)
+        del columns["sop_instance_uid"]
+        session.add(ImageInference(model_version_id=model.id, model_sha256=model.sha256, **columns))
     session.flush()
 
 
@@ -419,14 +419,18 @@ def _audit_and_emit(
         "images_scored": decision.images_scored,
         "images_skipped": decision.images_skipped,
     }
-    audit.record(
-        session,
-        actor=ACTOR,
-        action=audit.Action.STUDY_TRIAGED,
-        object_type="study",
-        object_uid=study.study_instance_uid,
-        detail=detail,
-    )
+    actions = [audit.Action.STUDY_TRIAGED]
+    if decision.flagged and not was_flagged:
+        actions.append(audit.Action.STUDY_FLAGGED)
+    for action in actions:
+        audit.record(
+            session,
+            actor=ACTOR,
+            action=action,
+            object_type="study",
+            object_uid=study.study_instance_uid,
+            detail=detail,
+        )
     emit_study_triaged(
         session,
         study_id=study.id,
@@ -441,12 +445,3 @@ def _audit_and_emit(
         flagged=decision.flagged,
         previously_flagged=was_flagged,
     )
-    if decision.flagged and not was_flagged:
-        audit.record(
-            session,
-            actor=ACTOR,
-            action=audit.Action.STUDY_FLAGGED,
-            object_type="study",
-            object_uid=study.study_instance_uid,
-            detail=detail,
-        )
