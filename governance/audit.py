@@ -16,6 +16,7 @@ transaction has committed; an event rolled back with its transaction is never ex
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import hashlib
 import hmac
 import logging
@@ -31,7 +32,7 @@ from governance.models import GENESIS_HASH, AuditEvent, utcnow
 logger = logging.getLogger(__name__)
 
 
-class Action:
+class Action(enum.StrEnum):
     """Audit actions; the DICOM event code (PS3.15 A.5.3) where one fits."""
 
     # DICOM-coded events
@@ -62,13 +63,13 @@ class Action:
     MODEL_REGISTERED = "model_registered"
 
 
-class Outcome:
+class Outcome(enum.StrEnum):
     """Outcomes an event is recorded with (``AuditEvent.outcome``)."""
 
     SUCCESS = "success"
     REFUSED = "refused"  # a peer, token or request was turned away
     FAILURE = "failure"  # the action was attempted and failed
-    ALL = (SUCCESS, REFUSED, FAILURE)
+    ALL = enum.nonmember((SUCCESS, REFUSED, FAILURE))
 
 
 # DICOM PS3.16 CID 400 "Audit Event ID" meanings of the codes we use.
@@ -82,7 +83,7 @@ CODE_MEANINGS = {
     "110114": "User Authentication",
 }
 
-EVENT_CODES = {
+EVENT_CODES: dict[str, str] = {
     Action.INSTANCES_RECEIVED: "110104",
     Action.INSTANCES_EXPORTED: "110104",
     Action.STUDY_VIEWED: "110103",

@@ -322,11 +322,6 @@ def configure_export(
     return exporter
 
 
-def current_exporter() -> SyslogExporter | None:
-    """The exporter :func:`configure_export` installed, if any (for metrics)."""
-    return _current
-
-
 def _restart_in_child() -> None:
     # A forked child (a Celery prefork worker) has no sender thread and may hold a copy of a
     # lock taken by it: give the child an exporter of its own, empty, to the same receiver.
