@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy.orm import Session
 
 from governance import audit
-from governance.audit_query import AuditQuery, AuditRecord, parse_time, query_events
-from governance.audit_verify import verify_chain
+from governance.audit.query import AuditQuery, AuditRecord, parse_time, query_events
+from governance.audit.verify import verify_chain
 from governance.db import Store
 from governance.models import Role
 from governance.tokens import Identity

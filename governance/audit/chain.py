@@ -1,16 +1,16 @@
-"""The audit trail: who did what to which object, when, and how it ended.
+"""The audit trail's append-only hash chain: who did what to which object, when, how it ended.
 
 Events carry DICOM PS3.15 A.5.3 event codes where one fits; our own events (a study triaged, a
 flag set, an override, a policy changed, a model activated) carry none. The application only
 inserts rows; it never updates or deletes one, and triggers refuse both (migration 0002). Each
 row's hash covers its content and the previous row's hash (:meth:`AuditEvent.canonical`), so
-:func:`governance.audit_query.verify_chain` finds a row that was edited, deleted or reordered.
+:func:`governance.audit.query.verify_chain` finds a row that was edited, deleted or reordered.
 
 Details hold UIDs, AE titles, versions and figures, never patient identifiers; where a patient
 must be linked, :func:`pseudonym` gives a keyed pseudonym of the Patient ID instead.
 
-An export sink (the ATNA syslog exporter of :mod:`governance.atna`) receives each event once its
-transaction has committed; an event rolled back with its transaction is never exported.
+An export sink (the ATNA syslog exporter of :mod:`governance.audit.export`) receives each event
+once its transaction has committed; an event rolled back with its transaction is never exported.
 """
 
 from __future__ import annotations
