@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,20 @@ import numpy as np
 from cxr_triage.settings import get_settings
 from governance.db import Store
 from governance.errors import ConfigError, NoActiveModel
+from governance.models import utcnow
 from governance.policies import policy_in_force
 from governance.registry import active_model, get_model
+from governance.triage_results import ImageScore, decide
 from worker.inference import ModelCache, ModelSpec, calibrate, predict_logits
 from worker.preprocess import is_image_file, prepare
-from worker.triage import score_images
+from worker.triage import Candidate, score_images
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tau:
+    tau: float
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -85,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = policy_in_force(session, model.id)
         spec = ModelSpec.of(model)
         tau = policy.tau if policy else None
+        policy_tau = _Tau(tau) if tau is not None else None
     store.dispose()
     cache = ModelCache(device=settings.device, precision=settings.precision)
     batch = args.batch_size or settings.batch_size
@@ -95,31 +104,28 @@ def main(argv: list[str] | None = None) -> int:
         part = files[start : start + chunk]
         scores = score_files(cache, spec, part, batch)
         for index, path in enumerate(part):
-            probability, logit, reason = scores[index]
+            result = scores[index]
             line: dict[str, object] = {
                 "path": str(path),
                 "model_version": spec.version,
                 "tau": tau,
             }
-            if probability is None:
-                line["skipped_reason"] = reason
+            if result.probability is None:
+                line["skipped_reason"] = result.skipped_reason
             else:
                 line.update(
-                    probability=round(probability, 6),
-                    logit=round(float(logit or 0.0), 6),
-                    flagged=bool(tau is not None and probability >= tau),
+                    probability=round(result.probability, 6),
+                    logit=round(float(result.logit or 0.0), 6),
+                    flagged=decide([result], policy_tau).flagged,
                 )
             sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
     return 0
 
 
-Score = tuple[float | None, float | None, str | None]  # probability, logit, skipped reason
-
-
 def score_files(
     cache: ModelCache, spec: ModelSpec, paths: list[Path], batch_size: int
-) -> dict[int, Score]:
+) -> dict[int, ImageScore]:
     """Scores by index in ``paths``: DICOM through the worker's selection and scoring, JPEG
     and PNG (no header to select on) through the same preprocessing and calibration."""
     images: list[int] = []
@@ -129,21 +135,35 @@ def score_files(
             (images if is_image_file(path) else dicoms).append(index)
         except OSError:
             dicoms.append(index)  # the DICOM path reports why it cannot be read
-    scores: dict[int, Score] = {}
-    todo = [(i, paths[i].name, str(paths[i])) for i in dicoms]
+    scores: dict[int, ImageScore] = {}
+    todo = [Candidate(i, paths[i].name, str(paths[i])) for i in dicoms]
     for result in score_images(cache, spec, todo, batch_size=batch_size):
-        scores[result.instance_id] = (result.probability, result.logit, result.skipped_reason)
+        scores[result.instance_id] = result
     for start in range(0, len(images), batch_size):
-        inputs = []
+        prepared = []
         for index in images[start : start + batch_size]:
+            started = utcnow()
             try:
-                inputs.append((index, prepare(paths[index], spec.input_size).input))
+                prepared.append((index, prepare(paths[index], spec.input_size)))
             except ValueError as exc:
-                scores[index] = (None, None, str(exc)[:250])
-        if inputs:
-            logits = predict_logits(cache.get(spec), np.stack([x for _, x in inputs]))
-            for (index, _), logit, probability in zip(
-                inputs, logits, calibrate(logits, spec.temperature), strict=True
-            ):
-                scores[index] = (float(probability), float(logit), None)
+                scores[index] = ImageScore(
+                    index, paths[index].name, started, skipped_reason=str(exc)[:250]
+                )
+        if not prepared:
+            continue
+        logits = predict_logits(cache.get(spec), np.stack([p.input for _, p in prepared]))
+        inferred = utcnow()
+        for (index, image), logit, probability in zip(
+            prepared, logits, calibrate(logits, spec.temperature), strict=True
+        ):
+            scores[index] = ImageScore(
+                index,
+                paths[index].name,
+                image.started_at,
+                probability=float(probability),
+                logit=float(logit),
+                decoded_at=image.decoded_at,
+                preprocessed_at=image.preprocessed_at,
+                inferred_at=inferred,
+            )
     return scores
