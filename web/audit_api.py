@@ -103,7 +103,8 @@ def get_audit(
         str | None, Query(description="Only this outcome: success, refused or failure.")
     ] = None,
     before_id: Annotated[
-        int | None, Query(ge=1, description="Paging: only events older than this id.")
+        int | None,
+        Query(ge=1, le=2**31 - 1, description="Paging: only events older than this id."),
     ] = None,
 ) -> list[AuditRecord]:
     try:

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.orm import Session
+
+from governance.models import UTCDateTime
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -49,22 +50,39 @@ SQLITE_TRIGGERS = (
 
 
 def _chain_existing_rows() -> None:
+    import hashlib
+
     from governance.models import GENESIS_HASH, AuditEvent
 
     bind = op.get_bind()
+    # The columns as they are at this revision (later ones add columns the ORM maps).
+    names = [
+        "id",
+        "actor",
+        "actor_address",
+        "action",
+        "event_code",
+        "object_type",
+        "object_uid",
+        "outcome",
+    ]
     table = sa.table(
-        "audit_events", sa.column("id", sa.Integer), sa.column("prev_hash"), sa.column("row_hash")
+        "audit_events",
+        *(sa.column(name) for name in names),
+        sa.column("occurred_at", UTCDateTime()),
+        sa.column("detail", sa.JSON),
+        sa.column("prev_hash"),
+        sa.column("row_hash"),
     )
-    session = Session(bind=bind)
     prev = GENESIS_HASH
-    events = session.scalars(sa.select(AuditEvent).order_by(AuditEvent.id)).all()
-    for event in events:
-        digest = event.compute_hash(prev)
+    content = [table.c[name] for name in [*names, "occurred_at", "detail"]]
+    rows = bind.execute(sa.select(*content).order_by(table.c.id)).all()
+    for row in rows:
+        digest = hashlib.sha256(AuditEvent.canonical(row, prev)).hexdigest()  # type: ignore[arg-type]
         bind.execute(
-            table.update().where(table.c.id == event.id).values(prev_hash=prev, row_hash=digest)
+            table.update().where(table.c.id == row.id).values(prev_hash=prev, row_hash=digest)
         )
         prev = digest
-    session.expunge_all()
 
 
 def upgrade() -> None:
