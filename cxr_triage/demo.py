@@ -70,7 +70,7 @@ def prepare(settings: Settings, *, studies: int, size: int, seed: int) -> tuple[
     from training.synthetic import write_studies
 
     prepare_store(settings)
-    store = Store.from_url(settings.database_url)
+    store = Store.from_settings(settings)
     try:
         version = ensure_demo_model(settings, store)
         name = f"demo-radiologist-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
@@ -112,7 +112,7 @@ def _triage_progress(settings: Settings) -> tuple[int, int, int]:
     from governance.db import Store
     from governance.models import Study, StudyInference, StudyStatus
 
-    store = Store.from_url(settings.database_url)
+    store = Store.from_settings(settings)
     try:
         with store.read() as session:
             total = session.scalar(select(func.count()).select_from(Study)) or 0

@@ -74,14 +74,15 @@ class AnchorFile:
         self._lock = threading.Lock()
         self._pending: tuple[int, str] | None = None
         self._written_id = 0
-        self._last_write = 0.0
+        self._last_write: float | None = None
 
     def note(self, event_id: int, row_hash: str) -> None:
         """A committed head; written now if the interval has passed, else kept for later."""
         with self._lock:
             if self._pending is None or event_id > self._pending[0]:
                 self._pending = (event_id, row_hash)
-            if time.monotonic() - self._last_write >= self.interval_s:
+            last = self._last_write
+            if last is None or time.monotonic() - last >= self.interval_s:
                 self._write()
 
     def flush(self) -> None:
