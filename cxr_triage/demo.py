@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from cxr_triage.settings import Settings, get_settings
-from cxr_triage.up import Supervisor, prepare_store
+from cxr_triage.up import Supervisor, dicom_reach, prepare_store
 
 logger = logging.getLogger(__name__)
 
@@ -187,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             for failed_path, why in report.failed:
                 logger.error("could not send %s: %s", failed_path, why)
+        reach = dicom_reach(settings.dicom_host, settings.allowed_calling_aes)
         print(
             f"pushed {len(by_study)} studies over DICOM to {settings.ae_title}@{host}:"
-            f"{settings.dicom_port}\n\n  worklist: {url}\n\nCtrl-C stops the demo."
+            f"{settings.dicom_port}{reach}\n\n  worklist: {url}\n\nCtrl-C stops the demo."
         )
         if args.exit_when_done:
             deadline = time.monotonic() + args.timeout

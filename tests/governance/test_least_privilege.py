@@ -151,3 +151,44 @@ def test_the_services_work_as_the_app_role(
         result = verify_chain(session)
     assert result.ok and result.keyed_events == result.events > 5
     store.dispose()
+
+
+def test_db_commands_create_the_role_and_migrate_as_the_owner(tmp_path: Path) -> None:
+    from tests.cxr_triage.test_cli import run_cli
+
+    suffix = uuid.uuid4().hex[:8]
+    owner, app, schema = f"cxr_owner_{suffix}", f"cxr_app_{suffix}", f"cxr_lp_{suffix}"
+    with psycopg.connect(_pg_conninfo(PG_ADMIN_URL), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {owner} LOGIN NOSUPERUSER CREATEROLE")
+        conn.execute(f"CREATE SCHEMA {schema} AUTHORIZATION {owner}")
+    env = {
+        "CXR_DATA_DIR": str(tmp_path),
+        "CXR_DATABASE_URL": _url_as(app, schema),
+        "CXR_MIGRATION_DATABASE_URL": _url_as(owner, schema),
+    }
+    try:
+        shown = run_cli("db", "create-roles", "--print-sql", env=env)
+        assert shown.returncode == 0 and f"CREATE ROLE {app} LOGIN" in shown.stdout
+        upgraded = run_cli("db", "upgrade", env=env)
+        assert upgraded.returncode == 2  # the role does not exist yet: one line
+        assert "Traceback" not in upgraded.stderr
+        assert upgraded.stderr.splitlines()[-1].endswith(f'role "{app}" does not exist')
+        created = run_cli("db", "create-roles", env=env)
+        assert created.returncode == 0, created.stderr
+        upgraded = run_cli("db", "upgrade", env=env)
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert f"granted the application role {app}" in upgraded.stdout
+        assert _refused(env["CXR_DATABASE_URL"], "DELETE FROM audit_events") == "42501"
+        store = Store(create_store_engine(env["CXR_DATABASE_URL"]))
+        store.run(lambda s: audit.record(s, actor="pytest", action=audit.Action.QUERY))
+        store.dispose()
+    finally:
+        with psycopg.connect(_pg_conninfo(PG_ADMIN_URL), autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.execute(f"DROP OWNED BY {app}" if _role_exists(conn, app) else "SELECT 1")
+            conn.execute(f"DROP ROLE IF EXISTS {app}")
+            conn.execute(f"DROP ROLE {owner}")
+
+
+def _role_exists(conn: psycopg.Connection[tuple[object, ...]], role: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
