@@ -13,9 +13,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy.orm import Session
 
 from governance import audit
+from governance.audit_key import read_anchors
 from governance.audit_query import AuditQuery, AuditRecord, parse_time, query_events
 from governance.audit_verify import verify_chain
 from governance.db import Store
+from governance.errors import ConfigError
 from governance.models import Role
 from governance.tokens import Identity
 from web.auth import RequireRole, client_address
@@ -145,9 +147,26 @@ def get_verify(
             "verification): catches deleted newest rows and rewritten trails."
         ),
     ] = None,
+    anchors: Annotated[
+        bool,
+        Query(
+            description="Also check every head anchored in this server's anchor file "
+            "(CXR_AUDIT_ANCHOR_FILE)."
+        ),
+    ] = False,
 ) -> dict[str, Any]:
+    anchored: list[tuple[int, str]] = []
+    if anchors:
+        path = request.app.state.settings.anchor_path
+        try:
+            anchored = read_anchors(path) if path.exists() else []
+        except ConfigError as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
     try:
-        result = read_store(store, lambda session: verify_chain(session, expect_head=expect_head))
+        result = read_store(
+            store,
+            lambda session: verify_chain(session, expect_head=expect_head, anchors=anchored),
+        )
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
     summary = result.to_dict()
