@@ -52,7 +52,9 @@ def load_audit_key(settings: Settings, *, create: bool = True) -> bytes | None:
     if not create and not path.is_file():
         return None
     try:
-        return _read_or_create(path, "audit key")
+        # Quietly: every embedded store makes one on its first command (compose requires
+        # CXR_AUDIT_KEY); a command's one-line error must stay one line.
+        return _read_or_create(path, "audit key", logging.DEBUG)
     except OSError as exc:
         raise ConfigError(
             f"cannot read or create the audit key {path}: {exc.strerror}; set CXR_AUDIT_KEY"

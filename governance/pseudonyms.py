@@ -44,7 +44,7 @@ def load_key(settings: Settings) -> bytes:
         ) from None
 
 
-def _read_or_create(path: Path, what: str = "pseudonym key") -> bytes:
+def _read_or_create(path: Path, what: str = "pseudonym key", level: int = logging.WARNING) -> bytes:
     if path.is_file():
         key = path.read_bytes().strip()
         if len(key) < MIN_KEY_BYTES:
@@ -56,12 +56,15 @@ def _read_or_create(path: Path, what: str = "pseudonym key") -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return _read_or_create(path, what)
+        return _read_or_create(path, what, level)
     with os.fdopen(fd, "wb") as fh:
         fh.write(key)
         fh.flush()
         os.fsync(fh.fileno())
-    logger.warning(
-        "generated the %s in %s; keep it, and share it between the processes of a site", what, path
+    logger.log(
+        level,
+        "generated the %s in %s; keep it, and share it between the processes of a site",
+        what,
+        path,
     )
     return key

@@ -124,7 +124,7 @@ def refuse(
             status_code, message = 429, TOO_MANY.format(seconds=seconds)
             reason = f"rate limited: {reason}"
             headers = {"Retry-After": str(seconds)}
-    audit_refusal(
+    audited = audit_refusal(
         store,
         request,
         reason=reason,
@@ -135,7 +135,9 @@ def refuse(
         role=identity.role if identity else None,
         required=roles,
     )
-    logger.warning(
+    # Logged like the audit: once a minute per address, the rest only at debug level.
+    logger.log(
+        logging.WARNING if audited else logging.DEBUG,
         "refused %s %s from %s: %s (token %s)",
         request.method,
         route,
@@ -157,50 +159,37 @@ def audit_refusal(
     actor: str | None = None,
     role: str | None = None,
     required: tuple[str, ...] = (),
-) -> None:
+) -> int:
     """Audit a refusal unless this address had one audited in the last minute (then it is
-    counted into the next event), so a flood adds at most one row a minute per address."""
+    counted into the next event), so a flood adds at most one row a minute per address.
+
+    Returns how many refusals the event written stands for (0: none written now).
+    """
     address = client_address(request)
     aggregate: RefusalAudit = request.app.state.refusal_audit
     count = aggregate.note(address)
     if not count:
-        return
+        return 0
     try:
-        _write_refusal(
-            store, address, count, reason, route, method, token_prefix, actor, role, required
+        store.run(
+            lambda session: record_refusal(
+                session,
+                reason=reason,
+                route=route,
+                method=method,
+                token_prefix=token_prefix,
+                actor=actor,
+                role=role,
+                required=required,
+                actor_address=address,
+                count=count,
+            ),
+            attempts=3,  # the request fails anyway when the store is down: answer it soon
         )
     except Exception:
-        aggregate.restore(address, count)
+        aggregate.restore(address, count)  # counted into the next event instead
         raise
-
-
-def _write_refusal(
-    store: Store,
-    address: str | None,
-    count: int,
-    reason: str,
-    route: str,
-    method: str,
-    token_prefix: str | None,
-    actor: str | None,
-    role: str | None,
-    required: tuple[str, ...],
-) -> None:
-    store.run(
-        lambda session: record_refusal(
-            session,
-            reason=reason,
-            route=route,
-            method=method,
-            token_prefix=token_prefix,
-            actor=actor,
-            role=role,
-            required=required,
-            actor_address=address,
-            count=count,
-        ),
-        attempts=3,  # the request fails anyway when the store is down: answer it soon
-    )
+    return count
 
 
 def session_policy(request: Request) -> SessionPolicy:

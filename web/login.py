@@ -92,10 +92,16 @@ def _refusal(
 ) -> None:
     address = client_address(request)
     path = request.url.path
-    audit_refusal(
+    audited = audit_refusal(
         store, request, reason=reason, route=path, method="POST", token_prefix=prefix, actor=name
     )
-    logger.warning("refused %s from %s: %s", path, address, reason)
+    logger.log(
+        logging.WARNING if audited else logging.DEBUG,
+        "refused %s from %s: %s",
+        path,
+        address,
+        reason,
+    )
 
 
 @router.post("/login", response_class=HTMLResponse)
