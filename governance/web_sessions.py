@@ -15,7 +15,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from governance.db import Store
@@ -25,6 +25,7 @@ from governance.tokens import Identity, TokenCheck
 SESSION_MARKER = "cxs_"
 SESSION_BYTES = 32
 TOUCH_INTERVAL = dt.timedelta(minutes=1)
+KEEP_EXPIRED = dt.timedelta(days=7)  # expired sessions are deleted a week later (at a login)
 MAX_SESSION_TEXT = 128
 
 
@@ -57,6 +58,12 @@ def start_session(
     token_id = session.scalar(select(ApiToken.id).where(ApiToken.name == identity.name))
     if token_id is None:
         raise ValueError(f"no token named {identity.name!r}")
+    # Logins are rare: the place to keep the table from growing without bound.
+    session.execute(
+        delete(WebSession)
+        .where(WebSession.expires_at < when - KEEP_EXPIRED)
+        .execution_options(synchronize_session=False)
+    )
     text = SESSION_MARKER + secrets.token_urlsafe(SESSION_BYTES)
     session.add(
         WebSession(

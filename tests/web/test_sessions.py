@@ -115,6 +115,18 @@ def test_a_session_ends_when_idle_and_at_its_absolute_expiry(
     assert client.get("/api/me").status_code == 401
 
 
+def test_sessions_long_expired_are_deleted_at_the_next_login(
+    client: TestClient, store: Store, tokens: dict[str, str]
+) -> None:
+    _log_in(client, tokens["radiologist"])
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=8)
+    store.run(lambda s: s.execute(update(WebSession).values(expires_at=long_ago)))
+    client.cookies.clear()
+    _log_in(client, tokens["radiologist"])
+    with store.read() as session:
+        assert len(session.scalars(select(WebSession)).all()) == 1
+
+
 def test_a_used_session_is_kept_alive_but_written_at_most_once_a_minute(
     client: TestClient, store: Store, tokens: dict[str, str]
 ) -> None:
