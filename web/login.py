@@ -17,7 +17,7 @@ import secrets
 from typing import Annotated
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
@@ -35,7 +35,7 @@ from web.auth import (
     safe_next,
     session_policy,
 )
-from web.deps import get_store, read_store
+from web.deps import StoreDep, read_store
 from web.pages import error_page, render
 from web.throttle import AuthThrottle
 
@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(include_in_schema=False)
 
-StoreDep = Annotated[Store, Depends(get_store)]
 
 MAX_FORM_BYTES = 8192
 

@@ -14,12 +14,14 @@ Create Date: 2026-11-25
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
-
-from governance.models import UTCDateTime
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -49,38 +51,58 @@ SQLITE_TRIGGERS = (
 )
 
 
+GENESIS_HASH = "0" * 64
+AUDIT_EVENTS = sa.table(
+    "audit_events",
+    sa.column("id", sa.Integer),
+    sa.column("occurred_at", UTC),
+    sa.column("actor", sa.String),
+    sa.column("actor_address", sa.String),
+    sa.column("action", sa.String),
+    sa.column("event_code", sa.String),
+    sa.column("object_type", sa.String),
+    sa.column("object_uid", sa.String),
+    sa.column("outcome", sa.String),
+    sa.column("detail", sa.JSON),
+    sa.column("prev_hash", sa.String),
+    sa.column("row_hash", sa.String),
+)
+
+
+def _row_hash(row: sa.Row[Any], prev_hash: str) -> str:
+    """A frozen copy of ``AuditEvent.canonical``/``compute_hash`` as of this revision."""
+    occurred = row.occurred_at
+    if occurred.tzinfo is None:  # SQLite keeps UTC without its offset
+        occurred = occurred.replace(tzinfo=dt.UTC)
+    content = {
+        "id": row.id,
+        "occurred_at": occurred.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "actor": row.actor,
+        "actor_address": row.actor_address,
+        "action": row.action,
+        "event_code": row.event_code,
+        "object_type": row.object_type,
+        "object_uid": row.object_uid,
+        "outcome": row.outcome,
+        "detail": row.detail or {},
+        "prev_hash": prev_hash,
+    }
+    canonical = json.dumps(
+        content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    ).encode("utf-8")
+    return hashlib.sha256(canonical).hexdigest()
+
+
 def _chain_existing_rows() -> None:
-    import hashlib
-
-    from governance.models import GENESIS_HASH, AuditEvent
-
     bind = op.get_bind()
-    # The columns as they are at this revision (later ones add columns the ORM maps).
-    names = [
-        "id",
-        "actor",
-        "actor_address",
-        "action",
-        "event_code",
-        "object_type",
-        "object_uid",
-        "outcome",
-    ]
-    table = sa.table(
-        "audit_events",
-        *(sa.column(name) for name in names),
-        sa.column("occurred_at", UTCDateTime()),
-        sa.column("detail", sa.JSON),
-        sa.column("prev_hash"),
-        sa.column("row_hash"),
-    )
     prev = GENESIS_HASH
-    content = [table.c[name] for name in [*names, "occurred_at", "detail"]]
-    rows = bind.execute(sa.select(*content).order_by(table.c.id)).all()
+    rows = bind.execute(sa.select(AUDIT_EVENTS).order_by(AUDIT_EVENTS.c.id)).all()
     for row in rows:
-        digest = hashlib.sha256(AuditEvent.canonical(row, prev)).hexdigest()  # type: ignore[arg-type]
+        digest = _row_hash(row, prev)
         bind.execute(
-            table.update().where(table.c.id == row.id).values(prev_hash=prev, row_hash=digest)
+            AUDIT_EVENTS.update()
+            .where(AUDIT_EVENTS.c.id == row.id)
+            .values(prev_hash=prev, row_hash=digest)
         )
         prev = digest
 

@@ -9,8 +9,8 @@ import pytest
 
 from cxr_triage.settings import Settings
 from governance import audit
+from governance.audit.verify import verify_chain
 from governance.audit_key import AnchorFile, load_audit_key, read_anchors
-from governance.audit_verify import verify_chain
 from governance.db import Store, create_store_engine
 from governance.errors import ConfigError
 from governance.models import HMAC_SCHEME, AuditEvent

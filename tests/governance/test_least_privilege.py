@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from cxr_triage.settings import Settings
 from governance import audit
-from governance.audit_verify import verify_chain
+from governance.audit.verify import verify_chain
 from governance.db import Store, create_store_engine
 from governance.events import emit_study_triaged
 from governance.models import Study, StudyStatus
