@@ -331,7 +331,7 @@ def open_store(args: argparse.Namespace, settings: Settings) -> Store | None:
     """
     if not args.register:
         return None
-    store = Store.from_url(settings.database_url)
+    store = Store.from_settings(settings)
     if not store.has_table("model_versions"):
         raise ConfigError("the store is not initialised: run `cxr-triage db upgrade`")
     return store

@@ -7,6 +7,8 @@ preprocessing it carries (extra file ``preprocessing.json``) is the one this cod
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 from pathlib import Path
@@ -17,10 +19,12 @@ from torch import nn
 from torchvision import models
 
 from governance.errors import ConfigError, ModelIntegrityError
-from governance.registry import verify_model_file
 from worker.preprocess import PREPROCESSING_FILE, check_preprocessing, preprocessing_record
 
 logger = logging.getLogger(__name__)
+
+#: The largest model file read into memory (a ResNet-50 in TorchScript is about 100 MB).
+MAX_MODEL_BYTES = 2 * 1024**3
 
 ARCHITECTURES = ("resnet50",)
 
@@ -86,15 +90,33 @@ def load_scripted(
     """Load a TorchScript model after checking its SHA-256 against the registry's and its
     preprocessing record against this code's.
 
+    The file is read once into memory, hashed, and loaded from those same bytes: a file swapped
+    between the check and the load cannot be run.
+
     Raises
     ------
     ModelIntegrityError
-        The checksum differs, or the model was made with another preprocessing (one line
-        naming the difference).
+        The file is too large or unreadable, the checksum differs, or the model was made with
+        another preprocessing (one line naming the difference).
     """
-    file = verify_model_file(path, sha256)
+    file = Path(path)
+    try:
+        size = file.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ModelIntegrityError(
+                f"model file {file} is {size} bytes, more than {MAX_MODEL_BYTES}; refusing it"
+            )
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ModelIntegrityError(f"model file {file} cannot be read: {exc.strerror}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ModelIntegrityError(
+            f"model file {file} has SHA-256 {actual[:12]}..., registered {sha256[:12]}...; "
+            "refusing to load it"
+        )
     extra = {PREPROCESSING_FILE: ""}
-    module = torch.jit.load(str(file), map_location=device, _extra_files=extra)
+    module = torch.jit.load(io.BytesIO(data), map_location=device, _extra_files=extra)
     try:
         check_preprocessing(read_record(extra[PREPROCESSING_FILE]), input_size)
     except ModelIntegrityError as exc:
