@@ -35,8 +35,9 @@ from governance.models import (
 )
 from governance.policies import policy_in_force
 from governance.registry import active_model
+from worker.decoders import decode_for_model
 from worker.inference import ModelCache, ModelSpec, calibrate, predict_logits
-from worker.preprocess import decode, pixel_transform, standardize, to_unit_image
+from worker.preprocess import pixel_transform, standardize, to_unit_image
 from worker.selection import skip_reason
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class ImageResult:
     decoded_at: dt.datetime | None = None
     preprocessed_at: dt.datetime | None = None
     inferred_at: dt.datetime | None = None
+    decode_path: str | None = None
 
 
 @dataclass
@@ -130,14 +132,19 @@ def _prepare_image(
         return ImageResult(instance_id, sop_uid, started, skipped_reason=reason), None
     try:
         transform = pixel_transform(ds)
-        pixels = decode(ds)
+        decoded_pixels = decode_for_model(ds, size)
         decoded = utcnow()
-        tensor = standardize(to_unit_image(pixels, transform, size))
+        tensor = standardize(to_unit_image(decoded_pixels.pixels, transform, size))
     except (ValueError, RuntimeError) as exc:
         logger.warning("instance %s not decodable: %s", sop_uid, exc)
         return ImageResult(instance_id, sop_uid, started, skipped_reason=str(exc)[:250]), None
     return ImageResult(
-        instance_id, sop_uid, started, decoded_at=decoded, preprocessed_at=utcnow()
+        instance_id,
+        sop_uid,
+        started,
+        decoded_at=decoded,
+        preprocessed_at=utcnow(),
+        decode_path=decoded_pixels.path,
     ), tensor
 
 
@@ -218,6 +225,7 @@ def _persist(
                 decoded_at=r.decoded_at,
                 preprocessed_at=r.preprocessed_at,
                 inferred_at=r.inferred_at,
+                decode_path=r.decode_path,
             )
         )
     session.flush()
