@@ -8,9 +8,12 @@ fourfold. :func:`decode_for_model` picks the coarsest level whose longer side st
 ``margin * size`` pixels (the resize then still antialiases from more pixels than it outputs)
 and falls back to the full decode (``worker.preprocess.decode``) whenever the fast path does not
 apply or fails: other transfer syntaxes, colour or multi-component images, a sign that differs
-from the header, or glymur / libopenjp2 not installed.
+from the header, or glymur / libopenjp2 not installed. Lossless JPEG and JPEG-LS are decoded in
+full but through imagecodecs (bit-identical to pydicom's plugins and several times faster)
+where it is installed.
 
-Which path decoded an image is returned as a short label (``full``, ``j2k-r2``...), recorded
+Which path decoded an image is returned as a short label (``full``, ``j2k-r2``, ``ljpeg-ic``,
+``jpegls-ic``), recorded
 with each image's inference so a score can be traced to how its pixels were read.
 """
 
@@ -43,6 +46,10 @@ J2K_SYNTAXES = frozenset(
         "1.2.840.10008.1.2.4.203",  # HTJ2K
     }
 )
+# Lossless JPEG (process 14) and JPEG-LS: imagecodecs decodes them bit-identically to pydicom's
+# plugins, several times faster (benchmarks/decode_throughput.py).
+LJPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"})
+JPEGLS_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
 # The reduced image's longer side is at least MARGIN * size: the resize to the model input
 # then still reduces (antialiased), and the score stays within 2e-3 of a full decode on the
 # encoding corpus (tests/worker/test_decoders.py).
@@ -93,6 +100,46 @@ def glymur_available() -> bool:
     return bool(getattr(glymur.version, "openjpeg_version", ""))
 
 
+def imagecodecs_available() -> bool:
+    """Whether imagecodecs (with its lossless JPEG and JPEG-LS codecs) is installed."""
+    try:
+        import imagecodecs
+    except ImportError:
+        return False
+    return bool(imagecodecs.LJPEG.available and imagecodecs.JPEGLS.available)
+
+
+def _plain_monochrome(ds: Dataset) -> bool:
+    """One unsigned gray sample per pixel and no LUT sequences: what the fast paths handle."""
+    return (
+        int(ds.get("SamplesPerPixel", 1) or 1) == 1
+        and str(ds.get("PhotometricInterpretation", "")).upper().startswith("MONOCHROME")
+        and "ModalityLUTSequence" not in ds
+        and "VOILUTSequence" not in ds
+    )
+
+
+def _fast_imagecodecs(ds: Dataset, syntax: str) -> Decoded | None:
+    """Lossless JPEG or JPEG-LS through imagecodecs, or None where it does not apply."""
+    if not _plain_monochrome(ds) or int(ds.get("PixelRepresentation", 0) or 0) != 0:
+        return None
+    if not imagecodecs_available():
+        return None
+    import imagecodecs
+
+    codestream = _first_frame(ds)
+    if len(codestream) > MAX_CODESTREAM_BYTES:
+        return None
+    if syntax in LJPEG_SYNTAXES:
+        pixels, path = imagecodecs.ljpeg_decode(codestream), "ljpeg-ic"
+    else:
+        pixels, path = imagecodecs.jpegls_decode(codestream), "jpegls-ic"
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if pixels.shape != (rows, columns):
+        return None
+    return Decoded(np.asarray(pixels), path)
+
+
 def _first_frame(ds: Dataset) -> bytes:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     for frame in generate_frames(ds.PixelData, number_of_frames=frames):
@@ -102,12 +149,8 @@ def _first_frame(ds: Dataset) -> bytes:
 
 def _fast_j2k(ds: Dataset, size: int, margin: float) -> Decoded | None:
     """The reduced-resolution decode, or None where it does not apply."""
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        return None
-    if not str(ds.get("PhotometricInterpretation", "")).upper().startswith("MONOCHROME"):
-        return None
-    if "ModalityLUTSequence" in ds or "VOILUTSequence" in ds:
-        return None  # tables indexed by stored value: only the full decode applies them exactly
+    if not _plain_monochrome(ds):
+        return None  # LUT tables are indexed by stored value: only the full decode applies them
     if not glymur_available():
         return None
     import glymur
@@ -175,16 +218,18 @@ def decode_for_model(ds: Dataset, size: int, *, margin: float = DEFAULT_MARGIN) 
         The pixel data cannot be decoded (from the full decode; fast-path failures fall back).
     """
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-    if syntax in J2K_SYNTAXES and "PixelData" in ds:
+    fast: Decoded | None = None
+    if "PixelData" in ds and syntax in J2K_SYNTAXES | LJPEG_SYNTAXES | JPEGLS_SYNTAXES:
         try:
-            fast = _fast_j2k(ds, size, margin)
+            if syntax in J2K_SYNTAXES:
+                fast = _fast_j2k(ds, size, margin)
+            else:
+                fast = _fast_imagecodecs(ds, syntax)
         except Exception as exc:  # any decoder failure: the full decode is the reference
-            logger.info(
-                "reduced JPEG 2000 decode failed (%s); decoding in full", type(exc).__name__
-            )
+            logger.info("fast decode failed (%s); decoding in full", type(exc).__name__)
             fast = None
-        if fast is not None:
-            return fast
+    if fast is not None:
+        return fast
     return Decoded(decode(ds), FULL)
 
 

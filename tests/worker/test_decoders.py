@@ -7,6 +7,8 @@ is above 1) is encoded as JPEG 2000 lossless and lossy, decoded through
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGLSLossless
 
 from tests.worker.test_encoding_equivalence import base_image, make_ds
-from worker.decoders import FULL, decode_for_model, glymur_available, reduce_factor
+from worker.decoders import (
+    FULL,
+    decode_for_model,
+    glymur_available,
+    imagecodecs_available,
+    reduce_factor,
+)
 from worker.preprocess import decode, pixel_transform, standardize, to_unit_image
 
 SIZE = 64
@@ -90,10 +98,29 @@ def test_reduced_j2k_matches_the_full_decode(
     assert max_diff <= tolerance
 
 
-def test_other_syntaxes_take_the_full_decode(tmp_path: Path) -> None:
+def test_jpeg_ls_is_decoded_bit_identically(tmp_path: Path) -> None:
     ds = make_ds(np.round(base_image() * 4095), bits=12)
     ds.compress(JPEGLSLossless)
     read = _roundtrip(ds, tmp_path / "ls.dcm")
+    fast = decode_for_model(read, SIZE)
+    assert fast.path == ("jpegls-ic" if imagecodecs_available() else FULL)
+    np.testing.assert_array_equal(fast.pixels, decode(read))
+
+
+@pytest.mark.skipif(shutil.which("dcmcjpeg") is None, reason="dcmtk's dcmcjpeg is not installed")
+def test_lossless_jpeg_is_decoded_bit_identically(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.dcm"
+    make_ds(np.round(base_image() * 4095), bits=12).save_as(plain, enforce_file_format=True)
+    encoded = tmp_path / "sv1.dcm"
+    subprocess.run(["dcmcjpeg", "+e1", str(plain), str(encoded)], check=True, capture_output=True)
+    read = pydicom.dcmread(encoded)
+    fast = decode_for_model(read, SIZE)
+    assert fast.path == ("ljpeg-ic" if imagecodecs_available() else FULL)
+    np.testing.assert_array_equal(fast.pixels, decode(read))
+
+
+def test_uncompressed_takes_the_full_decode(tmp_path: Path) -> None:
+    read = _roundtrip(make_ds(np.round(base_image() * 4095), bits=12), tmp_path / "plain.dcm")
     fast = decode_for_model(read, SIZE)
     assert fast.path == FULL
     np.testing.assert_array_equal(fast.pixels, decode(read))
