@@ -29,6 +29,7 @@ import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     JPEG2000,
+    ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
@@ -39,7 +40,6 @@ from training.phantom import chest_radiograph
 from worker.decoders import decode_for_model
 from worker.model import build_model
 from worker.preprocess import decode, pixel_transform, standardize, to_unit_image
-from worker.selection import CR_IMAGE_STORAGE
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,10 +55,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def make_ds(stored: np.ndarray) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+    ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = CR_IMAGE_STORAGE
+    ds.SOPClassUID = ComputedRadiographyImageStorage
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
