@@ -137,3 +137,32 @@ def test_without_glymur_jpeg2000_takes_the_full_decode(
     fast = decode_for_model(read, SIZE)
     assert fast.path == FULL
     np.testing.assert_array_equal(fast.pixels, decode(read))
+
+
+@needs_glymur
+def test_reduced_j2k_scores_within_2e3_of_the_full_decode(tmp_path: Path, model_file: Path) -> None:
+    from governance.registry import sha256_file
+    from tests.worker.conftest import INPUT_SIZE
+    from worker.inference import ModelSpec, calibrate, load_model, predict_logits
+
+    spec = ModelSpec("t", str(model_file), sha256_file(model_file), INPUT_SIZE)
+    model = load_model(spec, device="cpu", precision="fp32")
+    full_inputs, fast_inputs = [], []
+    for index, (img, syntax) in enumerate(
+        [
+            (base_image(), JPEG2000Lossless),
+            (_large_image(), JPEG2000Lossless),
+            (_large_image(), JPEG2000),
+        ]
+    ):
+        ds = make_ds(np.round(img * 4095), bits=12)
+        kwargs = {"j2k_lossless": False, "j2k_psnr": [80.0]} if syntax == JPEG2000 else {}
+        ds.compress(syntax, **kwargs)
+        read = _roundtrip(ds, tmp_path / f"{index}.dcm")
+        full_inputs.append(_model_input(decode(read), read, INPUT_SIZE))
+        fast = decode_for_model(read, INPUT_SIZE)
+        assert fast.path.startswith("j2k-r") and fast.path != "j2k-r0"
+        fast_inputs.append(_model_input(fast.pixels, read, INPUT_SIZE))
+    full = calibrate(predict_logits(model, np.stack(full_inputs)), 1.0)
+    got = calibrate(predict_logits(model, np.stack(fast_inputs)), 1.0)
+    assert float(np.max(np.abs(full - got))) <= 2e-3
