@@ -105,6 +105,10 @@ LABEL org.opencontainers.image.title="cxr-triage-worker" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.cxr-triage.role="worker" \
       io.cxr-triage.torch-variant="${TORCH_VARIANT}"
+# libopenjp2: glymur decodes JPEG 2000 at a reduced resolution level (worker/decoders.py).
+RUN apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libopenjp2-7 \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 cxr \
     && useradd --system --uid 10001 --gid cxr --home-dir /var/lib/cxr-triage \
         --shell /usr/sbin/nologin cxr \

@@ -213,6 +213,8 @@ class ImageInference(Base):
     decoded_at: Mapped[dt.datetime | None]
     preprocessed_at: Mapped[dt.datetime | None]
     inferred_at: Mapped[dt.datetime | None]
+    # How the pixels were decoded: "full", or "j2k-rN" (JPEG 2000 at reduce factor N).
+    decode_path: Mapped[str | None] = mapped_column(String(16))
 
     instance: Mapped[Instance] = relationship()
 

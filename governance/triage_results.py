@@ -73,6 +73,7 @@ class ImageScore:
     decoded_at: dt.datetime | None = None
     preprocessed_at: dt.datetime | None = None
     inferred_at: dt.datetime | None = None
+    decode_path: str | None = None  # e.g. "full", "j2k-r3" (worker.decoders)
 
 
 @dataclass(frozen=True, slots=True)

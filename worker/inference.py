@@ -198,6 +198,8 @@ def predict_logits(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
     if batch.ndim != 4 or batch.shape[1:] != (3, size, size):
         raise ValueError(f"batch must have shape (N, 3, {size}, {size}), got {batch.shape}")
     tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+    if model.device.type == "cuda":
+        tensor = tensor.pin_memory()  # page-locked: the copy below is asynchronous
     tensor = tensor.to(model.device, dtype=model.dtype, non_blocking=True)
     tensor = tensor.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():

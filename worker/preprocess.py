@@ -350,6 +350,7 @@ class Prepared:
     started_at: dt.datetime
     decoded_at: dt.datetime
     preprocessed_at: dt.datetime
+    decode_path: str = "full"  # how the pixels were decoded (worker.decoders)
 
     @property
     def decode_seconds(self) -> float:
@@ -390,10 +391,13 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {exc}") from None
 
 
-def read_source(source: Source) -> tuple[np.ndarray, PixelTransform]:
-    """Decoded pixels and the transform to presentation values, for any source.
+def read_source(source: Source, size: int | None = None) -> tuple[np.ndarray, PixelTransform, str]:
+    """Decoded pixels, the transform to presentation values and the decode path, for any source.
 
-    A path is read as JPEG/PNG when it starts like one, else as DICOM.
+    A path is read as JPEG/PNG when it starts like one, else as DICOM. With ``size``, a DICOM
+    image compressed as JPEG 2000, JPEG lossless or JPEG-LS is decoded by
+    :func:`worker.decoders.decode_for_model` (at the coarsest resolution that still covers
+    ``size``); everything else, and any failure of that path, is decoded in full.
 
     Raises
     ------
@@ -403,11 +407,11 @@ def read_source(source: Source) -> tuple[np.ndarray, PixelTransform]:
         The file or dataset cannot be read, decoded or interpreted.
     """
     if isinstance(source, np.ndarray):
-        return source, PixelTransform()
+        return source, PixelTransform(), "array"
     if isinstance(source, Dataset):
         ds = source
     elif is_image_file(source):
-        return read_image(source), PixelTransform()
+        return read_image(source), PixelTransform(), "image"
     else:
         try:
             ds = pydicom.dcmread(source)
@@ -416,12 +420,17 @@ def read_source(source: Source) -> tuple[np.ndarray, PixelTransform]:
         except Exception as exc:  # pydicom raises many types; one clear error for the caller
             raise ValueError(f"cannot read DICOM file {source}: {type(exc).__name__}") from None
     transform = pixel_transform(ds)
-    return decode(ds), transform
+    if size is None:
+        return decode(ds), transform, "full"
+    from worker.decoders import decode_for_model  # imports this module
+
+    decoded = decode_for_model(ds, size)
+    return decoded.pixels, transform, decoded.path
 
 
 def prepare(source: Source, size: int) -> Prepared:
     """The one preprocessing entry point: a DICOM dataset or file, a JPEG/PNG file or a gray
-    array to the model's input, with its statistics and stage timestamps.
+    array to the model's input, with its statistics, stage timestamps and decode path.
 
     Raises
     ------
@@ -433,12 +442,18 @@ def prepare(source: Source, size: int) -> Prepared:
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
     started = dt.datetime.now(dt.UTC)
-    pixels, transform = read_source(source)
+    pixels, transform, path = read_source(source, size)
     decoded = dt.datetime.now(dt.UTC)
     image = presentation_image(pixels, transform, size)
     unit = pad_to_square(image, size)
     return Prepared(
-        standardize(unit), unit, ImageStats.of(image), started, decoded, dt.datetime.now(dt.UTC)
+        standardize(unit),
+        unit,
+        ImageStats.of(image),
+        started,
+        decoded,
+        dt.datetime.now(dt.UTC),
+        path,
     )
 
 

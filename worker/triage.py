@@ -35,6 +35,7 @@ from governance.triage_results import (
     TriagePlan,
 )
 from worker.inference import ModelCache, ModelSpec, calibrate, predict_logits
+from worker.pipeline import DEFAULT_WORKERS, prefetch
 from worker.preprocess import prepare
 from worker.selection import InstanceColumns, header_mismatch, row_skip_reason, skip_reason
 
@@ -95,6 +96,7 @@ def _prepare_image(candidate: Candidate, size: int) -> tuple[ImageScore, np.ndar
         started,
         decoded_at=prepared.decoded_at,
         preprocessed_at=prepared.preprocessed_at,
+        decode_path=prepared.decode_path,
     )
     return score, prepared.input
 
@@ -114,13 +116,28 @@ def _score_batch(
 
 
 def score_images(
-    models: ModelCache, spec: ModelSpec, todo: Sequence[Candidate], *, batch_size: int = 8
+    models: ModelCache,
+    spec: ModelSpec,
+    todo: Sequence[Candidate],
+    *,
+    batch_size: int = 8,
+    workers: int = DEFAULT_WORKERS,
 ) -> list[ImageScore]:
-    """Preprocess and score images in batches; skipped ones carry their reason."""
+    """Preprocess and score images in batches; skipped ones carry their reason.
+
+    ``workers`` threads prepare the next images while the model scores (0: inline).
+    """
     results: list[ImageScore] = []
     pending: list[tuple[ImageScore, np.ndarray]] = []
-    for candidate in todo:
-        partial, tensor = _prepare_image(candidate, spec.input_size)
+    size = spec.input_size
+    # Read, decode and preprocess up to two batches ahead while the model scores (pipeline.py).
+    prepared = prefetch(
+        lambda candidate: _prepare_image(candidate, size),
+        todo,
+        workers=workers,
+        depth=2 * max(1, batch_size),
+    )
+    for partial, tensor in prepared:
         if tensor is None:
             results.append(partial)
             continue
@@ -173,7 +190,12 @@ def _hand_over(
 
 
 def triage_study(
-    store: Store, models: ModelCache, study_uid: str, *, batch_size: int = 8
+    store: Store,
+    models: ModelCache,
+    study_uid: str,
+    *,
+    batch_size: int = 8,
+    workers: int = DEFAULT_WORKERS,
 ) -> TriageOutcome:
     """Triage one study with the active model version and the policy in force.
 
@@ -201,7 +223,9 @@ def triage_study(
         return plan.current
     store.run(lambda session: triage_results.begin(session, plan.study_id))
     candidates, skipped = select_images(plan.pending, started)
-    scores = skipped + score_images(models, spec, candidates, batch_size=batch_size)
+    scores = skipped + score_images(
+        models, spec, candidates, batch_size=batch_size, workers=workers
+    )
     outcome = _hand_over(store, plan, model, scores, started)
     logger.info(
         "study %s: %s p=%s tau=%s flagged=%s (%d scored, %d skipped, model %s)",

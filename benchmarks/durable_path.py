@@ -1,0 +1,164 @@
+"""Where an instance's time goes after its bytes arrive: the gateway's durable steps, timed.
+
+For ``--files`` received files of ``--size`` x ``--size`` 12-bit pixels, times each step the
+gateway takes before it answers Success (dicom_gateway/handlers.py): the header read
+(``read_header``), fsync of the file (and, beside it, fdatasync), the rename into the study
+folder, fsync of that folder, and the store commit (``record_instance``) on SQLite
+(synchronous=FULL, WAL) and PostgreSQL. Prints the median and p95 milliseconds per step and
+each step's share of the total: the profile the ingest target (1.5x storescp +B) is cut from.
+
+    python benchmarks/durable_path.py [--files 30] [--size 2048] [--postgres URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from dicom_gateway.header import read_header
+from governance.db import Store
+from governance.studies import record_instance
+from migrations import upgrade
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=30)
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument(
+        "--postgres",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL URL ('' to skip); the benchmark works in its own schema there",
+    )
+    return parser
+
+
+def write_received(folder: Path, size: int, seed: int) -> tuple[Path, str, str]:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ComputedRadiographyImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality, ds.ViewPosition, ds.BodyPartExamined = "CR", "PA", "CHEST"
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    rng = np.random.default_rng(seed)
+    ds.PixelData = rng.integers(0, 4096, (size, size), dtype=np.uint16).tobytes()
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path, str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
+
+
+def sync(path: Path, data_only: bool, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        (os.fdatasync if data_only else os.fsync)(fd)
+    finally:
+        os.close(fd)
+
+
+def own_schema(url: str, schema: str) -> str:
+    """Create ``schema`` and return ``url`` with it as the search path."""
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    engine.dispose()
+    return (
+        sa.make_url(url)
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
+
+
+def drop_schema(url: str, schema: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    steps: dict[str, list[float]] = {}
+
+    def timed(name: str, fn):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        out = fn()
+        steps.setdefault(name, []).append((time.perf_counter() - started) * 1000)
+        return out
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("CXR_BENCH_DIR")) as tmp:
+        root = Path(tmp)
+        incoming = root / ".incoming"
+        incoming.mkdir()
+        stores = {"sqlite": f"sqlite:///{root / 'store.db'}"}
+        if args.postgres:
+            stores["postgresql"] = own_schema(args.postgres, f"bench_durable_{os.getpid()}")
+        opened = {}
+        for name, url in stores.items():
+            try:
+                upgrade(url)
+                opened[name] = Store.from_url(url)
+            except Exception as exc:  # noqa: BLE001 - a missing server skips that backend
+                print(f"skipping {name}: {type(exc).__name__}")
+        for i in range(args.files):
+            path, sop_uid, study_uid = write_received(incoming, args.size, i)
+            sync(path, data_only=False)  # settle the writer's own dirty pages first
+            with path.open("r+b") as handle:  # dirty the file again, as a fresh receive would
+                handle.seek(0, os.SEEK_END)
+                handle.write(b"\0\0")
+            header = timed(
+                "header read",
+                lambda p=path, s=sop_uid: read_header(
+                    p,
+                    affected_sop_class_uid=ComputedRadiographyImageStorage,
+                    affected_sop_instance_uid=s,
+                ),
+            )
+            data_only = i % 2 == 1
+            timed(
+                "fdatasync file" if data_only else "fsync file",
+                lambda p=path, d=data_only: sync(p, d),
+            )
+            folder = root / study_uid
+            timed("mkdir + fsync root", lambda f=folder: (f.mkdir(), sync(root, False, True)))
+            target = folder / path.name
+            timed("rename", lambda p=path, t=target: os.replace(p, t))
+            timed("fsync folder", lambda f=folder: sync(f, False, True))
+            item = dataclasses.replace(header, path=str(target), calling_ae="BENCH")
+            for name, store in opened.items():
+                timed(
+                    f"commit {name}",
+                    lambda s=store, it=item: s.run(lambda session: record_instance(session, it)),
+                )
+        for store in opened.values():
+            store.dispose()
+        if "postgresql" in stores:
+            drop_schema(args.postgres, f"bench_durable_{os.getpid()}")
+    print(f"{args.files} files of {args.size}x{args.size} (fsync and fdatasync alternate)")
+    print(f"{'step':<22}{'median ms':>10}{'p95 ms':>9}")
+    for name, values in steps.items():
+        ordered = sorted(values)
+        p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+        print(f"{name:<22}{statistics.median(values):>10.2f}{p95:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()

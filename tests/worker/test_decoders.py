@@ -1,0 +1,168 @@
+"""The reduced-resolution JPEG 2000 decode gives the model the same input as a full decode.
+
+The encoding corpus of test_encoding_equivalence (and a larger image, where the reduce factor
+is above 1) is encoded as JPEG 2000 lossless and lossy, decoded through
+``decode_for_model`` and compared with the full decode of the same file.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGLSLossless
+
+from tests.worker.test_encoding_equivalence import base_image, make_ds
+from worker.decoders import (
+    FULL,
+    decode_for_model,
+    glymur_available,
+    imagecodecs_available,
+    reduce_factor,
+)
+from worker.preprocess import decode, pixel_transform, standardize, to_unit_image
+
+SIZE = 64
+needs_glymur = pytest.mark.skipif(not glymur_available(), reason="glymur/libopenjp2 missing")
+
+
+def _model_input(pixels: np.ndarray, ds: Dataset, size: int) -> np.ndarray:
+    return standardize(to_unit_image(pixels, pixel_transform(ds), size))
+
+
+def _roundtrip(ds: Dataset, path: Path) -> Dataset:
+    ds.save_as(path, enforce_file_format=True)
+    return pydicom.dcmread(path)
+
+
+def _large_image(rows: int = 1024, columns: int = 896) -> np.ndarray:
+    y, x = np.mgrid[0:rows, 0:columns].astype(np.float32)
+    noise = np.random.default_rng(0).normal(0.0, 0.01, (rows, columns))
+    img = (
+        0.5
+        + 0.3 * np.sin(x / 57.0) * np.cos(y / 83.0)
+        + 0.15 * np.exp(-((x - 500) ** 2 + (y - 400) ** 2) / 12000.0)
+        + noise
+    )
+    return np.clip(img, 0.0, 1.0)
+
+
+def test_reduce_factor_keeps_the_longer_side_at_least_the_input() -> None:
+    assert reduce_factor(2048, 2048, 224, 5) == 3  # 256 >= 224, 128 < 224
+    assert reduce_factor(2048, 2048, 256, 5) == 3
+    assert reduce_factor(2048, 2048, 257, 5) == 2
+    assert reduce_factor(2048, 1600, 224, 2) == 2  # capped by the codestream's levels
+    assert reduce_factor(100, 80, 224, 5) == 0  # smaller than the input: full resolution
+    assert reduce_factor(2048, 2048, 224, 5, margin=2.0) == 2
+    with pytest.raises(ValueError):
+        reduce_factor(0, 10, 224, 5)
+
+
+@needs_glymur
+@pytest.mark.parametrize(
+    ("shape_name", "syntax", "tolerance"),
+    [
+        ("corpus", JPEG2000Lossless, 0.05),
+        ("large", JPEG2000Lossless, 0.3),
+        ("large", JPEG2000, 0.3),
+    ],
+)
+@pytest.mark.parametrize("with_window", [True, False], ids=["window", "no-window"])
+def test_reduced_j2k_matches_the_full_decode(
+    tmp_path: Path, shape_name: str, syntax: str, tolerance: float, with_window: bool
+) -> None:
+    img = base_image() if shape_name == "corpus" else _large_image()
+    v12 = np.round(img * 4095)
+    ds = make_ds(v12, bits=12, window=(2048.0, 4096.0) if with_window else None)
+    kwargs = {"j2k_lossless": False, "j2k_psnr": [80.0]} if syntax == JPEG2000 else {}
+    ds.compress(syntax, **kwargs)
+    read = _roundtrip(ds, tmp_path / "image.dcm")
+    fast = decode_for_model(read, SIZE)
+    assert fast.path.startswith("j2k-r")
+    if shape_name == "large":
+        assert fast.path == "j2k-r4"  # 1024 / 16 = 64 >= SIZE
+    full = _model_input(decode(read), read, SIZE)
+    got = _model_input(fast.pixels, read, SIZE)
+    # The reduced levels are the wavelet's low-pass band, not the resize's filter: the images
+    # agree closely on average; pixel noise (the large image) is filtered a little differently,
+    # so single pixels differ more. The benchmark measures the score difference on radiographs.
+    mean_diff = float(np.mean(np.abs(got - full)))
+    max_diff = float(np.max(np.abs(got - full)))
+    print(f"{shape_name} {syntax} window={with_window}: mean {mean_diff:.4f} max {max_diff:.4f}")
+    assert mean_diff <= 0.01
+    assert max_diff <= tolerance
+
+
+def test_jpeg_ls_is_decoded_bit_identically(tmp_path: Path) -> None:
+    ds = make_ds(np.round(base_image() * 4095), bits=12)
+    ds.compress(JPEGLSLossless)
+    read = _roundtrip(ds, tmp_path / "ls.dcm")
+    fast = decode_for_model(read, SIZE)
+    assert fast.path == ("jpegls-ic" if imagecodecs_available() else FULL)
+    np.testing.assert_array_equal(fast.pixels, decode(read))
+
+
+@pytest.mark.skipif(shutil.which("dcmcjpeg") is None, reason="dcmtk's dcmcjpeg is not installed")
+def test_lossless_jpeg_is_decoded_bit_identically(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.dcm"
+    make_ds(np.round(base_image() * 4095), bits=12).save_as(plain, enforce_file_format=True)
+    encoded = tmp_path / "sv1.dcm"
+    subprocess.run(["dcmcjpeg", "+e1", str(plain), str(encoded)], check=True, capture_output=True)
+    read = pydicom.dcmread(encoded)
+    fast = decode_for_model(read, SIZE)
+    assert fast.path == ("ljpeg-ic" if imagecodecs_available() else FULL)
+    np.testing.assert_array_equal(fast.pixels, decode(read))
+
+
+def test_uncompressed_takes_the_full_decode(tmp_path: Path) -> None:
+    read = _roundtrip(make_ds(np.round(base_image() * 4095), bits=12), tmp_path / "plain.dcm")
+    fast = decode_for_model(read, SIZE)
+    assert fast.path == FULL
+    np.testing.assert_array_equal(fast.pixels, decode(read))
+
+
+@needs_glymur
+def test_without_glymur_jpeg2000_takes_the_full_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = make_ds(np.round(base_image() * 4095), bits=12)
+    ds.compress(JPEG2000Lossless)
+    read = _roundtrip(ds, tmp_path / "j2k.dcm")
+    monkeypatch.setattr("worker.decoders.glymur_available", lambda: False)
+    fast = decode_for_model(read, SIZE)
+    assert fast.path == FULL
+    np.testing.assert_array_equal(fast.pixels, decode(read))
+
+
+@needs_glymur
+def test_reduced_j2k_scores_within_2e3_of_the_full_decode(tmp_path: Path, model_file: Path) -> None:
+    from governance.registry import sha256_file
+    from tests.worker.conftest import INPUT_SIZE
+    from worker.inference import ModelSpec, calibrate, load_model, predict_logits
+
+    spec = ModelSpec("t", str(model_file), sha256_file(model_file), INPUT_SIZE)
+    model = load_model(spec, device="cpu", precision="fp32")
+    full_inputs, fast_inputs = [], []
+    for index, (img, syntax) in enumerate(
+        [
+            (base_image(), JPEG2000Lossless),
+            (_large_image(), JPEG2000Lossless),
+            (_large_image(), JPEG2000),
+        ]
+    ):
+        ds = make_ds(np.round(img * 4095), bits=12)
+        kwargs = {"j2k_lossless": False, "j2k_psnr": [80.0]} if syntax == JPEG2000 else {}
+        ds.compress(syntax, **kwargs)
+        read = _roundtrip(ds, tmp_path / f"{index}.dcm")
+        full_inputs.append(_model_input(decode(read), read, INPUT_SIZE))
+        fast = decode_for_model(read, INPUT_SIZE)
+        assert fast.path.startswith("j2k-r") and fast.path != "j2k-r0"
+        fast_inputs.append(_model_input(fast.pixels, read, INPUT_SIZE))
+    full = calibrate(predict_logits(model, np.stack(full_inputs)), 1.0)
+    got = calibrate(predict_logits(model, np.stack(fast_inputs)), 1.0)
+    assert float(np.max(np.abs(full - got))) <= 2e-3
