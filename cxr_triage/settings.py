@@ -115,6 +115,35 @@ class Settings(BaseSettings):
         "TLS-terminating proxy is in front of the web (cookies are Secure on HTTPS anyway).",
     )
 
+    # Results (SR and heatmap exports, flag notifications)
+    results_config: Path | None = Field(
+        default=None,
+        description="TOML file naming the result destinations: DICOM peers (SR, heatmap), "
+        "webhooks and HL7 MLLP receivers (see docs/deploy.md); empty: nothing is sent.",
+    )
+    results_queue: str = Field(
+        default="cxr-results",
+        description="Celery queue of exports and notifications (its own, so a slow PACS "
+        "never delays scoring).",
+    )
+    result_max_attempts: int = Field(
+        default=6, ge=1, le=100, description="Attempts of one export or notification."
+    )
+    result_backoff_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Delay before the first retry of a transient failure; doubles each time.",
+    )
+    result_sweep_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often the results worker looks for due retries and for triage "
+        "events whose message was lost.",
+    )
+    result_timeout_s: float = Field(
+        default=30.0, gt=0, description="Network timeout of one export or notification."
+    )
+
     # Audit
     syslog_url: str = Field(
         default="",
