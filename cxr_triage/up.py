@@ -23,6 +23,8 @@ from cxr_triage.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 SERVICES = ("gateway", "worker", "web")
+#: Started too when CXR_RESULTS_CONFIG names result destinations.
+RESULTS_SERVICE = "results-worker"
 STOP_GRACE_S = 20.0
 
 
@@ -114,9 +116,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=SERVICES,
-        default=list(SERVICES),
-        help="run only these services",
+        choices=(*SERVICES, RESULTS_SERVICE),
+        default=None,
+        help="run only these services (default: gateway, worker, web, and results-worker "
+        "when CXR_RESULTS_CONFIG is set)",
     )
     return parser
 
@@ -125,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
     prepare_store(settings)
+    services = args.only or [*SERVICES, *([RESULTS_SERVICE] if settings.results_config else [])]
     supervisor = Supervisor(
-        services=tuple(args.only), log_level=logging.getLevelName(logging.getLogger().level)
+        services=tuple(services), log_level=logging.getLevelName(logging.getLogger().level)
     )
     supervisor.start()
     logger.info(

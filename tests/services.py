@@ -141,6 +141,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CXR_DEVICE": settings.device,
         "CXR_PRECISION": settings.precision,
     }
+    if settings.results_config is not None:
+        values["CXR_RESULTS_CONFIG"] = str(settings.results_config)
+        values["CXR_RESULTS_QUEUE"] = settings.results_queue
+        values["CXR_RESULT_BACKOFF_S"] = str(settings.result_backoff_s)
+        values["CXR_RESULT_SWEEP_S"] = str(settings.result_sweep_s)
+        values["CXR_RESULT_MAX_ATTEMPTS"] = str(settings.result_max_attempts)
     env.update(values)
     env["PYTHONUNBUFFERED"] = "1"
     return env
