@@ -21,7 +21,7 @@ from cxr_triage.settings import Settings
 from governance import deliveries
 from governance.db import Store
 from governance.errors import NotFound, StoreUnavailable
-from governance.models import DeliveryKind, ResultDelivery, TriageEvent, utcnow
+from governance.models import DeliveryKind, ResultDelivery, StudyStatus, TriageEvent, utcnow
 from results.config import DicomDestination, ResultsConfig
 from results.errors import DeliveryFailed
 
@@ -46,9 +46,11 @@ class ResultsContext:
 
 
 def notify_wanted(event: TriageEvent) -> bool:
-    """Whether a flag notification follows this event: a new flag or a flag a re-triage removed."""
-    flagged, before = bool(event.flagged), bool(event.previously_flagged)
-    return flagged != before
+    """Whether a notification follows this event: a new flag, a flag a re-triage removed, or a
+    study that could not be triaged."""
+    if event.status == StudyStatus.FAILED:
+        return True
+    return bool(event.flagged) != bool(event.previously_flagged)
 
 
 def targets(
@@ -58,8 +60,10 @@ def targets(
         deliveries.Target(d.name, kind, max_attempts)
         for d in config.dicom
         for kind in d.send
-        # The heatmap exists only for a study that was scored.
-        if kind == DeliveryKind.SR or event.probability is not None
+        # A failed study has nothing to report in DICOM (it is notified); the heatmap exists
+        # only for a study that was scored.
+        if event.status != StudyStatus.FAILED
+        and (kind == DeliveryKind.SR or event.probability is not None)
     ]
     if notify_wanted(event):
         found += [

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from governance.models import Instance, ResultDelivery, Study, TriageEvent
+from governance.models import Instance, ResultDelivery, Study, StudyStatus, TriageEvent
 from results.config import Hl7Sink, WebhookSink
 from results.errors import DeliveryFailed
 from results.sources import read_header
@@ -58,7 +58,10 @@ def _facts(ctx: ResultsContext, row: ResultDelivery, with_accession: bool) -> di
             )
             header = read_header(path) if path else None
             accession = str(header.get("AccessionNumber", "") or "") if header else ""
-        change = "flagged" if event.flagged else "unflagged"
+        if event.status == StudyStatus.FAILED:
+            change = "failed"
+        else:
+            change = "flagged" if event.flagged else "unflagged"
         facts: dict[str, Any] = {
             "event_id": event.id,
             "study_instance_uid": event.study_instance_uid,
@@ -73,7 +76,11 @@ def _facts(ctx: ResultsContext, row: ResultDelivery, with_accession: bool) -> di
             "person_priority": override,
             "note": DISCLAIMER,
         }
-        if not event.flagged and override:
+        if change == "failed":
+            facts["note"] = (
+                f"{DISCLAIMER}; the study could not be triaged: read it without AI triage"
+            )
+        elif not event.flagged and override:
             facts["note"] = f"{DISCLAIMER}; flag removed by re-triage, {PERSON_PRIORITY_STANDS}"
         elif not event.flagged:
             facts["note"] = f"{DISCLAIMER}; flag removed by re-triage"
@@ -130,11 +137,12 @@ def build_oru(facts: dict[str, Any], sink: Hl7Sink, *, control_id: str) -> str:
     order.obr.obr_3 = str(facts["study_instance_uid"])
     order.obr.obr_4 = "CXR-AI-TRIAGE^AI chest X-ray pneumonia triage^99CXRTRIAGE"
     order.obr.obr_25 = "F"
-    priority = (
-        "PRIORITY^Flagged for priority reading"
-        if facts["flag"]
-        else ("ROUTINE^Not flagged by AI triage")
-    )
+    if facts["change"] == "failed":
+        priority = "FAILED^AI triage failed; read without it"
+    elif facts["flag"]:
+        priority = "PRIORITY^Flagged for priority reading"
+    else:
+        priority = "ROUTINE^Not flagged by AI triage"
     values = [
         ("CWE", "TRIAGE-PRIORITY^AI triage priority^99CXRTRIAGE", priority + "^99CXRTRIAGE"),
         ("NM", "PNEUMONIA-P^Calibrated probability of pneumonia^99CXRTRIAGE", facts["score"]),

@@ -120,9 +120,29 @@ def _mark_failed(store: Store, study_uid: str, detail: str) -> None:
 
     def work(session: Any) -> None:
         study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-        if study is not None:
-            study.status = StudyStatus.FAILED
-            study.status_detail = detail[:500]
+        if study is None:
+            return
+        newly_failed = study.status != StudyStatus.FAILED
+        study.status = StudyStatus.FAILED
+        study.status_detail = detail[:500]
+        if newly_failed:
+            # A study that cannot be triaged is a result too: its event lets the results worker
+            # notify the RIS. A failure neither sets nor removes a flag.
+            flagged = bool(study.result is not None and study.result.flagged)
+            events.emit_study_triaged(
+                session,
+                study_id=study.id,
+                study_instance_uid=study.study_instance_uid,
+                status=StudyStatus.FAILED,
+                model_version_id=None,
+                model_version=None,
+                study_inference_id=None,
+                probability=None,
+                tau=None,
+                policy_version=None,
+                flagged=flagged,
+                previously_flagged=flagged,
+            )
 
     try:
         store.run(work)

@@ -172,3 +172,28 @@ receiving_application = "RIS"
     mllp.close()
     ctx.store.dispose()
     restarted.store.dispose()
+
+
+def test_a_study_that_cannot_be_triaged_is_notified_once(
+    webhook: Receiver, make_settings, make_database_url, result_studies: list[Path], tmp_path: Path
+) -> None:
+    from worker.tasks import _mark_failed
+
+    config_path = tmp_path / "results.toml"
+    config_path.write_text(
+        f'[webhook.hook]\nurl = "http://127.0.0.1:{webhook.server_address[1]}/"\n'
+        f'secret = "{SECRET}"\n'
+    )
+    url = make_database_url("postgresql")
+    settings = make_settings(database_url=url, results_config=config_path)
+    ctx = ResultsContext(settings, Store.from_url(url), results_config.load(config_path))
+    triaged = triaged_study(ctx.store, result_studies[2], tmp_path / "spool", probability=0.1)
+    _mark_failed(ctx.store, triaged.study_instance_uid, "triage failed; see the worker log")
+    _mark_failed(ctx.store, triaged.study_instance_uid, "triage failed; see the worker log")
+    sweep(ctx)
+    assert len(webhook.received) == 1
+    payload = json.loads(webhook.received[0][1])
+    assert payload["change"] == "failed" and payload["flag"] is False
+    assert "could not be triaged" in payload["note"]
+    assert "accession_number" not in payload  # this sink did not opt in
+    ctx.store.dispose()
