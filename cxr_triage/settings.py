@@ -106,6 +106,19 @@ class Settings(BaseSettings):
         "generated once in CXR_DATA_DIR/pseudonym.key. Every gateway of a site needs the same.",
     )
 
+    # Worklist
+    worklist_phi: bool = Field(
+        default=False,
+        description="Keep and show Accession Number, study date, study description, age band "
+        "and sex on the worklist and study page. PHI: shown behind the radiologist role only, "
+        "never in logs, broker messages or audit details. On in the demo.",
+    )
+    viewer_url_template: str = Field(
+        default="",
+        description="Link to open a study in a viewer, with {study_instance_uid} (e.g. "
+        "https://pacs/ohif/viewer?StudyInstanceUIDs={study_instance_uid}); empty: no link.",
+    )
+
     # Web
     web_host: str = Field(default="127.0.0.1", description="Address the web server binds.")
     web_port: int = Field(default=8000, ge=1, le=65535, description="Web server port.")
@@ -160,6 +173,24 @@ class Settings(BaseSettings):
     @classmethod
     def _check_aes(cls, value: list[str]) -> list[str]:
         return [_check_ae_title(v, "CXR_ALLOWED_CALLING_AES") for v in value]
+
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _check_viewer(cls, value: str) -> str:
+        value = value.strip()
+        if value and (
+            not value.startswith(("http://", "https://")) or "{study_instance_uid}" not in value
+        ):
+            raise ValueError(
+                "must be an http(s) URL containing {study_instance_uid}, e.g. "
+                "https://pacs/ohif/viewer?StudyInstanceUIDs={study_instance_uid}"
+            )
+        if value:
+            try:
+                value.format(study_instance_uid="1.2.3")
+            except (KeyError, IndexError, ValueError):
+                raise ValueError("may hold no placeholder but {study_instance_uid}") from None
+        return value
 
     @field_validator("ae_title")
     @classmethod

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,6 +40,10 @@ HEADER_KEYWORDS = (
     "PatientSex",
     "PatientAge",
     "PatientID",  # read only to derive its keyed pseudonym
+    # Worklist fields: kept only where the site sets CXR_WORKLIST_PHI.
+    "AccessionNumber",
+    "StudyDate",
+    "StudyDescription",
 )
 HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
 
@@ -47,6 +51,7 @@ HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
 # leading zero are not valid DICOM but some modalities write them; they are harmless in a path,
 # so they are accepted rather than refusing a patient's study.
 _UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+_DATE_PATTERN = re.compile(r"\d{8}")
 _AGE_PATTERN = re.compile(r"(\d{1,3})\s*([DWMY]?)")
 _DAYS_PER_UNIT = {"D": 1, "W": 7, "M": 30.4375, "Y": 365.25}
 
@@ -86,6 +91,10 @@ class InstanceHeader:
     patient_sex: str | None
     patient_age_years: int | None
     patient_pseudonym: str | None = None
+    # Worklist fields (PHI): only where the site keeps them (CXR_WORKLIST_PHI).
+    accession_number: str | None = field(default=None, repr=False)
+    study_date: str | None = field(default=None, repr=False)
+    study_description: str | None = field(default=None, repr=False)
 
 
 def is_valid_uid(value: object) -> bool:
@@ -122,6 +131,7 @@ def read_header(
     affected_sop_class_uid: str,
     affected_sop_instance_uid: str,
     pseudonym_key: bytes | None = None,
+    worklist_fields: bool = False,
 ) -> InstanceHeader:
     """Read and check the header of a received Part-10 file, without its pixel data.
 
@@ -134,6 +144,8 @@ def read_header(
         The UIDs of the C-STORE request; the data set must carry the same ones (PS3.4 B.2.3).
     pseudonym_key
         The site's pseudonym key; with it, a Patient ID becomes a keyed pseudonym.
+    worklist_fields
+        Keep the Accession Number, study date and description (PHI; ``CXR_WORKLIST_PHI``).
 
     Raises
     ------
@@ -196,7 +208,17 @@ def read_header(
         patient_sex=sex if sex in {"M", "F", "O"} else None,
         patient_age_years=age_in_years(_text(ds, "PatientAge", 16)),
         patient_pseudonym=patient_pseudonym,
+        **(_worklist_fields(ds) if worklist_fields else {}),
     )
+
+
+def _worklist_fields(ds: Dataset) -> dict[str, str | None]:
+    study_date = _text(ds, "StudyDate", 8)
+    return {
+        "accession_number": _text(ds, "AccessionNumber", 16),
+        "study_date": study_date if study_date and _DATE_PATTERN.fullmatch(study_date) else None,
+        "study_description": _text(ds, "StudyDescription", 64),
+    }
 
 
 def _raw_value(ds: Dataset, keyword: str) -> object:

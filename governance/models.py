@@ -96,6 +96,11 @@ class Study(Base):
     # Keyed pseudonym (HMAC-SHA256) of the Patient ID: links a patient's studies in the audit
     # without keeping the ID itself.
     patient_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Worklist fields, kept only where the site set CXR_WORKLIST_PHI (PHI: shown to
+    # radiologists, never logged, sent to a broker or put in an audit detail).
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8))  # DICOM DA, YYYYMMDD
+    study_description: Mapped[str | None] = mapped_column(String(64))
     # What people did. A person's priority override stands: triage never changes these.
     priority_override: Mapped[str | None] = mapped_column(String(16))
     override_reason: Mapped[str | None] = mapped_column(Text)

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Callable
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from sqlalchemy.orm import Session
 
+from cxr_triage.settings import Settings
 from governance import actions
 from governance import worklist as worklist_reads
 from governance.db import Store
 from governance.models import Role
 from governance.tokens import Identity
 from web.auth import RequireRole, client_address
-from web.deps import get_store, read_store
+from web.deps import get_settings, get_store, read_store
 from web.schemas import (
     STUDY_STATUSES,
     ClearOverrideIn,
@@ -53,6 +56,17 @@ StoreDep = Annotated[Store, Depends(get_store)]
 Radiologist = Annotated[Identity, Depends(RequireRole(Role.RADIOLOGIST))]
 AnyRole = Annotated[Identity, Depends(RequireRole(*Role.ALL))]
 StudyUid = Annotated[str, Path(description="Study Instance UID")]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def with_viewer_url(row: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The row with ``viewer_url``: the site's viewer link for the study, or None."""
+    template = settings.viewer_url_template
+    uid = row["study_instance_uid"]
+    row["viewer_url"] = (
+        template.format(study_instance_uid=quote(uid, safe="")) if template else None
+    )
+    return row
 
 
 @router.get("/me", response_model=MeOut, summary="Who this token belongs to, and its role")
@@ -85,6 +99,7 @@ def get_status(
 )
 def get_worklist(
     store: StoreDep,
+    settings: SettingsDep,
     _identity: Radiologist,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Most studies returned.")] = 500,
     status: Annotated[
@@ -114,12 +129,17 @@ def get_worklist(
                 detail=f"unknown status {', '.join(unknown)}; "
                 f"use one of {', '.join(STUDY_STATUSES)}",
             )
-    return read_store(
+    rows = read_store(
         store,
         lambda session: worklist_reads.worklist(
-            session, limit=limit, statuses=status, received_after=received_after
+            session,
+            limit=limit,
+            statuses=status,
+            received_after=received_after,
+            phi=settings.worklist_phi,
         ),
     )
+    return [with_viewer_url(row, settings) for row in rows]
 
 
 def note_viewed(store: Store, request: Request, identity: Identity, uid: str, via: str) -> None:
@@ -143,24 +163,67 @@ def note_viewed(store: Store, request: Request, identity: Identity, uid: str, vi
     summary="One study: result, per-image scores or skip reasons, stage timestamps, actions",
 )
 def get_study(
-    request: Request, store: StoreDep, identity: Radiologist, study_instance_uid: StudyUid
+    request: Request,
+    store: StoreDep,
+    settings: SettingsDep,
+    identity: Radiologist,
+    study_instance_uid: StudyUid,
 ) -> dict[str, Any]:
     detail = read_store(
-        store, lambda session: worklist_reads.study_detail(session, study_instance_uid)
+        store,
+        lambda session: worklist_reads.study_detail(
+            session, study_instance_uid, phi=settings.worklist_phi
+        ),
     )
     note_viewed(store, request, identity, study_instance_uid, "api")
-    return detail
+    detail["thumbnail_url"] = None
+    if detail.get("scored_sop_instance_uid"):
+        path = read_store(
+            store, lambda session: worklist_reads.scored_image_path(session, study_instance_uid)
+        )
+        if os.path.exists(path):  # rendered from the spool while the file is kept
+            sop = quote(detail["scored_sop_instance_uid"], safe="")
+            detail["thumbnail_url"] = (
+                f"/api/studies/{quote(study_instance_uid, safe='')}/thumbnail.png?sop={sop}"
+            )
+    return with_viewer_url(detail, settings)
+
+
+@router.get(
+    "/studies/{study_instance_uid}/thumbnail.png",
+    responses={**NOT_FOUND, 200: {"content": {"image/png": {}}}},
+    response_class=Response,
+    summary="A small PNG of the image that decided the study's score (never cached publicly)",
+)
+def get_thumbnail(
+    store: StoreDep, _identity: Radiologist, study_instance_uid: StudyUid
+) -> Response:
+    from web.thumbnail import ThumbnailError, render_thumbnail
+
+    path = read_store(
+        store, lambda session: worklist_reads.scored_image_path(session, study_instance_uid)
+    )
+    try:
+        png = render_thumbnail(path)
+    except ThumbnailError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+    return Response(
+        png, media_type="image/png", headers={"Cache-Control": "private, no-store, max-age=0"}
+    )
 
 
 def _act(
-    store: Store, uid: str, action: Callable[[Session], actions.ActionResult]
+    request: Request, store: Store, uid: str, action: Callable[[Session], actions.ActionResult]
 ) -> dict[str, Any]:
+    settings = get_settings(request)
+
     def work(session: Session) -> dict[str, Any]:
         try:
             action(session)
         except (ValueError, TypeError) as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
-        return worklist_reads.worklist_entry(session, uid)
+        entry = worklist_reads.worklist_entry(session, uid, phi=settings.worklist_phi)
+        return with_viewer_url(entry, settings)
 
     return store.run(work)
 
@@ -176,6 +239,7 @@ def acknowledge(
 ) -> dict[str, Any]:
     address = client_address(request)
     return _act(
+        request,
         store,
         study_instance_uid,
         lambda s: actions.acknowledge(
@@ -199,6 +263,7 @@ def override(
 ) -> dict[str, Any]:
     address = client_address(request)
     return _act(
+        request,
         store,
         study_instance_uid,
         lambda s: actions.override(
@@ -227,6 +292,7 @@ def clear_override(
 ) -> dict[str, Any]:
     address = client_address(request)
     return _act(
+        request,
         store,
         study_instance_uid,
         lambda s: actions.clear_override(
@@ -250,6 +316,7 @@ def final_read(
 ) -> dict[str, Any]:
     address = client_address(request)
     return _act(
+        request,
         store,
         study_instance_uid,
         lambda s: actions.record_final_read(

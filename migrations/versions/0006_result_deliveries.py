@@ -1,5 +1,7 @@
 """Result deliveries: one row per SR/heatmap export and flag notification of a triage event,
-with its state, attempts, last error and next attempt (retries, then parked as failed).
+with its state, attempts, last error and next attempt (retries, then parked as failed); and the
+studies' worklist fields (accession number, study date and description; kept only where the
+site sets CXR_WORKLIST_PHI).
 
 Revision ID: 0006
 Revises: 0003
@@ -23,6 +25,11 @@ UID = sa.String(64)
 
 
 def upgrade() -> None:
+    # Worklist fields (CXR_WORKLIST_PHI): PHI the gateway keeps only where the site asks.
+    with op.batch_alter_table("studies") as batch:
+        batch.add_column(sa.Column("accession_number", sa.String(16), nullable=True))
+        batch.add_column(sa.Column("study_date", sa.String(8), nullable=True))
+        batch.add_column(sa.Column("study_description", sa.String(64), nullable=True))
     op.create_table(
         "result_deliveries",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -74,3 +81,7 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_result_deliveries_study_id"), table_name="result_deliveries")
     op.drop_index(op.f("ix_result_deliveries_event_id"), table_name="result_deliveries")
     op.drop_table("result_deliveries")
+    with op.batch_alter_table("studies") as batch:
+        batch.drop_column("study_description")
+        batch.drop_column("study_date")
+        batch.drop_column("accession_number")

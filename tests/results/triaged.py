@@ -149,6 +149,9 @@ def triaged_study(
         else:
             session.add(result)
         session.flush()
+        study.result_id = result.id
+        study.status = StudyStatus.TRIAGED if scored else StudyStatus.NO_FRONTAL
+        study.triaged_at = now
         event = events.emit_study_triaged(
             session,
             study_id=study.id,

@@ -39,6 +39,24 @@
     if (again) again.focus();
   }
 
+  function renderStudy(s) {
+    const facts = cxr.studyFacts(s);
+    const viewer = cxr.viewerLink(s);
+    const box = document.getElementById("study-facts");
+    box.replaceChildren(...[facts ? cxr.el("p", { text: facts }) : null,
+      viewer ? cxr.el("p", {}, [viewer]) : null].filter(Boolean));
+    box.hidden = !facts && !viewer;
+    const figure = document.getElementById("thumbnail");
+    if (s.thumbnail_url && figure.dataset.src !== s.thumbnail_url) {
+      figure.dataset.src = s.thumbnail_url;
+      figure.replaceChildren(
+        cxr.el("img", { src: s.thumbnail_url, alt: "The image that decided the score",
+          width: "256" }),
+        cxr.el("figcaption", { text: "Scored image (highest score)" }));
+    }
+    figure.hidden = !s.thumbnail_url;
+  }
+
   function renderSummary(s) {
     const flag = s.flagged
       ? cxr.el("span", { className: "badge flag", text: "PRIORITY (flagged)" })
@@ -104,6 +122,7 @@
     if (document.querySelector("dialog[open]")) return;  // never redraw under an open form
     try {
       const s = await cxr.getJSON(`/api/studies/${encodeURIComponent(uid)}`);
+      renderStudy(s);
       renderSummary(s);
       renderPeople(s);
       renderStages(s);
