@@ -99,6 +99,11 @@ class Settings(BaseSettings):
         "with fp32 to 1e-2 in probability.",
     )
     batch_size: int = Field(default=8, ge=1, description="Images scored per forward pass.")
+    heatmaps: bool = Field(
+        default=False,
+        description="Compute a Grad-CAM heatmap of each study's scored image (shown on the "
+        "study page; sent as a Secondary Capture to destinations that ask for it).",
+    )
 
     pseudonym_key: SecretStr | None = Field(
         default=None,
@@ -219,6 +224,11 @@ class Settings(BaseSettings):
     def model_path(self) -> Path:
         assert self.model_dir is not None
         return self.model_dir
+
+    def heatmap_file(self, study_uid: str, model_version: str) -> Path:
+        """Where the worker keeps a study's heatmap arrays by a model version (``.npz``)."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_version)
+        return self.data_dir / "heatmaps" / study_uid / f"{safe}.npz"
 
     @property
     def broker_dir(self) -> Path:

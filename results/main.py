@@ -99,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.config.empty:
         logger.warning("CXR_RESULTS_CONFIG names no destination: nothing will be sent")
     check_destinations(ctx)
+    wanting = [d.name for d in ctx.config.dicom if "heatmap" in d.send]
+    if wanting and not settings.heatmaps:
+        logger.error(
+            "destinations %s ask for the heatmap but CXR_HEATMAPS is off: the workers compute "
+            "none, so those exports will fail after their attempts",
+            ", ".join(wanting),
+        )
     from results import tasks
 
     tasks._context = ctx

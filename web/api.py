@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -186,7 +187,43 @@ def get_study(
             detail["thumbnail_url"] = (
                 f"/api/studies/{quote(study_instance_uid, safe='')}/thumbnail.png?sop={sop}"
             )
+    heatmap = _heatmap_png(settings, study_instance_uid, detail.get("model_version"))
+    detail["heatmap_url"] = None
+    if heatmap is not None:
+        version = heatmap.stat().st_mtime_ns
+        uid = quote(study_instance_uid, safe="")
+        detail["heatmap_url"] = f"/api/studies/{uid}/heatmap.png?v={version}"
     return with_viewer_url(detail, settings)
+
+
+def _heatmap_png(settings: Settings, study_uid: str, model_version: str | None) -> FilePath | None:
+    """The worker's heatmap overlay of the study's current result (CXR_HEATMAPS), if any."""
+    if not model_version:
+        return None
+    png = settings.heatmap_file(study_uid, model_version).with_suffix(".png")
+    return png if png.is_file() else None
+
+
+@router.get(
+    "/studies/{study_instance_uid}/heatmap.png",
+    responses={**NOT_FOUND, 200: {"content": {"image/png": {}}}},
+    response_class=Response,
+    summary="The Grad-CAM heatmap over the scored image (AI triage, not for diagnostic use)",
+)
+def get_heatmap(
+    store: StoreDep, settings: SettingsDep, _identity: Radiologist, study_instance_uid: StudyUid
+) -> Response:
+    entry = read_store(
+        store, lambda session: worklist_reads.worklist_entry(session, study_instance_uid)
+    )
+    png = _heatmap_png(settings, study_instance_uid, entry.get("model_version"))
+    if png is None:
+        raise HTTPException(status_code=404, detail="no heatmap for this study")
+    return Response(
+        png.read_bytes(),
+        media_type="image/png",
+        headers={"Cache-Control": "private, no-store, max-age=0"},
+    )
 
 
 @router.get(

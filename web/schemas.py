@@ -167,6 +167,9 @@ class StudyDetail(WorklistFields, PeopleFields):
     thumbnail_url: str | None = Field(
         default=None, description="Its thumbnail, while the file is kept in the spool."
     )
+    heatmap_url: str | None = Field(
+        default=None, description="Its Grad-CAM heatmap (CXR_HEATMAPS); not for diagnostic use."
+    )
     timestamps: StageTimestamps
     images: list[ImageResult]
 

@@ -108,11 +108,23 @@ def triage_study_task(self: Task, study_uid: str) -> dict[str, Any] | None:
         logger.exception("study %s: triage failed", study_uid)
         _mark_failed(ctx.store, study_uid, "triage failed; see the worker log")
         return None
+    if ctx.settings.heatmaps and outcome.images_scored:
+        _heatmap(ctx, study_uid)
     return {
         "study_instance_uid": outcome.study_instance_uid,
         "status": outcome.status,
         "flagged": outcome.flagged,
     }
+
+
+def _heatmap(ctx: WorkerContext, study_uid: str) -> None:
+    """Grad-CAM of the scored image; a failure costs the heatmap only, never the triage."""
+    from worker.saliency import compute_study_heatmap
+
+    try:
+        compute_study_heatmap(ctx.store, ctx.settings, study_uid)
+    except Exception:
+        logger.exception("study %s: heatmap failed", study_uid)
 
 
 def _mark_failed(store: Store, study_uid: str, detail: str) -> None:

@@ -55,6 +55,15 @@
         cxr.el("figcaption", { text: "Scored image (highest score)" }));
     }
     figure.hidden = !s.thumbnail_url;
+    const heat = document.getElementById("heatmap");
+    if (s.heatmap_url && heat.dataset.src !== s.heatmap_url) {
+      heat.dataset.src = s.heatmap_url;
+      heat.replaceChildren(
+        cxr.el("img", { src: s.heatmap_url, width: "256",
+          alt: "AI triage heatmap over the scored image, not for diagnostic use" }),
+        cxr.el("figcaption", { text: "AI triage heatmap \u2014 not for diagnostic use" }));
+    }
+    heat.hidden = !s.heatmap_url;
   }
 
   function renderSummary(s) {
