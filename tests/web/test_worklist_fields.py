@@ -16,9 +16,11 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 import uvicorn
+from PIL import Image
 from sqlalchemy import select
 
 from cxr_triage.settings import Settings
@@ -81,6 +83,10 @@ def test_worklist_fields_viewer_link_and_thumbnail(
     study_dir = sorted(p for p in synthetic_study_dir.iterdir() if p.is_dir())[0]
     triaged = triaged_study(store, study_dir, tmp_path / "spool", probability=0.9)
     _keep_fields(store, triaged.files, phi)
+    if phi:  # the worker's heatmap overlay (CXR_HEATMAPS), as worker.saliency writes it
+        png = settings.heatmap_file(triaged.study_instance_uid, "demo-results").with_suffix(".png")
+        png.parent.mkdir(parents=True)
+        Image.fromarray(np.full((512, 512, 3), (200, 40, 40), np.uint8)).save(png)
     source = pydicom.dcmread(triaged.files[0], stop_before_pixels=True)
     accession = str(source.AccessionNumber)
     assert accession
@@ -133,6 +139,12 @@ def test_worklist_fields_viewer_link_and_thumbnail(
                     assert time.monotonic() < deadline, "the thumbnail did not load"
                     time.sleep(0.1)
                 assert image.evaluate("img => img.naturalWidth") <= 256
+                heatmap = page.locator("#heatmap img")
+                if phi:
+                    sync_api.expect(heatmap).to_be_visible(timeout=20_000)
+                    assert "not for diagnostic use" in page.locator("#heatmap").inner_text()
+                else:
+                    assert heatmap.count() == 0
                 facts = page.locator("#study-facts")
                 if phi:
                     assert accession in facts.inner_text()
