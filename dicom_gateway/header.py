@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +24,7 @@ from pydicom.uid import UID
 
 from dicom_gateway import status
 from governance.audit import pseudonym
+from governance.studies import ReceivedInstance
 
 logger = logging.getLogger(__name__)
 
@@ -74,29 +74,6 @@ class InstanceRejected(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceHeader:
-    """The header attributes of one received instance that the gateway keeps."""
-
-    study_instance_uid: str
-    series_instance_uid: str | None
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    size_bytes: int
-    modality: str | None
-    view_position: str | None
-    body_part: str | None
-    manufacturer: str | None
-    patient_sex: str | None
-    patient_age_years: int | None
-    patient_pseudonym: str | None = None
-    # Worklist fields (PHI): only where the site keeps them (CXR_WORKLIST_PHI).
-    accession_number: str | None = field(default=None, repr=False)
-    study_date: str | None = field(default=None, repr=False)
-    study_description: str | None = field(default=None, repr=False)
-
-
 def is_valid_uid(value: object) -> bool:
     """Whether ``value`` is a UID that is safe to use as a file or folder name.
 
@@ -132,8 +109,11 @@ def read_header(
     affected_sop_instance_uid: str,
     pseudonym_key: bytes | None = None,
     worklist_fields: bool = False,
-) -> InstanceHeader:
+) -> ReceivedInstance:
     """Read and check the header of a received Part-10 file, without its pixel data.
+
+    Returns the instance as the store records it, at ``path``; the caller sets the spool path
+    and the calling peer (``dataclasses.replace``) once it has placed the file.
 
     Parameters
     ----------
@@ -194,13 +174,15 @@ def read_header(
     patient_pseudonym = (
         pseudonym(patient_id, pseudonym_key) if pseudonym_key and patient_id else None
     )
-    return InstanceHeader(
+    return ReceivedInstance(
         study_instance_uid=study_uid,
         series_instance_uid=series_uid if is_valid_uid(series_uid) else None,
         sop_instance_uid=sop_instance_uid,
         sop_class_uid=sop_class_uid,
         transfer_syntax_uid=str(transfer_syntax),
+        path=str(path),
         size_bytes=size,
+        calling_ae="",
         modality=_text(ds, "Modality", 16),
         view_position=_text(ds, "ViewPosition", 16),
         body_part=_text(ds, "BodyPartExamined", 64),
@@ -208,17 +190,15 @@ def read_header(
         patient_sex=sex if sex in {"M", "F", "O"} else None,
         patient_age_years=age_in_years(_text(ds, "PatientAge", 16)),
         patient_pseudonym=patient_pseudonym,
-        **(_worklist_fields(ds) if worklist_fields else {}),
+        accession_number=_text(ds, "AccessionNumber", 16) if worklist_fields else None,
+        study_date=_study_date(ds) if worklist_fields else None,
+        study_description=_text(ds, "StudyDescription", 64) if worklist_fields else None,
     )
 
 
-def _worklist_fields(ds: Dataset) -> dict[str, str | None]:
-    study_date = _text(ds, "StudyDate", 8)
-    return {
-        "accession_number": _text(ds, "AccessionNumber", 16),
-        "study_date": study_date if study_date and _DATE_PATTERN.fullmatch(study_date) else None,
-        "study_description": _text(ds, "StudyDescription", 64),
-    }
+def _study_date(ds: Dataset) -> str | None:
+    value = _text(ds, "StudyDate", 8)
+    return value if value and _DATE_PATTERN.fullmatch(value) else None
 
 
 def _raw_value(ds: Dataset, keyword: str) -> object:

@@ -26,7 +26,7 @@ from governance.db import Store
 from governance.models import Role
 from governance.tokens import Identity
 from web.auth import RequireRole, client_address
-from web.deps import get_settings, get_store, read_store
+from web.deps import StoreDep, get_settings, read_store
 from web.schemas import (
     STUDY_STATUSES,
     ClearOverrideIn,
@@ -53,7 +53,6 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 router = APIRouter(prefix="/api", tags=["radiologist"], responses=REFUSALS)
 
-StoreDep = Annotated[Store, Depends(get_store)]
 Radiologist = Annotated[Identity, Depends(RequireRole(Role.RADIOLOGIST))]
 AnyRole = Annotated[Identity, Depends(RequireRole(*Role.ALL))]
 StudyUid = Annotated[str, Path(description="Study Instance UID")]

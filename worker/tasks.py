@@ -15,10 +15,9 @@ from celery import Task, shared_task
 from celery.signals import worker_ready
 
 from cxr_triage.settings import Settings
-from governance import events
+from governance import events, triage_results
 from governance.db import Store
 from governance.errors import ModelIntegrityError, NotFound, StoreUnavailable
-from governance.models import Study, StudyStatus
 from worker.celery_app import TRIAGE_STUDY, queue_results
 
 if TYPE_CHECKING:
@@ -128,36 +127,8 @@ def _heatmap(ctx: WorkerContext, study_uid: str) -> None:
 
 
 def _mark_failed(store: Store, study_uid: str, detail: str) -> None:
-    from sqlalchemy import select
-
-    def work(session: Any) -> None:
-        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-        if study is None:
-            return
-        newly_failed = study.status != StudyStatus.FAILED
-        study.status = StudyStatus.FAILED
-        study.status_detail = detail[:500]
-        if newly_failed:
-            # A study that cannot be triaged is a result too: its event lets the results worker
-            # notify the RIS. A failure neither sets nor removes a flag.
-            flagged = bool(study.result is not None and study.result.flagged)
-            events.emit_study_triaged(
-                session,
-                study_id=study.id,
-                study_instance_uid=study.study_instance_uid,
-                status=StudyStatus.FAILED,
-                model_version_id=None,
-                model_version=None,
-                study_inference_id=None,
-                probability=None,
-                tau=None,
-                policy_version=None,
-                flagged=flagged,
-                previously_flagged=flagged,
-            )
-
     try:
-        store.run(work)
+        store.run(lambda session: triage_results.fail(session, study_uid, detail))
     except StoreUnavailable:
         logger.error("study %s: could not record the failure, store unavailable", study_uid)
 
