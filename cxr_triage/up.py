@@ -127,7 +127,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    if "worker" in args.only:
+    if args.only is None or "worker" in args.only:
         # A slim install (no torch) can still run `up --only gateway web`.
         require("worker")
     settings = get_settings()
