@@ -87,7 +87,7 @@ def start_sweeper(ctx: ResultsContext, stop: threading.Event) -> threading.Threa
 
 def build_context(settings: Settings) -> ResultsContext:
     config = results_config.load(settings.results_config)
-    store = Store.from_url(settings.database_url)
+    store = Store.from_settings(settings)
     store.check_schema()
     return ResultsContext(settings=settings, store=store, config=config)
 

@@ -32,7 +32,7 @@ def get_context(settings: Any) -> ResultsContext:
         if _context is None:
             _context = ResultsContext(
                 settings=settings,
-                store=Store.from_url(settings.database_url),
+                store=Store.from_settings(settings),
                 config=results_config.load(settings.results_config),
             )
         return _context
