@@ -76,7 +76,9 @@ def test_a_study_pushed_from_orthanc_comes_back_as_a_report(
         from governance.models import Study, StudyInference
 
         result = session.scalar(
-            select(StudyInference).join(Study).where(Study.study_instance_uid == study_uid)
+            select(StudyInference)
+            .join(Study, Study.result_id == StudyInference.id)
+            .where(Study.study_instance_uid == study_uid)
         )
         assert result is not None
         expected_p, flagged = result.probability, result.flagged
