@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("cxr_triage.demo", "prepare a demo model and synthetic studies, run and push them"),
     "gateway": ("dicom_gateway.main", "run the DICOM gateway (C-ECHO, C-STORE SCP)"),
     "worker": ("worker.main", "run a Celery triage worker (one process per GPU)"),
+    "results-worker": (
+        "results.main",
+        "run the results worker: SR/heatmap exports and flag notifications",
+    ),
     "web": ("web.main", "run the web server: worklist, study pages, API, metrics"),
     "db": ("migrations.cli", "database schema: upgrade, current"),
     "predict": ("worker.predict", "score DICOM files offline; JSON lines on stdout"),
@@ -29,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "policy": ("cxr_triage.policy_cli", "threshold policies: list, set"),
     "token": ("cxr_triage.token_cli", "API tokens: create, list, revoke"),
     "audit": ("cxr_triage.audit_cli", "audit trail: query, verify"),
+    "export": ("cxr_triage.export_cli", "result exports and notifications: list, retry"),
 }
 
 # Commands that need an optional part of the install (cxr_triage.extras): checked before their

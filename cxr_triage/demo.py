@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import urllib.error
@@ -161,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from dicom_gateway.scu import send_files, wait_for_echo
 
-    supervisor = Supervisor(log_level=logging.getLevelName(logging.getLogger().level))
+    # The demo's studies are synthetic: show the worklist fields (accession number, study date
+    # and description, age band, sex) unless the user set CXR_WORKLIST_PHI themselves.
+    env = dict(os.environ)
+    env.setdefault("CXR_WORKLIST_PHI", "true")
+    supervisor = Supervisor(env=env, log_level=logging.getLevelName(logging.getLogger().level))
     supervisor.start()
     try:
         host = "127.0.0.1" if settings.dicom_host in {"0.0.0.0", "::"} else settings.dicom_host

@@ -110,11 +110,29 @@ class Settings(BaseSettings):
         "with fp32 to 1e-2 in probability.",
     )
     batch_size: int = Field(default=8, ge=1, description="Images scored per forward pass.")
+    heatmaps: bool = Field(
+        default=False,
+        description="Compute a Grad-CAM heatmap of each study's scored image (shown on the "
+        "study page; sent as a Secondary Capture to destinations that ask for it).",
+    )
 
     pseudonym_key: SecretStr | None = Field(
         default=None,
         description="Key (>= 16 characters) of the keyed patient pseudonyms; default: one "
         "generated once in CXR_DATA_DIR/pseudonym.key. Every gateway of a site needs the same.",
+    )
+
+    # Worklist
+    worklist_phi: bool = Field(
+        default=False,
+        description="Keep and show Accession Number, study date, study description, age band "
+        "and sex on the worklist and study page. PHI: shown behind the radiologist role only, "
+        "never in logs, broker messages or audit details. On in the demo.",
+    )
+    viewer_url_template: str = Field(
+        default="",
+        description="Link to open a study in a viewer, with {study_instance_uid} (e.g. "
+        "https://pacs/ohif/viewer?StudyInstanceUIDs={study_instance_uid}); empty: no link.",
     )
 
     # Web
@@ -136,6 +154,35 @@ class Settings(BaseSettings):
         ge=1,
         description="Login attempts and refused requests per client address per minute; more "
         "are answered 429 (refusals are audited once a minute per address, with a count).",
+    )
+
+    # Results (SR and heatmap exports, flag notifications)
+    results_config: Path | None = Field(
+        default=None,
+        description="TOML file naming the result destinations: DICOM peers (SR, heatmap), "
+        "webhooks and HL7 MLLP receivers (see docs/deploy.md); empty: nothing is sent.",
+    )
+    results_queue: str = Field(
+        default="cxr-results",
+        description="Celery queue of exports and notifications (its own, so a slow PACS "
+        "never delays scoring).",
+    )
+    result_max_attempts: int = Field(
+        default=6, ge=1, le=100, description="Attempts of one export or notification."
+    )
+    result_backoff_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Delay before the first retry of a transient failure; doubles each time.",
+    )
+    result_sweep_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often the results worker looks for due retries and for triage "
+        "events whose message was lost.",
+    )
+    result_timeout_s: float = Field(
+        default=30.0, gt=0, description="Network timeout of one export or notification."
     )
 
     # Audit
@@ -173,6 +220,24 @@ class Settings(BaseSettings):
     def _check_aes(cls, value: list[str]) -> list[str]:
         return [_check_ae_title(v, "CXR_ALLOWED_CALLING_AES") for v in value]
 
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _check_viewer(cls, value: str) -> str:
+        value = value.strip()
+        if value and (
+            not value.startswith(("http://", "https://")) or "{study_instance_uid}" not in value
+        ):
+            raise ValueError(
+                "must be an http(s) URL containing {study_instance_uid}, e.g. "
+                "https://pacs/ohif/viewer?StudyInstanceUIDs={study_instance_uid}"
+            )
+        if value:
+            try:
+                value.format(study_instance_uid="1.2.3")
+            except (KeyError, IndexError, ValueError):
+                raise ValueError("may hold no placeholder but {study_instance_uid}") from None
+        return value
+
     @field_validator("ae_title")
     @classmethod
     def _check_own_ae(cls, value: str) -> str:
@@ -203,6 +268,11 @@ class Settings(BaseSettings):
     def model_path(self) -> Path:
         assert self.model_dir is not None
         return self.model_dir
+
+    def heatmap_file(self, study_uid: str, model_version: str) -> Path:
+        """Where the worker keeps a study's heatmap arrays by a model version (``.npz``)."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_version)
+        return self.data_dir / "heatmaps" / study_uid / f"{safe}.npz"
 
     @property
     def anchor_path(self) -> Path:

@@ -24,6 +24,8 @@ from cxr_triage.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 SERVICES = ("gateway", "worker", "web")
+#: Started too when CXR_RESULTS_CONFIG names result destinations.
+RESULTS_SERVICE = "results-worker"
 STOP_GRACE_S = 20.0
 
 
@@ -115,9 +117,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=SERVICES,
-        default=list(SERVICES),
-        help="run only these services",
+        choices=(*SERVICES, RESULTS_SERVICE),
+        default=None,
+        help="run only these services (default: gateway, worker, web, and results-worker "
+        "when CXR_RESULTS_CONFIG is set)",
     )
     return parser
 
@@ -136,13 +139,14 @@ def dicom_reach(host: str, allowed_calling_aes: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    if "worker" in args.only:
+    if args.only is None or "worker" in args.only:
         # A slim install (no torch) can still run `up --only gateway web`.
         require("worker")
     settings = get_settings()
     prepare_store(settings)
+    services = args.only or [*SERVICES, *([RESULTS_SERVICE] if settings.results_config else [])]
     supervisor = Supervisor(
-        services=tuple(args.only), log_level=logging.getLevelName(logging.getLogger().level)
+        services=tuple(services), log_level=logging.getLevelName(logging.getLogger().level)
     )
     supervisor.start()
     logger.info(

@@ -51,10 +51,15 @@ def handle_store(
     store: Store,
     assembly: StudyAssembly,
     pseudonym_key: bytes | None = None,
+    worklist_fields: bool = False,
 ) -> Any:
-    """C-STORE: check the header, place the file durably, record it, note the study."""
+    """C-STORE: check the header, place the file durably, record it, note the study.
+
+    With ``worklist_fields`` (CXR_WORKLIST_PHI) the study's accession number, date and
+    description are kept for the worklist; they are never logged.
+    """
     try:
-        return _store(event, spool, store, assembly, pseudonym_key)
+        return _store(event, spool, store, assembly, pseudonym_key, worklist_fields)
     except Exception:  # a bug must cost one instance, not the association or the server
         logger.exception("C-STORE from %s failed unexpectedly", _peer(event))
         return status.PROCESSING_FAILURE
@@ -66,6 +71,7 @@ def _store(
     store: Store,
     assembly: StudyAssembly,
     pseudonym_key: bytes | None,
+    worklist_fields: bool = False,
 ) -> Any:
     request = cast(C_STORE, event.request)
     sop_class_uid = str(request.AffectedSOPClassUID or "")
@@ -77,6 +83,7 @@ def _store(
             affected_sop_class_uid=sop_class_uid,
             affected_sop_instance_uid=sop_instance_uid,
             pseudonym_key=pseudonym_key,
+            worklist_fields=worklist_fields,
         )
     except InstanceRejected as exc:
         logger.warning(

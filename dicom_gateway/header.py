@@ -40,6 +40,10 @@ HEADER_KEYWORDS = (
     "PatientSex",
     "PatientAge",
     "PatientID",  # read only to derive its keyed pseudonym
+    # Worklist fields: kept only where the site sets CXR_WORKLIST_PHI.
+    "AccessionNumber",
+    "StudyDate",
+    "StudyDescription",
 )
 HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
 
@@ -47,6 +51,7 @@ HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
 # leading zero are not valid DICOM but some modalities write them; they are harmless in a path,
 # so they are accepted rather than refusing a patient's study.
 _UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+_DATE_PATTERN = re.compile(r"\d{8}")
 _AGE_PATTERN = re.compile(r"(\d{1,3})\s*([DWMY]?)")
 _DAYS_PER_UNIT = {"D": 1, "W": 7, "M": 30.4375, "Y": 365.25}
 
@@ -103,6 +108,7 @@ def read_header(
     affected_sop_class_uid: str,
     affected_sop_instance_uid: str,
     pseudonym_key: bytes | None = None,
+    worklist_fields: bool = False,
 ) -> ReceivedInstance:
     """Read and check the header of a received Part-10 file, without its pixel data.
 
@@ -118,6 +124,8 @@ def read_header(
         The UIDs of the C-STORE request; the data set must carry the same ones (PS3.4 B.2.3).
     pseudonym_key
         The site's pseudonym key; with it, a Patient ID becomes a keyed pseudonym.
+    worklist_fields
+        Keep the Accession Number, study date and description (PHI; ``CXR_WORKLIST_PHI``).
 
     Raises
     ------
@@ -182,7 +190,15 @@ def read_header(
         patient_sex=sex if sex in {"M", "F", "O"} else None,
         patient_age_years=age_in_years(_text(ds, "PatientAge", 16)),
         patient_pseudonym=patient_pseudonym,
+        accession_number=_text(ds, "AccessionNumber", 16) if worklist_fields else None,
+        study_date=_study_date(ds) if worklist_fields else None,
+        study_description=_text(ds, "StudyDescription", 64) if worklist_fields else None,
     )
+
+
+def _study_date(ds: Dataset) -> str | None:
+    value = _text(ds, "StudyDate", 8)
+    return value if value and _DATE_PATTERN.fullmatch(value) else None
 
 
 def _raw_value(ds: Dataset, keyword: str) -> object:

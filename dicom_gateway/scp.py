@@ -195,7 +195,13 @@ class Gateway:
             (
                 evt.EVT_C_STORE,
                 handlers.handle_store,
-                [self.spool, self.store, self.assembly, self.pseudonym_key],
+                [
+                    self.spool,
+                    self.store,
+                    self.assembly,
+                    self.pseudonym_key,
+                    self.settings.worklist_phi,
+                ],
             ),
             (evt.EVT_ACCEPTED, handlers.handle_accepted),
             (evt.EVT_RELEASED, handlers.handle_released, [self.assembly]),

@@ -98,6 +98,11 @@ class Study(Base):
     # Keyed pseudonym (HMAC-SHA256) of the Patient ID: links a patient's studies in the audit
     # without keeping the ID itself.
     patient_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Worklist fields, kept only where the site set CXR_WORKLIST_PHI (PHI: shown to
+    # radiologists, never logged, sent to a broker or put in an audit detail).
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8))  # DICOM DA, YYYYMMDD
+    study_description: Mapped[str | None] = mapped_column(String(64))
     # What people did. A person's priority override stands: triage never changes these.
     priority_override: Mapped[str | None] = mapped_column(String(16))
     override_reason: Mapped[str | None] = mapped_column(Text)
@@ -272,6 +277,64 @@ class TriageEvent(Base):
     flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     previously_flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DeliveryState:
+    """States of a result delivery (an export to a DICOM peer or a notification to a sink)."""
+
+    PENDING = "pending"  # not yet tried
+    SENDING = "sending"  # claimed by a results worker (a claim older than the lease is stale)
+    RETRYING = "retrying"  # a transient failure; tried again at next_attempt_at
+    SENT = "sent"
+    FAILED = "failed"  # parked: a permanent failure or the last attempt; a person may retry
+    ALL = (PENDING, SENDING, RETRYING, SENT, FAILED)
+
+
+class DeliveryKind:
+    SR = "sr"  # TID 1500 structured report, C-STORE to a DICOM destination
+    HEATMAP = "heatmap"  # Grad-CAM Secondary Capture, C-STORE
+    WEBHOOK = "webhook"  # signed JSON POST
+    HL7 = "hl7"  # HL7 v2 ORU^R01 over MLLP
+    DICOM = (SR, HEATMAP)
+    ALL = (SR, HEATMAP, WEBHOOK, HL7)
+
+
+class ResultDelivery(Base):
+    """One thing to deliver after one triage event to one destination, and how it went.
+
+    Unique on (event, destination, kind): a redelivered message or a sweep never makes a
+    second row, so each event is exported and notified at most once per destination (the
+    event id is the idempotency key a receiver sees). No patient identifiers.
+    """
+
+    __tablename__ = "result_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "destination", "kind"),
+        Index("ix_result_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[int] = mapped_column(
+        ForeignKey("triage_events.id", ondelete="CASCADE"), index=True
+    )
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    destination: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=5)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    next_attempt_at: Mapped[dt.datetime | None]
+    claimed_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[dt.datetime | None]
+    # The DICOM object sent (SR or Secondary Capture): kept so a retry resends the same
+    # instance, and so a later report names this one as its predecessor.
+    sop_class_uid: Mapped[str | None] = mapped_column(UID)
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    series_instance_uid: Mapped[str | None] = mapped_column(UID)
+    path: Mapped[str | None] = mapped_column(String(1024))
 
 
 class AuditEvent(Base):

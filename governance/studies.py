@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
@@ -35,6 +35,10 @@ class ReceivedInstance:
     patient_age_years: int | None = None
     patient_pseudonym: str | None = None
     received_at: dt.datetime | None = None
+    # Worklist fields (PHI), present only where the site keeps them (CXR_WORKLIST_PHI).
+    accession_number: str | None = field(default=None, repr=False)
+    study_date: str | None = field(default=None, repr=False)
+    study_description: str | None = field(default=None, repr=False)
 
 
 # The columns of an Instance row that come from a ReceivedInstance as they are.
@@ -70,6 +74,9 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
             patient_sex=item.patient_sex,
             patient_age_years=item.patient_age_years,
             patient_pseudonym=item.patient_pseudonym,
+            accession_number=item.accession_number,
+            study_date=item.study_date,
+            study_description=item.study_description,
         )
         session.add(study)
         session.flush()
@@ -81,6 +88,12 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
             study.patient_age_years = item.patient_age_years
         if study.patient_pseudonym is None:
             study.patient_pseudonym = item.patient_pseudonym
+        if study.accession_number is None:
+            study.accession_number = item.accession_number
+        if study.study_date is None:
+            study.study_date = item.study_date
+        if study.study_description is None:
+            study.study_description = item.study_description
     instance = session.scalar(
         select(Instance).where(Instance.sop_instance_uid == item.sop_instance_uid)
     )

@@ -265,8 +265,29 @@ def no_model(session: Session, study_id: int) -> None:
 def fail(session: Session, study_uid: str, reason: str) -> None:
     """Park a study as failed with its reason (no patient identifiers), for a person to retry."""
     study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-    if study is not None:
-        _set_status(study, StudyStatus.FAILED, reason)
+    if study is None:
+        return
+    newly_failed = study.status != StudyStatus.FAILED
+    _set_status(study, StudyStatus.FAILED, reason)
+    if newly_failed:
+        # A study that cannot be triaged is a result too: its event lets the results worker
+        # notify the RIS (once, not per redelivery). A failure neither sets nor removes a flag.
+        result = session.get(StudyInference, study.result_id) if study.result_id else None
+        flagged = bool(result is not None and result.flagged)
+        emit_study_triaged(
+            session,
+            study_id=study.id,
+            study_instance_uid=study.study_instance_uid,
+            status=StudyStatus.FAILED,
+            model_version_id=None,
+            model_version=None,
+            study_inference_id=None,
+            probability=None,
+            tau=None,
+            policy_version=None,
+            flagged=flagged,
+            previously_flagged=flagged,
+        )
 
 
 def mark_queued(session: Session, study_uids: list[str], at: dt.datetime | None = None) -> None:

@@ -67,14 +67,52 @@ def _worklist_query() -> Select[Study, StudyInference, str, str]:
     )
 
 
+def age_band(years: int | None) -> str | None:
+    """A decade band (``40-49``; ``90+``) instead of the exact age, for the worklist."""
+    if years is None or years < 0:
+        return None
+    if years >= 90:
+        return "90+"
+    low = years // 10 * 10
+    return f"{low}-{low + 9}"
+
+
+def _date(value: str | None) -> str | None:
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if value and len(value) == 8 else None
+
+
+def worklist_fields(study: Study, phi: bool) -> dict[str, Any]:
+    """The worklist fields a radiologist finds the study by in the PACS (PHI), or nulls.
+
+    Only where the site keeps them (``CXR_WORKLIST_PHI``); never logged or audited.
+    """
+    if not phi:
+        return {
+            "accession_number": None,
+            "study_date": None,
+            "study_description": None,
+            "age_band": None,
+            "sex": None,
+        }
+    return {
+        "accession_number": study.accession_number,
+        "study_date": _date(study.study_date),
+        "study_description": study.study_description,
+        "age_band": age_band(study.patient_age_years),
+        "sex": study.patient_sex,
+    }
+
+
 def _row(
     study: Study,
     result: StudyInference | None,
     version: str | None,
     operating_point: str | None,
+    phi: bool = False,
 ) -> dict[str, Any]:
     flagged = bool(result.flagged) if result else False
     return {
+        **worklist_fields(study, phi),
         "study_instance_uid": study.study_instance_uid,
         "flagged": flagged,
         "score": result.probability if result else None,
@@ -97,6 +135,7 @@ def worklist(
     limit: int = 500,
     statuses: Collection[str] | None = None,
     received_after: dt.datetime | None = None,
+    phi: bool = False,
 ) -> list[dict[str, Any]]:
     """Studies for the worklist: effective priority first, by score (highest first), then oldest.
 
@@ -113,6 +152,9 @@ def worklist(
     received_after
         Keep only studies whose first instance arrived at or after this time (timezone-aware);
         None keeps every study.
+    phi
+        Fill the worklist fields (accession number, study date and description, age band,
+        sex) where the site keeps them (``CXR_WORKLIST_PHI``); nulls otherwise.
 
     Raises
     ------
@@ -129,12 +171,12 @@ def worklist(
     if received_after is not None:
         query = query.where(Study.first_received_at >= received_after)
     return [
-        _row(study, result, version, point)
+        _row(study, result, version, point, phi)
         for study, result, version, point in session.execute(query)
     ]
 
 
-def worklist_entry(session: Session, study_uid: str) -> dict[str, Any]:
+def worklist_entry(session: Session, study_uid: str, *, phi: bool = False) -> dict[str, Any]:
     """One study's worklist row (what an action answers with).
 
     Raises
@@ -146,10 +188,10 @@ def worklist_entry(session: Session, study_uid: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"no study {study_uid}")
     study, result, version, point = row
-    return _row(study, result, version, point)
+    return _row(study, result, version, point, phi)
 
 
-def study_detail(session: Session, study_uid: str) -> dict[str, Any]:
+def study_detail(session: Session, study_uid: str, *, phi: bool = False) -> dict[str, Any]:
     """One study: its current result, every image's score or skip reason, stage timestamps."""
     study = session.scalar(
         select(Study)
@@ -171,7 +213,11 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any]:
         ):
             inferences[inference.instance_id] = inference
     images = [_image(instance, inferences.get(instance.id)) for instance in study.instances]
+    scored = [i for i in images if i["scored"]]
+    best = max(scored, key=lambda i: i["probability"]) if scored else None
     return {
+        **worklist_fields(study, phi),
+        "scored_sop_instance_uid": best["sop_instance_uid"] if best else None,
         "study_instance_uid": study.study_instance_uid,
         "status": study.status,
         "status_detail": study.status_detail,
@@ -276,3 +322,31 @@ def serving_status(
         "recent_hours": recent_hours,
         "recent_changes": sorted(changes, key=lambda change: change["at"]),
     }
+
+
+def scored_image_path(session: Session, study_uid: str) -> str:
+    """The spool path of the image that decided the study's score (its highest-scoring one).
+
+    Raises
+    ------
+    NotFound
+        No such study, or it has no scored image.
+    """
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    result = session.get(StudyInference, study.result_id) if study and study.result_id else None
+    if study is None or result is None:
+        raise NotFound(f"study {study_uid} has no scored image")
+    path = session.scalar(
+        select(Instance.path)
+        .join(ImageInference, ImageInference.instance_id == Instance.id)
+        .where(
+            Instance.study_id == study.id,
+            ImageInference.model_version_id == result.model_version_id,
+            ImageInference.probability.is_not(None),
+        )
+        .order_by(ImageInference.probability.desc())
+        .limit(1)
+    )
+    if path is None:
+        raise NotFound(f"study {study_uid} has no scored image")
+    return str(path)

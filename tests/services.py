@@ -143,6 +143,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CXR_DEVICE": settings.device,
         "CXR_PRECISION": settings.precision,
     }
+    if settings.heatmaps:
+        values["CXR_HEATMAPS"] = "true"
+    if settings.worklist_phi:
+        values["CXR_WORKLIST_PHI"] = "true"
+    if settings.viewer_url_template:
+        values["CXR_VIEWER_URL_TEMPLATE"] = settings.viewer_url_template
+    if settings.results_config is not None:
+        values["CXR_RESULTS_CONFIG"] = str(settings.results_config)
+        values["CXR_RESULTS_QUEUE"] = settings.results_queue
+        values["CXR_RESULT_BACKOFF_S"] = str(settings.result_backoff_s)
+        values["CXR_RESULT_SWEEP_S"] = str(settings.result_sweep_s)
+        values["CXR_RESULT_MAX_ATTEMPTS"] = str(settings.result_max_attempts)
     env.update(values)
     env["PYTHONUNBUFFERED"] = "1"
     return env

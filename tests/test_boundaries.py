@@ -7,6 +7,7 @@
 | training | worker (preprocess, model, inference), governance |
 | web | governance, worker.celery_app |
 | migrations | governance (models; and the engine and errors it reports with) |
+| results | governance, worker.celery_app, dicom_gateway.scu (never torch) |
 | cxr_triage | anything (the CLI dispatches lazily) |
 
 Every package may also import ``cxr_triage.settings`` and the package root (its version), which
@@ -21,7 +22,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"cxr_triage", "governance", "worker", "dicom_gateway", "training", "web", "migrations"}
+OURS = {
+    "cxr_triage",
+    "governance",
+    "worker",
+    "dicom_gateway",
+    "training",
+    "web",
+    "migrations",
+    "results",
+}
 ALLOWED: dict[str, tuple[str, ...]] = {
     "governance": (),
     "worker": ("governance",),
@@ -29,8 +39,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "training": ("governance", "worker.preprocess", "worker.model", "worker.inference"),
     "web": ("governance", "worker.celery_app"),
     "migrations": ("governance",),
+    "results": ("governance", "worker.celery_app", "dicom_gateway.scu"),
 }
-NEVER_TORCH = ("dicom_gateway", "web", "governance", "migrations")
+NEVER_TORCH = ("dicom_gateway", "web", "governance", "migrations", "results")
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -85,6 +96,9 @@ def test_the_rule_catches_a_forbidden_import() -> None:
     assert not allowed("governance", "worker.celery_app")
     assert not allowed("web", "training.train")
     assert allowed("dicom_gateway", "worker.celery_app")
+    assert allowed("results", "dicom_gateway.scu")
+    assert not allowed("results", "worker.inference")
+    assert not allowed("results", "dicom_gateway.scp")
 
 
 def test_synthetic_data_imports_neither_torch_nor_the_training_pipeline() -> None:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from governance import deliveries
 from governance.db import Store
 from governance.errors import NoActiveModel, NotFound, TriageError
 from governance.models import ApiToken, ModelVersion, Role, ThresholdPolicy
@@ -304,5 +305,42 @@ def post_revoke(
         except TriageError as exc:  # revoked already
             raise HTTPException(status_code=409, detail=str(exc)) from None
         return _token_out(row)
+
+    return store.run(work)
+
+
+@router.get("/exports", summary="Result exports and notifications, newest first")
+def get_exports(
+    store: StoreDep,
+    _identity: Admin,
+    state: Annotated[
+        str | None, Query(description="Only this state: pending, sending, retrying, sent, failed.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    with store.read() as session:
+        try:
+            rows = deliveries.list_deliveries(session, state=state, limit=limit)
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        return [deliveries.delivery_dict(row) for row in rows]
+
+
+@router.post(
+    "/exports/{delivery_id}/retry",
+    responses=CONFLICT,
+    summary="Retry a failed export or notification: a fresh set of attempts, now",
+)
+def post_export_retry(
+    store: StoreDep,
+    identity: Admin,
+    delivery_id: Annotated[int, Path(description="The delivery's id.")],
+) -> dict[str, Any]:
+    def work(session: Session) -> dict[str, Any]:
+        try:
+            row = deliveries.retry(session, delivery_id, actor=identity.name)
+        except ValueError as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+        return deliveries.delivery_dict(row)
 
     return store.run(work)

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path as FilePath
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from sqlalchemy.orm import Session
 
+from cxr_triage.settings import Settings
 from governance import actions
 from governance import worklist as worklist_reads
 from governance.db import Store
 from governance.models import Role
 from governance.tokens import Identity
 from web.auth import RequireRole, client_address
-from web.deps import StoreDep, read_store
+from web.deps import StoreDep, get_settings, read_store
 from web.schemas import (
     STUDY_STATUSES,
     ClearOverrideIn,
@@ -52,6 +56,17 @@ router = APIRouter(prefix="/api", tags=["radiologist"], responses=REFUSALS)
 Radiologist = Annotated[Identity, Depends(RequireRole(Role.RADIOLOGIST))]
 AnyRole = Annotated[Identity, Depends(RequireRole(*Role.ALL))]
 StudyUid = Annotated[str, Path(description="Study Instance UID")]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def with_viewer_url(row: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The row with ``viewer_url``: the site's viewer link for the study, or None."""
+    template = settings.viewer_url_template
+    uid = row["study_instance_uid"]
+    row["viewer_url"] = (
+        template.format(study_instance_uid=quote(uid, safe="")) if template else None
+    )
+    return row
 
 
 @router.get("/me", response_model=MeOut, summary="Who this token belongs to, and its role")
@@ -84,6 +99,7 @@ def get_status(
 )
 def get_worklist(
     store: StoreDep,
+    settings: SettingsDep,
     _identity: Radiologist,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Most studies returned.")] = 500,
     status: Annotated[
@@ -120,12 +136,17 @@ def get_worklist(
                 detail=f"unknown status {', '.join(unknown)}; "
                 f"use one of {', '.join(STUDY_STATUSES)}",
             )
-    return read_store(
+    rows = read_store(
         store,
         lambda session: worklist_reads.worklist(
-            session, limit=limit, statuses=status, received_after=received_after
+            session,
+            limit=limit,
+            statuses=status,
+            received_after=received_after,
+            phi=settings.worklist_phi,
         ),
     )
+    return [with_viewer_url(row, settings) for row in rows]
 
 
 def note_viewed(store: Store, request: Request, identity: Identity, uid: str, via: str) -> None:
@@ -149,24 +170,103 @@ def note_viewed(store: Store, request: Request, identity: Identity, uid: str, vi
     summary="One study: result, per-image scores or skip reasons, stage timestamps, actions",
 )
 def get_study(
-    request: Request, store: StoreDep, identity: Radiologist, study_instance_uid: StudyUid
+    request: Request,
+    store: StoreDep,
+    settings: SettingsDep,
+    identity: Radiologist,
+    study_instance_uid: StudyUid,
 ) -> dict[str, Any]:
     detail = read_store(
-        store, lambda session: worklist_reads.study_detail(session, study_instance_uid)
+        store,
+        lambda session: worklist_reads.study_detail(
+            session, study_instance_uid, phi=settings.worklist_phi
+        ),
     )
     note_viewed(store, request, identity, study_instance_uid, "api")
-    return detail
+    detail["thumbnail_url"] = None
+    if detail.get("scored_sop_instance_uid"):
+        path = read_store(
+            store, lambda session: worklist_reads.scored_image_path(session, study_instance_uid)
+        )
+        if os.path.exists(path):  # rendered from the spool while the file is kept
+            sop = quote(detail["scored_sop_instance_uid"], safe="")
+            detail["thumbnail_url"] = (
+                f"/api/studies/{quote(study_instance_uid, safe='')}/thumbnail.png?sop={sop}"
+            )
+    heatmap = _heatmap_png(settings, study_instance_uid, detail.get("model_version"))
+    detail["heatmap_url"] = None
+    if heatmap is not None:
+        version = heatmap.stat().st_mtime_ns
+        uid = quote(study_instance_uid, safe="")
+        detail["heatmap_url"] = f"/api/studies/{uid}/heatmap.png?v={version}"
+    return with_viewer_url(detail, settings)
+
+
+def _heatmap_png(settings: Settings, study_uid: str, model_version: str | None) -> FilePath | None:
+    """The worker's heatmap overlay of the study's current result (CXR_HEATMAPS), if any."""
+    if not model_version:
+        return None
+    png = settings.heatmap_file(study_uid, model_version).with_suffix(".png")
+    return png if png.is_file() else None
+
+
+@router.get(
+    "/studies/{study_instance_uid}/heatmap.png",
+    responses={**NOT_FOUND, 200: {"content": {"image/png": {}}}},
+    response_class=Response,
+    summary="The Grad-CAM heatmap over the scored image (AI triage, not for diagnostic use)",
+)
+def get_heatmap(
+    store: StoreDep, settings: SettingsDep, _identity: Radiologist, study_instance_uid: StudyUid
+) -> Response:
+    entry = read_store(
+        store, lambda session: worklist_reads.worklist_entry(session, study_instance_uid)
+    )
+    png = _heatmap_png(settings, study_instance_uid, entry.get("model_version"))
+    if png is None:
+        raise HTTPException(status_code=404, detail="no heatmap for this study")
+    return Response(
+        png.read_bytes(),
+        media_type="image/png",
+        headers={"Cache-Control": "private, no-store, max-age=0"},
+    )
+
+
+@router.get(
+    "/studies/{study_instance_uid}/thumbnail.png",
+    responses={**NOT_FOUND, 200: {"content": {"image/png": {}}}},
+    response_class=Response,
+    summary="A small PNG of the image that decided the study's score (never cached publicly)",
+)
+def get_thumbnail(
+    store: StoreDep, _identity: Radiologist, study_instance_uid: StudyUid
+) -> Response:
+    from web.thumbnail import ThumbnailError, render_thumbnail
+
+    path = read_store(
+        store, lambda session: worklist_reads.scored_image_path(session, study_instance_uid)
+    )
+    try:
+        png = render_thumbnail(path)
+    except ThumbnailError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+    return Response(
+        png, media_type="image/png", headers={"Cache-Control": "private, no-store, max-age=0"}
+    )
 
 
 def _act(
-    store: Store, uid: str, action: Callable[[Session], actions.ActionResult]
+    request: Request, store: Store, uid: str, action: Callable[[Session], actions.ActionResult]
 ) -> dict[str, Any]:
+    settings = get_settings(request)
+
     def work(session: Session) -> dict[str, Any]:
         try:
             action(session)
         except (ValueError, TypeError) as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
-        return worklist_reads.worklist_entry(session, uid)
+        entry = worklist_reads.worklist_entry(session, uid, phi=settings.worklist_phi)
+        return with_viewer_url(entry, settings)
 
     return store.run(work)
 
@@ -182,6 +282,7 @@ def acknowledge(
 ) -> dict[str, Any]:
     address = client_address(request)
     return _act(
+        request,
         store,
         study_instance_uid,
         lambda s: actions.acknowledge(
@@ -205,6 +306,7 @@ def override(
 ) -> dict[str, Any]:
     address = client_address(request)
     return _act(
+        request,
         store,
         study_instance_uid,
         lambda s: actions.override(
@@ -233,6 +335,7 @@ def clear_override(
 ) -> dict[str, Any]:
     address = client_address(request)
     return _act(
+        request,
         store,
         study_instance_uid,
         lambda s: actions.clear_override(
@@ -256,6 +359,7 @@ def final_read(
 ) -> dict[str, Any]:
     address = client_address(request)
     return _act(
+        request,
         store,
         study_instance_uid,
         lambda s: actions.record_final_read(

@@ -70,7 +70,20 @@ class PeopleFields(BaseModel):
     final_read_at: Timestamp | None
 
 
-class WorklistEntry(PeopleFields):
+class WorklistFields(BaseModel):
+    """Where the site keeps them (CXR_WORKLIST_PHI): what finds the study in the PACS. PHI."""
+
+    accession_number: str | None = Field(default=None, description="PHI; null unless kept.")
+    study_date: str | None = Field(default=None, description="YYYY-MM-DD; null unless kept.")
+    study_description: str | None = Field(default=None, description="Null unless kept.")
+    age_band: str | None = Field(default=None, description="Decade band (40-49, 90+).")
+    sex: str | None = Field(default=None, description="M, F, O; null unless kept.")
+    viewer_url: str | None = Field(
+        default=None, description="Open the study in the site's viewer (CXR_VIEWER_URL_TEMPLATE)."
+    )
+
+
+class WorklistEntry(WorklistFields, PeopleFields):
     """One study on the worklist: its triage result (if any) and what people did to it."""
 
     study_instance_uid: str
@@ -130,7 +143,7 @@ class ImageResult(BaseModel):
     timestamps: ImageTimestamps
 
 
-class StudyDetail(PeopleFields):
+class StudyDetail(WorklistFields, PeopleFields):
     """A study with its current result, per-image results and stage timestamps."""
 
     study_instance_uid: str
@@ -148,6 +161,15 @@ class StudyDetail(PeopleFields):
     images_skipped: int
     patient_sex: str | None = Field(description="M, F, O or null; kept for subgroup monitoring.")
     patient_age_years: int | None
+    scored_sop_instance_uid: str | None = Field(
+        default=None, description="The image that decided the score."
+    )
+    thumbnail_url: str | None = Field(
+        default=None, description="Its thumbnail, while the file is kept in the spool."
+    )
+    heatmap_url: str | None = Field(
+        default=None, description="Its Grad-CAM heatmap (CXR_HEATMAPS); not for diagnostic use."
+    )
     timestamps: StageTimestamps
     images: list[ImageResult]
 

@@ -16,6 +16,10 @@ from cxr_triage.settings import Settings
 logger = logging.getLogger(__name__)
 
 TRIAGE_STUDY = "triage_study"
+#: Tasks of the results worker (package ``results``), sent by name: plan and send what follows
+#: one triage event (message: the event id only), and attempt one delivery (its row id).
+DELIVER_EVENT = "results.deliver_event"
+DELIVER = "results.deliver"
 
 # Fail fast when the broker is down: the gateway keeps the study and queues it again later,
 # instead of holding a DICOM association for kombu's default retries.
@@ -66,7 +70,11 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
         task_default_queue=settings.queue,
-        task_routes={TRIAGE_STUDY: {"queue": settings.queue}},
+        task_routes={
+            TRIAGE_STUDY: {"queue": settings.queue},
+            DELIVER_EVENT: {"queue": settings.results_queue},
+            DELIVER: {"queue": settings.results_queue},
+        },
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
@@ -92,3 +100,14 @@ def queue_study(app: Celery, study_uid: str) -> None:
         The broker did not take the message.
     """
     app.send_task(TRIAGE_STUDY, args=[study_uid], queue=app.conf.task_default_queue)
+
+
+def queue_results(app: Celery, event_id: int, queue: str) -> None:
+    """Send ``results.deliver_event(event_id)`` by name to the results queue.
+
+    Raises
+    ------
+    BrokerUnavailable
+        The broker did not take the message (the results worker's sweep finds the event).
+    """
+    app.send_task(DELIVER_EVENT, args=[event_id], queue=queue)

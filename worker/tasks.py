@@ -15,10 +15,10 @@ from celery import Task, shared_task
 from celery.signals import worker_ready
 
 from cxr_triage.settings import Settings
-from governance import triage_results
+from governance import events, triage_results
 from governance.db import Store
 from governance.errors import ModelIntegrityError, NotFound, StoreUnavailable
-from worker.celery_app import TRIAGE_STUDY
+from worker.celery_app import TRIAGE_STUDY, queue_results
 
 if TYPE_CHECKING:
     from worker.inference import ModelCache
@@ -54,12 +54,39 @@ def get_context(settings: Settings) -> WorkerContext:
         return _context
 
 
+_results_hook: events.Subscriber | None = None
+
+
+def install_results_hook(app: Any, settings: Settings) -> None:
+    """Queue each "study triaged" event for the results worker once its triage commits.
+
+    Only when result destinations are configured (nobody consumes the queue otherwise). The
+    message carries the event id only; a lost one is found by the results worker's sweep.
+    """
+    global _results_hook
+    if _results_hook is not None or settings.results_config is None:
+        return
+    queue = settings.results_queue
+
+    def on_triaged(session: Any, event: events.StudyTriaged) -> None:
+        def send() -> None:
+            try:
+                queue_results(app, event.event_id, queue)
+            except Exception as exc:  # the sweep picks the event up
+                logger.warning("event %d not queued for results: %s", event.event_id, exc)
+
+        events.after_commit(session, send)
+
+    _results_hook = events.subscribe(on_triaged)
+
+
 @shared_task(name=TRIAGE_STUDY, bind=True, acks_late=True, reject_on_worker_lost=True)
 def triage_study_task(self: Task, study_uid: str) -> dict[str, Any] | None:
     """Triage one study by its Study Instance UID (the only thing the message carries)."""
     from worker.triage import triage_study
 
     ctx = get_context(self.app.cxr_settings)  # type: ignore[attr-defined]
+    install_results_hook(self.app, ctx.settings)
     try:
         outcome = triage_study(ctx.store, ctx.models, study_uid, batch_size=ctx.settings.batch_size)
     except NotFound:
@@ -80,11 +107,23 @@ def triage_study_task(self: Task, study_uid: str) -> dict[str, Any] | None:
         logger.exception("study %s: triage failed", study_uid)
         _mark_failed(ctx.store, study_uid, "triage failed; see the worker log")
         return None
+    if ctx.settings.heatmaps and outcome.images_scored:
+        _heatmap(ctx, study_uid)
     return {
         "study_instance_uid": outcome.study_instance_uid,
         "status": outcome.status,
         "flagged": outcome.flagged,
     }
+
+
+def _heatmap(ctx: WorkerContext, study_uid: str) -> None:
+    """Grad-CAM of the scored image; a failure costs the heatmap only, never the triage."""
+    from worker.saliency import compute_study_heatmap
+
+    try:
+        compute_study_heatmap(ctx.store, ctx.settings, study_uid)
+    except Exception:
+        logger.exception("study %s: heatmap failed", study_uid)
 
 
 def _mark_failed(store: Store, study_uid: str, detail: str) -> None:

@@ -64,6 +64,8 @@ class Action(enum.StrEnum):
     STUDY_ACKNOWLEDGED = "study_acknowledged"
     FINAL_READ_RECORDED = "final_read_recorded"
     MODEL_REGISTERED = "model_registered"
+    NOTIFICATION_SENT = "notification_sent"  # a flag notification to a RIS or webhook
+    DELIVERY_RETRIED = "delivery_retried"  # a person asked to retry a parked export
 
 
 class Outcome(enum.StrEnum):

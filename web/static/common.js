@@ -96,6 +96,19 @@ const cxr = (() => {
     return node;
   }
 
+  // The worklist fields a site keeps (CXR_WORKLIST_PHI): accession, date, description, age, sex.
+  function studyFacts(row) {
+    const who = [row.age_band, row.sex].filter(Boolean).join(" ");
+    return [row.accession_number ? `Acc ${row.accession_number}` : null, row.study_date,
+      row.study_description, who || null].filter(Boolean).join(" \u00b7 ");
+  }
+
+  function viewerLink(row) {
+    if (!row.viewer_url) return null;
+    return el("a", { href: row.viewer_url, className: "viewer-link", target: "_blank",
+      rel: "noopener noreferrer", text: "Open in viewer" });
+  }
+
   function modelSpan(active) {
     // Same wording as the server-rendered banner (web/pages.py model_banner).
     if (!active) {
@@ -168,6 +181,6 @@ const cxr = (() => {
 
   return {
     getJSON, postJSON, now, formatTime, formatDuration, formatScore, el, refreshModelBanner,
-    showUser, statusLabel,
+    showUser, statusLabel, studyFacts, viewerLink,
   };
 })();

@@ -39,6 +39,33 @@
     if (again) again.focus();
   }
 
+  function renderStudy(s) {
+    const facts = cxr.studyFacts(s);
+    const viewer = cxr.viewerLink(s);
+    const box = document.getElementById("study-facts");
+    box.replaceChildren(...[facts ? cxr.el("p", { text: facts }) : null,
+      viewer ? cxr.el("p", {}, [viewer]) : null].filter(Boolean));
+    box.hidden = !facts && !viewer;
+    const figure = document.getElementById("thumbnail");
+    if (s.thumbnail_url && figure.dataset.src !== s.thumbnail_url) {
+      figure.dataset.src = s.thumbnail_url;
+      figure.replaceChildren(
+        cxr.el("img", { src: s.thumbnail_url, alt: "The image that decided the score",
+          width: "256" }),
+        cxr.el("figcaption", { text: "Scored image (highest score)" }));
+    }
+    figure.hidden = !s.thumbnail_url;
+    const heat = document.getElementById("heatmap");
+    if (s.heatmap_url && heat.dataset.src !== s.heatmap_url) {
+      heat.dataset.src = s.heatmap_url;
+      heat.replaceChildren(
+        cxr.el("img", { src: s.heatmap_url, width: "256",
+          alt: "AI triage heatmap over the scored image, not for diagnostic use" }),
+        cxr.el("figcaption", { text: "AI triage heatmap \u2014 not for diagnostic use" }));
+    }
+    heat.hidden = !s.heatmap_url;
+  }
+
   function renderSummary(s) {
     const flag = s.flagged
       ? cxr.el("span", { className: "badge flag", text: "PRIORITY (flagged)" })
@@ -104,6 +131,7 @@
     if (document.querySelector("dialog[open]")) return;  // never redraw under an open form
     try {
       const s = await cxr.getJSON(`/api/studies/${encodeURIComponent(uid)}`);
+      renderStudy(s);
       renderSummary(s);
       renderPeople(s);
       renderStages(s);

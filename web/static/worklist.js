@@ -83,9 +83,14 @@
     const model = row.model_version == null ? "\u2014"
       : `${row.model_version}${row.policy_version != null ? ` \u00b7 policy v${row.policy_version}` : ""}`;
     const waitEnd = row.final_read_at || "";
+    const facts = cxr.studyFacts(row);
+    const viewer = cxr.viewerLink(row);
+    const studyCell = [link];
+    if (facts) studyCell.push(cxr.el("div", { className: "study-facts", text: facts }));
+    if (viewer) studyCell.push(cxr.el("div", {}, [viewer]));
     tr.append(
       priorityCell(row),
-      cxr.el("td", {}, [link]),
+      cxr.el("td", {}, studyCell),
       cxr.el("td", { className: "waiting", dataset: { since: row.received_at, until: waitEnd } }),
       cxr.el("td", { className: "num", text: cxr.formatScore(row.score) }),
       cxr.el("td", { text: tau }),

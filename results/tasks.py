@@ -1,0 +1,63 @@
+"""Celery tasks of the results queue: what follows a triage event, one delivery at a time.
+
+The messages carry an event id or a delivery row id, nothing else. Late acknowledgement (set on
+the app): a task whose worker died runs again, and both tasks are idempotent (planning keeps
+existing rows; a delivery is sent only by whoever claims it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Task, shared_task
+
+from governance.db import Store
+from governance.errors import StoreUnavailable
+from results import config as results_config
+from results.delivery import ResultsContext, deliver, plan_event
+from worker.celery_app import DELIVER, DELIVER_EVENT
+
+logger = logging.getLogger(__name__)
+
+_context: ResultsContext | None = None
+_lock = threading.Lock()
+
+
+def get_context(settings: Any) -> ResultsContext:
+    """The process-wide store and destinations, built once from the worker's settings."""
+    global _context
+    with _lock:
+        if _context is None:
+            _context = ResultsContext(
+                settings=settings,
+                store=Store.from_settings(settings),
+                config=results_config.load(settings.results_config),
+            )
+        return _context
+
+
+@shared_task(name=DELIVER_EVENT, bind=True, acks_late=True, reject_on_worker_lost=True)
+def deliver_event_task(self: Task, event_id: int) -> list[int]:
+    """Plan the event's deliveries and send one task per delivery (each attempted alone)."""
+    ctx = get_context(self.app.cxr_settings)  # type: ignore[attr-defined]
+    try:
+        ids = plan_event(ctx, int(event_id))
+    except StoreUnavailable as exc:
+        logger.warning("event %s: store unavailable (%s); the sweep will plan it", event_id, exc)
+        return []
+    for delivery_id in ids:
+        self.app.send_task(DELIVER, args=[delivery_id], queue=ctx.settings.results_queue)
+    return ids
+
+
+@shared_task(name=DELIVER, bind=True, acks_late=True, reject_on_worker_lost=True)
+def deliver_task(self: Task, delivery_id: int) -> str | None:
+    """Attempt one delivery if it is due (a retry waits for the sweep at its next attempt)."""
+    ctx = get_context(self.app.cxr_settings)  # type: ignore[attr-defined]
+    try:
+        return deliver(ctx, int(delivery_id))
+    except StoreUnavailable as exc:
+        logger.warning("delivery %s: store unavailable (%s); the sweep retries", delivery_id, exc)
+        return None
