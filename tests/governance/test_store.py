@@ -12,6 +12,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from governance.db import Store, create_store_engine
 from governance.errors import ConfigError, StoreUnavailable
@@ -152,6 +153,29 @@ def test_unreachable_postgres_is_store_unavailable() -> None:
     store = Store.from_url("postgresql://postgres@127.0.0.1:1/nothing")
     with pytest.raises(StoreUnavailable, match="did not"):
         store.run(lambda s: s.execute(text("SELECT 1")), attempts=2)
+
+
+def test_a_read_is_tried_again_after_a_transient_fault(tmp_path: Path) -> None:
+    store = Store.from_url(f"sqlite:///{tmp_path / 'r.db'}")
+    calls: list[int] = []
+
+    def query(session: Session) -> int:
+        calls.append(1)
+        # SQLite answers a missing table with an OperationalError, the class of a busy file.
+        table = "nothing" if len(calls) == 1 else "sqlite_master"
+        return int(session.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+    assert store.query(query) == 0
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="attempts"):
+        store.query(query, attempts=0)
+    store.dispose()
+
+
+def test_unreachable_postgres_read_is_store_unavailable() -> None:
+    store = Store.from_url("postgresql://postgres@127.0.0.1:1/nothing")
+    with pytest.raises(StoreUnavailable, match="did not"):
+        store.query(lambda s: s.execute(text("SELECT 1")), attempts=2)
 
 
 @pytest.mark.parametrize("url", ["nonsense", "mysql://x@y/z"])
