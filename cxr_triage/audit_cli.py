@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.since and args.until and args.since >= args.until:
             parser.error("--since must be before --until")
     settings = get_settings()
-    store = _open_store(settings.database_url)
+    store = Store.open(settings.database_url)
     from governance.audit.export import configure_export
 
     exporter = configure_export(settings.syslog_url)
@@ -163,12 +163,6 @@ def main(argv: list[str] | None = None) -> int:
         if exporter is not None:
             configure_export(None)  # sends what is queued (our own event) before exiting
         store.dispose()
-
-
-def _open_store(url: str) -> Store:
-    store = Store.from_url(url)
-    store.check_schema()
-    return store
 
 
 def _query(store: Store, args: argparse.Namespace, actor: str, out: TextIO) -> int:

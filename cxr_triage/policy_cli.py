@@ -44,8 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.from_url(settings.database_url)
-    store.check_schema()
+    store = Store.open(settings.database_url)
     if args.action == "list":
         with store.read() as session:
             model_id = get_model(session, args.model).id if args.model else None

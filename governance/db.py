@@ -132,6 +132,25 @@ class Store:
     def from_url(cls, url: str) -> Store:
         return cls(create_store_engine(url))
 
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """The store at ``url``, checked to be at :data:`SCHEMA_REVISION` (what commands use).
+
+        Raises
+        ------
+        ConfigError
+            The URL is not one the store supports.
+        SchemaOutOfDate, StoreUnavailable
+            See :meth:`check_schema`; the engine is disposed again.
+        """
+        store = cls.from_url(url)
+        try:
+            store.check_schema()
+        except BaseException:
+            store.dispose()
+            raise
+        return store
+
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A session for queries; rolled back at the end. Driver errors become StoreUnavailable."""

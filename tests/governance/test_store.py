@@ -241,9 +241,12 @@ def test_server_processes_refuse_an_old_schema(tmp_path: Path) -> None:
     command.upgrade(alembic_config(url), "0001")
     with pytest.raises(SchemaOutOfDate, match="0001"):
         store.check_schema()
+    with pytest.raises(SchemaOutOfDate, match="0001"):
+        Store.open(url)
     command.upgrade(alembic_config(url), "head")
     store.check_schema()
     store.dispose()
+    Store.open(url).dispose()
 
 
 def test_stale_queued_and_modelless_studies_are_queued_again(store: Store) -> None:
