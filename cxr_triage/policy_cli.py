@@ -46,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.open(settings.database_url)
+    store = Store.open(settings)
     if args.action == "list":
         with store.read() as session:
             model_id = get_model(session, args.model).id if args.model else None

@@ -58,7 +58,7 @@ def _when(value: object) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.open(settings.database_url)
+    store = Store.open(settings)
     try:
         if args.action == "create":
             name, role = args.name, args.role

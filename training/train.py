@@ -220,7 +220,7 @@ def train(args: argparse.Namespace, settings: Settings) -> RunResult:
     run_dir = args.output_dir or settings.data_dir / "runs" / stamp
     store = None
     if args.register:
-        store = Store.from_url(settings.database_url)
+        store = Store.from_settings(settings)
         if not store.has_table("model_versions"):
             raise ConfigError("the store is not initialised: run `cxr-triage db upgrade`")
     if args.threads is not None:

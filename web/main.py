@@ -34,7 +34,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
 
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port must be in 1-65535, got {port}")
-    store = Store.open(settings.database_url)  # refuse a store this code cannot serve
+    store = Store.open(settings)  # refuse a store this code cannot serve
     app = create_app(settings, store)
     if host not in {"127.0.0.1", "localhost", "::1"}:
         # Tokens and session cookies cross the network from here on: they need TLS in front.

@@ -6,6 +6,8 @@ Serving loads a TorchScript file only after its SHA-256 matches the registry.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 from pathlib import Path
 
@@ -13,10 +15,12 @@ import torch
 from torch import nn
 from torchvision import models
 
-from governance.errors import ConfigError
-from governance.registry import verify_model_file
+from governance.errors import ConfigError, ModelIntegrityError
 
 logger = logging.getLogger(__name__)
+
+#: The largest model file read into memory (a ResNet-50 in TorchScript is about 100 MB).
+MAX_MODEL_BYTES = 2 * 1024**3
 
 ARCHITECTURES = ("resnet50",)
 
@@ -77,9 +81,28 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_scripted(path: str | Path, sha256: str, device: torch.device) -> torch.jit.ScriptModule:
-    """Load a TorchScript model after checking its SHA-256 against the registry's."""
-    file = verify_model_file(path, sha256)
-    module = torch.jit.load(str(file), map_location=device)
+    """Load a TorchScript model after checking its SHA-256 against the registry's.
+
+    The file is read once into memory, hashed, and loaded from those same bytes: a file swapped
+    between the check and the load cannot be run.
+    """
+    file = Path(path)
+    try:
+        size = file.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ModelIntegrityError(
+                f"model file {file} is {size} bytes, more than {MAX_MODEL_BYTES}; refusing it"
+            )
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ModelIntegrityError(f"model file {file} cannot be read: {exc.strerror}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ModelIntegrityError(
+            f"model file {file} has SHA-256 {actual[:12]}..., registered {sha256[:12]}...; "
+            "refusing to load it"
+        )
+    module = torch.jit.load(io.BytesIO(data), map_location=device)
     module.eval()
     return module
 

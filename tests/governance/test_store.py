@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from cxr_triage.settings import Settings
 from governance.db import Store, create_store_engine
 from governance.errors import ConfigError, StoreUnavailable
 from governance.models import Base, Instance, Study
@@ -231,10 +233,13 @@ def test_schema_revision_constant_is_the_newest_migration() -> None:
     assert head_revision() == SCHEMA_REVISION
 
 
-def test_server_processes_refuse_an_old_schema(tmp_path: Path) -> None:
+def test_server_processes_refuse_an_old_schema(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
     from governance.errors import SchemaOutOfDate
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
+    settings = make_settings(database_url=url)
     store = Store.from_url(url)
     with pytest.raises(SchemaOutOfDate, match="none.*cxr-triage db upgrade"):
         store.check_schema()
@@ -242,11 +247,11 @@ def test_server_processes_refuse_an_old_schema(tmp_path: Path) -> None:
     with pytest.raises(SchemaOutOfDate, match="0001"):
         store.check_schema()
     with pytest.raises(SchemaOutOfDate, match="0001"):
-        Store.open(url)
+        Store.open(settings)
     command.upgrade(alembic_config(url), "head")
     store.check_schema()
     store.dispose()
-    Store.open(url).dispose()
+    Store.open(settings).dispose()
 
 
 def test_stale_queued_and_modelless_studies_are_queued_again(store: Store) -> None:
