@@ -67,7 +67,7 @@ def prepare(settings: Settings, *, studies: int, size: int, seed: int) -> tuple[
     from governance.models import Role
     from governance.tokens import create_token
     from training.demo import ensure_demo_model
-    from training.synthetic import write_studies
+    from training.synthetic.studies import write_studies
 
     prepare_store(settings)
     store = Store.from_settings(settings)

@@ -35,7 +35,7 @@ from governance.triage_results import (
     TriagePlan,
 )
 from worker.inference import ModelCache, ModelSpec, calibrate, predict_logits
-from worker.preprocess import decode, pixel_transform, standardize, to_unit_image
+from worker.preprocess import prepare
 from worker.selection import InstanceColumns, header_mismatch, row_skip_reason, skip_reason
 
 logger = logging.getLogger(__name__)
@@ -85,17 +85,18 @@ def _prepare_image(candidate: Candidate, size: int) -> tuple[ImageScore, np.ndar
         return ds, None
     uid = candidate.sop_instance_uid
     try:
-        transform = pixel_transform(ds)
-        pixels = decode(ds)
-        decoded = utcnow()
-        tensor = standardize(to_unit_image(pixels, transform, size))
+        prepared = prepare(ds, size)
     except (ValueError, RuntimeError) as exc:
         logger.warning("instance %s not decodable: %s", uid, exc)
         return ImageScore(candidate.instance_id, uid, started, skipped_reason=str(exc)[:250]), None
     score = ImageScore(
-        candidate.instance_id, uid, started, decoded_at=decoded, preprocessed_at=utcnow()
+        candidate.instance_id,
+        uid,
+        started,
+        decoded_at=prepared.decoded_at,
+        preprocessed_at=prepared.preprocessed_at,
     )
-    return score, tensor
+    return score, prepared.input
 
 
 def _score_batch(
