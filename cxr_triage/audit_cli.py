@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from cxr_triage.settings import Settings, get_settings
+from cxr_triage.settings import get_settings
 from governance.audit import Action, Outcome, record, record_audit_use
 from governance.audit.query import (
     AuditQuery,
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if not anchors:
             print(f"note: no anchors in {path} yet", file=sys.stderr)
     args.anchor_list = anchors
-    store = _open_store(settings)
+    store = Store.open(settings)
     from governance.audit.export import configure_export
 
     exporter = configure_export(settings.syslog_url)
@@ -181,12 +181,6 @@ def main(argv: list[str] | None = None) -> int:
         if exporter is not None:
             configure_export(None)  # sends what is queued (our own event) before exiting
         store.dispose()
-
-
-def _open_store(settings: Settings) -> Store:
-    store = Store.from_settings(settings)
-    store.check_schema()
-    return store
 
 
 def _query(store: Store, args: argparse.Namespace, actor: str, out: TextIO) -> int:

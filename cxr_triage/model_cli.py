@@ -84,8 +84,7 @@ def _actor(value: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.from_settings(settings)
-    store.check_schema()
+    store = Store.open(settings)
     if args.action == "list":
         with store.read() as session:
             models = list_models(session)

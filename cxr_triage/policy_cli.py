@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import getpass
 
+from sqlalchemy.orm import Session
+
 from cxr_triage.settings import get_settings
 from governance.db import Store
 from governance.errors import ConfigError
-from governance.models import OperatingPoint
-from governance.policies import list_policies, recorded_operating_point, set_policy
+from governance.models import OperatingPoint, ThresholdPolicy
+from governance.policies import list_policies, set_policy_at_point
 from governance.registry import get_model
 
 
@@ -44,8 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.from_settings(settings)
-    store.check_schema()
+    store = Store.open(settings)
     if args.action == "list":
         with store.read() as session:
             model_id = get_model(session, args.model).id if args.model else None
@@ -60,28 +61,19 @@ def main(argv: list[str] | None = None) -> int:
                 )
         return 0
 
-    def work(session):  # type: ignore[no-untyped-def]
-        model = get_model(session, args.model)
-        tau = args.tau
-        recorded = recorded_operating_point(model, args.operating_point)
-        if tau is None:
-            if not recorded:
-                raise ConfigError(
-                    f"model {model.version} has no recorded {args.operating_point!r} operating "
-                    "point; give --tau"
-                )
-            tau = float(recorded["tau"])
-        return set_policy(
-            session,
-            model,
-            operating_point=args.operating_point,
-            tau=tau,
-            rationale=args.rationale,
-            approved_by=args.approved_by,
-            target_metric=(recorded or {}).get("criterion"),
-            validation=(recorded or {}).get("validation", {}),
-            actor=f"cli:{getpass.getuser()}",
-        )
+    def work(session: Session) -> ThresholdPolicy:
+        try:
+            return set_policy_at_point(
+                session,
+                get_model(session, args.model),
+                operating_point=args.operating_point,
+                tau=args.tau,
+                rationale=args.rationale,
+                approved_by=args.approved_by,
+                actor=f"cli:{getpass.getuser()}",
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     policy = store.run(work)
     print(

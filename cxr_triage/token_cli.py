@@ -58,9 +58,8 @@ def _when(value: object) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.from_settings(settings)
+    store = Store.open(settings)
     try:
-        store.check_schema()
         if args.action == "create":
             name, role = args.name, args.role
             try:

@@ -56,6 +56,43 @@ def _study(session: Session, study_uid: str) -> Study:
     return study
 
 
+@dataclass(frozen=True, slots=True)
+class _Act:
+    """One person acting on one study: what every action checks first and audits last."""
+
+    session: Session
+    study: Study
+    study_uid: str
+    actor: str
+    actor_address: str | None
+
+    @classmethod
+    def begin(cls, session: Session, study_uid: str, actor: str, actor_address: str | None) -> _Act:
+        actor = _check_actor(actor)
+        return cls(session, _study(session, study_uid), study_uid, actor, actor_address)
+
+    def priority_detail(self, model_flagged: bool) -> dict[str, Any]:
+        """The model's flag and the priority in force: what every action's audit shows."""
+        priority = effective_priority(self.study.priority_override, model_flagged)
+        return {"model_flagged": model_flagged, "priority": priority}
+
+    def audit(
+        self, action: audit.Action, detail: dict[str, Any], occurred_at: dt.datetime | None = None
+    ) -> ActionResult:
+        """Audit the action in the session's transaction; the study changed."""
+        audit.record(
+            self.session,
+            actor=self.actor,
+            actor_address=self.actor_address,
+            action=action,
+            object_type="study",
+            object_uid=self.study_uid,
+            occurred_at=occurred_at,
+            detail=detail,
+        )
+        return ActionResult(self.study_uid, True)
+
+
 def _model_flagged(session: Session, study: Study) -> bool:
     if study.result_id is None:
         return False
@@ -99,27 +136,16 @@ def acknowledge(
     ValueError
         ``actor`` is empty.
     """
-    actor = _check_actor(actor)
-    study = _study(session, study_uid)
+    act = _Act.begin(session, study_uid, actor, actor_address)
+    study = act.study
     if study.acknowledged_at is not None:
         return ActionResult(study_uid, False)
-    study.acknowledged_by = actor
+    study.acknowledged_by = act.actor
     study.acknowledged_at = utcnow()
-    flagged = _model_flagged(session, study)
-    audit.record(
-        session,
-        actor=actor,
-        actor_address=actor_address,
-        action=audit.Action.STUDY_ACKNOWLEDGED,
-        object_type="study",
-        object_uid=study_uid,
-        detail={
-            "model_flagged": flagged,
-            "priority": effective_priority(study.priority_override, flagged),
-        },
-    )
     logger.info("study %s acknowledged", study_uid)
-    return ActionResult(study_uid, True)
+    return act.audit(
+        audit.Action.STUDY_ACKNOWLEDGED, act.priority_detail(_model_flagged(session, study))
+    )
 
 
 def override(
@@ -153,9 +179,9 @@ def override(
     """
     if priority is not None and priority not in Priority.ALL:
         raise ValueError(f"priority must be one of {', '.join(Priority.ALL)}, got {priority!r}")
-    actor = _check_actor(actor)
     text = _check_reason(reason)
-    study = _study(session, study_uid)
+    act = _Act.begin(session, study_uid, actor, actor_address)
+    study = act.study
     if priority is None and study.priority_override is None:
         raise ValueError("there is no override to clear on this study")
     flagged = _model_flagged(session, study)
@@ -166,34 +192,29 @@ def override(
     }
     study.priority_override = priority
     study.override_reason = text
-    study.overridden_by = actor
+    study.overridden_by = act.actor
     study.overridden_at = utcnow()
     after = effective_priority(priority, flagged)
-    audit.record(
-        session,
-        actor=actor,
-        actor_address=actor_address,
-        action=audit.Action.STUDY_OVERRIDDEN,
-        object_type="study",
-        object_uid=study_uid,
-        detail={
-            "from": before,
-            "to": after,
-            "override": priority,
-            "cleared": priority is None,
-            "model_flagged": flagged,
-            "reason": text,
-            "previous": previous,
-        },
-    )
+    cleared = priority is None
     logger.info(
         "study %s priority %s -> %s (%s)",
         study_uid,
         before,
         after,
-        "override cleared" if priority is None else "override",
+        "override cleared" if cleared else "override",
     )
-    return ActionResult(study_uid, True)
+    return act.audit(
+        audit.Action.STUDY_OVERRIDDEN,
+        {
+            "from": before,
+            "to": after,
+            "override": priority,
+            "cleared": cleared,
+            "model_flagged": flagged,
+            "reason": text,
+            "previous": previous,
+        },
+    )
 
 
 def clear_override(
@@ -231,35 +252,27 @@ def record_final_read(
     """
     if not isinstance(pneumonia, bool):
         raise TypeError(f"pneumonia must be a bool, got {type(pneumonia).__name__}")
-    actor = _check_actor(actor)
-    study = _study(session, study_uid)
+    act = _Act.begin(session, study_uid, actor, actor_address)
+    study = act.study
     previous = study.final_read
-    if previous is pneumonia and study.final_read_by == actor:
+    if previous is pneumonia and study.final_read_by == act.actor:
         return ActionResult(study_uid, False)
     result = session.get(StudyInference, study.result_id) if study.result_id else None
     model = session.get(ModelVersion, result.model_version_id) if result else None
-    flagged = bool(result and result.flagged)
     study.final_read = pneumonia
-    study.final_read_by = actor
+    study.final_read_by = act.actor
     study.final_read_at = utcnow()
-    audit.record(
-        session,
-        actor=actor,
-        actor_address=actor_address,
-        action=audit.Action.FINAL_READ_RECORDED,
-        object_type="study",
-        object_uid=study_uid,
-        detail={
+    logger.info("study %s final read recorded", study_uid)
+    return act.audit(
+        audit.Action.FINAL_READ_RECORDED,
+        {
             "pneumonia": pneumonia,
             "previous": previous,
-            "model_flagged": flagged,
             "probability": result.probability if result else None,
             "model_version": model.version if model else None,
-            "priority": effective_priority(study.priority_override, flagged),
+            **act.priority_detail(bool(result and result.flagged)),
         },
     )
-    logger.info("study %s final read recorded", study_uid)
-    return ActionResult(study_uid, True)
 
 
 def record_study_viewed(
@@ -281,21 +294,11 @@ def record_study_viewed(
     NotFound
         No study has this UID.
     """
-    actor = _check_actor(actor)
-    _study(session, study_uid)
+    act = _Act.begin(session, study_uid, actor, actor_address)
     when = now or utcnow()
-    if viewed_recently(session, study_uid, actor=actor, now=when):
+    if viewed_recently(session, study_uid, actor=act.actor, now=when):
         return False
-    audit.record(
-        session,
-        actor=actor,
-        actor_address=actor_address,
-        action=audit.Action.STUDY_VIEWED,
-        object_type="study",
-        object_uid=study_uid,
-        occurred_at=when,
-        detail={"via": via},
-    )
+    act.audit(audit.Action.STUDY_VIEWED, {"via": via}, occurred_at=when)
     return True
 
 

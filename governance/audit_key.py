@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cxr_triage.settings import Settings
 from governance.errors import ConfigError
-from governance.pseudonyms import MIN_KEY_BYTES, _read_or_create
+from governance.pseudonyms import site_key
 
 logger = logging.getLogger(__name__)
 
@@ -43,22 +43,12 @@ def load_audit_key(settings: Settings, *, create: bool = True) -> bytes | None:
     ConfigError
         The configured key is shorter than 16 bytes, or the key file cannot be read or made.
     """
-    if settings.audit_key is not None:
-        key = settings.audit_key.get_secret_value().encode("utf-8")
-        if len(key) < MIN_KEY_BYTES:
-            raise ConfigError(f"CXR_AUDIT_KEY must be at least {MIN_KEY_BYTES} characters")
-        return key
     path = settings.data_dir / KEY_FILE
-    if not create and not path.is_file():
+    if settings.audit_key is None and not create and not path.is_file():
         return None
-    try:
-        # Quietly: every embedded store makes one on its first command (compose requires
-        # CXR_AUDIT_KEY); a command's one-line error must stay one line.
-        return _read_or_create(path, "audit key", logging.DEBUG)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read or create the audit key {path}: {exc.strerror}; set CXR_AUDIT_KEY"
-        ) from None
+    # Quietly: every embedded store makes one on its first command (compose requires
+    # CXR_AUDIT_KEY); a command's one-line error must stay one line.
+    return site_key(settings.audit_key, "CXR_AUDIT_KEY", path, "audit key", logging.DEBUG)
 
 
 class AnchorFile:

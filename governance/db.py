@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -168,6 +168,28 @@ class Store:
             anchors=AnchorFile(settings.anchor_path, settings.audit_anchor_interval_s),
         )
 
+    @classmethod
+    def open(cls, settings: Settings) -> Store:
+        """The process's store (:meth:`from_settings`), checked to be at :data:`SCHEMA_REVISION`.
+
+        What every command and server opens, so that a store this code cannot use is refused
+        before anything else happens.
+
+        Raises
+        ------
+        ConfigError
+            As :meth:`from_settings`.
+        SchemaOutOfDate, StoreUnavailable
+            See :meth:`check_schema`; the engine is disposed again.
+        """
+        store = cls.from_settings(settings)
+        try:
+            store.check_schema()
+        except BaseException:
+            store.dispose()
+            raise
+        return store
+
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A session for queries; rolled back at the end. Driver errors become StoreUnavailable."""
@@ -210,10 +232,29 @@ class Store:
 
         ``work`` must be safe to run again from the start (it sees a fresh session each time).
         """
+        return self._retried(self.write, work, attempts)
+
+    def query(self, query: Callable[[Session], T], *, attempts: int = 3) -> T:
+        """Run ``query(session)`` in a read session, retrying a transient fault a few times.
+
+        For a page or an API call, which is better answered a little late than with an error.
+        """
+        return self._retried(self.read, query, attempts)
+
+    def _retried(
+        self,
+        open_session: Callable[[], AbstractContextManager[Session]],
+        work: Callable[[Session], T],
+        attempts: int,
+    ) -> T:
+        # A busy SQLite file or a PostgreSQL restart is tried again with a growing backoff
+        # before StoreUnavailable reaches the caller; a permanent fault is raised at once.
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {attempts}")
         delay = 0.05
         for attempt in range(1, attempts + 1):
             try:
-                with self.write() as session:
+                with open_session() as session:
                     return work(session)
             except StoreUnavailable as exc:
                 cause = exc.__cause__

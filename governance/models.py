@@ -201,7 +201,17 @@ class ThresholdPolicy(Base):
     model_version: Mapped[ModelVersion] = relationship(back_populates="policies")
 
 
-class ImageInference(Base):
+class _ModelScore:
+    """What a score by one model version carries: the version, its file's checksum, the
+    calibrated probability and the logit (None where nothing was scored)."""
+
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    probability: Mapped[float | None] = mapped_column(Float)
+    logit: Mapped[float | None] = mapped_column(Float)
+
+
+class ImageInference(_ModelScore, Base):
     """The score of one image by one model version (or why it was not scored)."""
 
     __tablename__ = "image_inferences"
@@ -209,10 +219,6 @@ class ImageInference(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
-    model_sha256: Mapped[str] = mapped_column(String(64))
-    probability: Mapped[float | None] = mapped_column(Float)
-    logit: Mapped[float | None] = mapped_column(Float)
     skipped_reason: Mapped[str | None] = mapped_column(String(256))
     started_at: Mapped[dt.datetime]
     decoded_at: Mapped[dt.datetime | None]
@@ -224,7 +230,7 @@ class ImageInference(Base):
     instance: Mapped[Instance] = relationship()
 
 
-class StudyInference(Base):
+class StudyInference(_ModelScore, Base):
     """A study's triage by one model version: max over its frontal images, compared with tau."""
 
     __tablename__ = "study_inferences"
@@ -232,13 +238,9 @@ class StudyInference(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
-    model_sha256: Mapped[str] = mapped_column(String(64))
     policy_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_policies.id"))
     policy_version: Mapped[int | None] = mapped_column(Integer)
     tau: Mapped[float | None] = mapped_column(Float)
-    probability: Mapped[float | None] = mapped_column(Float)
-    logit: Mapped[float | None] = mapped_column(Float)
     flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     images_scored: Mapped[int] = mapped_column(Integer, default=0)
     images_skipped: Mapped[int] = mapped_column(Integer, default=0)

@@ -113,6 +113,50 @@ def set_policy(
     return policy
 
 
+def set_policy_at_point(
+    session: Session,
+    model: ModelVersion,
+    *,
+    operating_point: str,
+    tau: float | None,
+    rationale: str,
+    approved_by: str,
+    effective_from: dt.datetime | None = None,
+    actor: str | None = None,
+) -> ThresholdPolicy:
+    """Add a policy version for one of ``model``'s SOP operating points (what a person sets).
+
+    ``tau`` defaults to the threshold training recorded for that point (chosen on validation);
+    the recorded criterion and validation figures are kept with the policy either way.
+
+    Raises
+    ------
+    ValueError
+        ``tau`` is None and no point was recorded for ``operating_point``; and as
+        :func:`set_policy`.
+    """
+    recorded = recorded_operating_point(model, operating_point)
+    if tau is None:
+        if not recorded:
+            raise ValueError(
+                f"model {model.version} has no recorded {operating_point!r} operating point; "
+                "give tau"
+            )
+        tau = float(recorded["tau"])
+    return set_policy(
+        session,
+        model,
+        operating_point=operating_point,
+        tau=tau,
+        rationale=rationale,
+        approved_by=approved_by,
+        target_metric=recorded.get("criterion"),
+        validation=recorded.get("validation", {}),
+        effective_from=effective_from,
+        actor=actor,
+    )
+
+
 def policy_in_force(
     session: Session, model_version_id: int, *, at: dt.datetime | None = None
 ) -> ThresholdPolicy | None:

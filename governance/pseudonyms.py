@@ -13,6 +13,8 @@ import os
 import secrets
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from cxr_triage.settings import Settings
 from governance.errors import ConfigError
 
@@ -30,17 +32,34 @@ def load_key(settings: Settings) -> bytes:
     ConfigError
         The configured key is shorter than 16 bytes, or the key file cannot be read or made.
     """
-    if settings.pseudonym_key is not None:
-        key = settings.pseudonym_key.get_secret_value().encode("utf-8")
+    return site_key(
+        settings.pseudonym_key, "CXR_PSEUDONYM_KEY", settings.data_dir / KEY_FILE, "pseudonym key"
+    )
+
+
+def site_key(
+    secret: SecretStr | None, setting: str, path: Path, what: str, level: int = logging.WARNING
+) -> bytes:
+    """A key of the site: the setting's value if it is set, else the key file (made once).
+
+    Shared by the pseudonym key and the audit key. ``what`` names the key in messages; ``level``
+    is the level of the message that says a key file was made.
+
+    Raises
+    ------
+    ConfigError
+        The configured key is shorter than 16 bytes, or the key file cannot be read or made.
+    """
+    if secret is not None:
+        key = secret.get_secret_value().encode("utf-8")
         if len(key) < MIN_KEY_BYTES:
-            raise ConfigError(f"CXR_PSEUDONYM_KEY must be at least {MIN_KEY_BYTES} characters")
+            raise ConfigError(f"{setting} must be at least {MIN_KEY_BYTES} characters")
         return key
-    path = settings.data_dir / KEY_FILE
     try:
-        return _read_or_create(path)
+        return _read_or_create(path, what, level)
     except OSError as exc:
         raise ConfigError(
-            f"cannot read or create the pseudonym key {path}: {exc.strerror}; set CXR_PSEUDONYM_KEY"
+            f"cannot read or create the {what} {path}: {exc.strerror}; set {setting}"
         ) from None
 
 

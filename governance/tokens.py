@@ -45,6 +45,10 @@ class Identity:
     role: str
     token_prefix: str
 
+    @classmethod
+    def of(cls, row: ApiToken) -> Identity:
+        return cls(row.name, row.role, row.token_prefix)
+
 
 @dataclass(frozen=True, slots=True)
 class TokenCheck:
@@ -84,6 +88,26 @@ def _check_role(role: str) -> str:
     if role not in Role.ALL:
         raise ValueError(f"role must be one of {', '.join(Role.ALL)}, got {role!r}")
     return role
+
+
+def _audit(
+    session: Session,
+    action: audit.Action,
+    token: Identity,
+    actor: str,
+    actor_address: str | None,
+    **detail: object,
+) -> None:
+    """Audit something done to or with a token, named by its name, role and prefix."""
+    audit.record(
+        session,
+        actor=actor,
+        actor_address=actor_address,
+        action=action,
+        object_type="api_token",
+        object_uid=token.name,
+        detail={**detail, "role": token.role, "token_prefix": token.token_prefix},
+    )
 
 
 def create_token(
@@ -128,15 +152,7 @@ def create_token(
     )
     session.add(row)
     session.flush()
-    audit.record(
-        session,
-        actor=created_by,
-        actor_address=actor_address,
-        action=audit.Action.TOKEN_CREATED,
-        object_type="api_token",
-        object_uid=name,
-        detail={"role": role, "token_prefix": row.token_prefix},
-    )
+    _audit(session, audit.Action.TOKEN_CREATED, Identity.of(row), created_by, actor_address)
     logger.info("created %s token %r (%s...)", role, name, row.token_prefix)
     return row, text
 
@@ -163,14 +179,13 @@ def revoke_token(
     from governance.web_sessions import end_token_sessions
 
     sessions = end_token_sessions(session, row.id, reason="token revoked", now=row.revoked_at)
-    audit.record(
+    _audit(
         session,
-        actor=actor,
-        actor_address=actor_address,
-        action=audit.Action.TOKEN_REVOKED,
-        object_type="api_token",
-        object_uid=name,
-        detail={"role": row.role, "token_prefix": row.token_prefix, "sessions_ended": sessions},
+        audit.Action.TOKEN_REVOKED,
+        Identity.of(row),
+        actor,
+        actor_address,
+        sessions_ended=sessions,
     )
     logger.info("revoked token %r (%s...)", name, row.token_prefix)
     return row
@@ -193,8 +208,7 @@ def check_token(session: Session, token: str) -> TokenCheck:
         return TokenCheck(None, "unknown token", token_prefix(token))
     if row.revoked_at is not None:
         return TokenCheck(None, "revoked token", row.token_prefix, row.name)
-    identity = Identity(row.name, row.role, row.token_prefix)
-    return TokenCheck(identity, None, row.token_prefix, row.name)
+    return TokenCheck(Identity.of(row), None, row.token_prefix, row.name)
 
 
 def _touch(
@@ -226,14 +240,13 @@ def record_authenticated(
     session: Session, identity: Identity, *, method: str, actor_address: str | None
 ) -> None:
     """Audit a successful authentication (DICOM 110114 User Authentication)."""
-    audit.record(
+    _audit(
         session,
-        actor=identity.name,
-        actor_address=actor_address,
-        action=audit.Action.USER_AUTHENTICATED,
-        object_type="api_token",
-        object_uid=identity.name,
-        detail={"method": method, "role": identity.role, "token_prefix": identity.token_prefix},
+        audit.Action.USER_AUTHENTICATED,
+        identity,
+        identity.name,
+        actor_address,
+        method=method,
     )
 
 

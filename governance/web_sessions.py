@@ -111,8 +111,7 @@ def check_session(
         reason = "session idle"
     if reason:
         return TokenCheck(None, reason, token.token_prefix, token.name), web
-    identity = Identity(token.name, token.role, token.token_prefix)
-    return TokenCheck(identity, None, token.token_prefix, token.name), web
+    return TokenCheck(Identity.of(token), None, token.token_prefix, token.name), web
 
 
 def authenticate_session(
@@ -150,7 +149,7 @@ def end_session(
         return None
     web.ended_at = now or utcnow()
     web.ended_reason = reason[:32]
-    return Identity(token.name, token.role, token.token_prefix)
+    return Identity.of(token)
 
 
 def end_token_sessions(

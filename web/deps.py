@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
@@ -12,8 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from cxr_triage.settings import Settings
-from governance.db import Store, is_transient
-from governance.errors import StoreUnavailable
+from governance.db import Store
 
 logger = logging.getLogger(__name__)
 
@@ -27,23 +24,10 @@ def read_store(store: Store, query: Callable[[Session], T], *, attempts: int = R
 
     A page or an API call is better answered a little late than with an error: a PostgreSQL
     connection dropped by a restart, or a SQLite file busy past its timeout, is tried again
-    with a short backoff before :class:`~governance.errors.StoreUnavailable` reaches the user.
+    with a short backoff (:meth:`Store.query`) before
+    :class:`~governance.errors.StoreUnavailable` reaches the user.
     """
-    if attempts < 1:
-        raise ValueError(f"attempts must be at least 1, got {attempts}")
-    delay = 0.05
-    for attempt in range(1, attempts + 1):
-        try:
-            with store.read() as session:
-                return query(session)
-        except StoreUnavailable as exc:
-            cause = exc.__cause__
-            if attempt == attempts or cause is None or not is_transient(cause):
-                raise
-            logger.warning("store read failed (attempt %d/%d): %s", attempt, attempts, exc)
-            time.sleep(delay * (1 + random.random()))
-            delay *= 2
-    raise AssertionError("unreachable")
+    return store.query(query, attempts=attempts)
 
 
 def get_store(request: Request) -> Store:

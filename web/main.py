@@ -26,19 +26,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_store(store: Store) -> None:
-    """Refuse to serve a store that is not at the schema revision this code needs.
-
-    Raises
-    ------
-    SchemaOutOfDate
-        The store was never migrated, or is at another revision.
-    StoreUnavailable
-        The store does not answer.
-    """
-    store.check_schema()
-
-
 def serve(settings: Settings, host: str, port: int) -> None:
     """Check the store, then run the application with uvicorn until interrupted."""
     import uvicorn
@@ -47,12 +34,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
 
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port must be in 1-65535, got {port}")
-    store = Store.from_settings(settings)
-    try:
-        check_store(store)
-    except Exception:
-        store.dispose()
-        raise
+    store = Store.open(settings)  # refuse a store this code cannot serve
     app = create_app(settings, store)
     if host not in {"127.0.0.1", "localhost", "::1"}:
         # Tokens and session cookies cross the network from here on: they need TLS in front.

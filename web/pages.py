@@ -68,6 +68,24 @@ def render(name: str, status_code: int = 200, **values: str) -> HTMLResponse:
     return HTMLResponse(_template(name).substitute(values), status_code=status_code)
 
 
+def render_page(
+    name: str, *, title: str, heading: str, model_banner: str, **values: str
+) -> HTMLResponse:
+    """A signed-in page: its own part ``name`` in the frame such pages share (``page.html``).
+
+    The frame holds the scripts (``name``'s ``.js`` last), the user bar and the intended-use
+    banner. ``title``, ``heading`` and ``values`` are already escaped HTML.
+    """
+    return render(
+        "page.html",
+        title=title,
+        heading=heading,
+        script=name.removesuffix(".html") + ".js",
+        model_banner=model_banner,
+        content=_template(name).substitute(values),
+    )
+
+
 def error_page(status_code: int, message: str) -> HTMLResponse:
     """A plain page for a person (the JSON API answers JSON instead)."""
     return render(
@@ -77,7 +95,12 @@ def error_page(status_code: int, message: str) -> HTMLResponse:
 
 @router.get("/", response_class=HTMLResponse)
 def worklist_page(store: StoreDep) -> HTMLResponse:
-    return render("worklist.html", model_banner=model_banner(read_store(store, _active)))
+    return render_page(
+        "worklist.html",
+        title="Worklist",
+        heading="  <h1>CXR triage worklist</h1>",
+        model_banner=model_banner(read_store(store, _active)),
+    )
 
 
 @router.get("/studies/{study_instance_uid}", response_class=HTMLResponse)
@@ -104,4 +127,11 @@ def study_page(
         return error_page(404, f"No study {study_instance_uid} in the store.")
     note_viewed(store, request, identity, study_instance_uid, "page")
     uid = html.escape(study_instance_uid)
-    return render("study.html", model_banner=model_banner(model), uid=uid)
+    return render_page(
+        "study.html",
+        title=f"Study {uid}",
+        heading=f'  <p class="back"><a href="/">&larr; Worklist</a></p>\n'
+        f'  <h1>Study <span class="uid">{uid}</span></h1>',
+        model_banner=model_banner(model),
+        uid=uid,
+    )

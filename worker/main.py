@@ -29,9 +29,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.from_settings(settings)
-    store.check_schema()
-    store.dispose()
+    Store.open(settings).dispose()  # refuse a store this code cannot use
     configure_export(settings.syslog_url, audit_source_id=settings.ae_title)
     app = make_celery(settings)
     import os

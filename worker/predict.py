@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
     files = list(iter_files(args.paths))
-    store = Store.from_settings(settings)
-    store.check_schema()
+    store = Store.open(settings)
     with store.read() as session:
         model = get_model(session, args.model) if args.model else active_model(session)
         if model is None:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from governance.db import Store
 from governance.errors import ModelIntegrityError, NoActiveModel, TriageError
 from governance.models import AuditEvent, ModelVersion
-from governance.policies import policy_in_force, set_policy
+from governance.policies import policy_in_force, set_policy, set_policy_at_point
 from governance.registry import (
     activate_model,
     active_model,
@@ -116,6 +116,35 @@ def test_policies_are_versioned_and_take_effect_in_time(store: Store, weights: P
         assert now_policy is not None and now_policy.tau == 0.2
         later = policy_in_force(session, model.id, at=tomorrow + dt.timedelta(minutes=1))
         assert later is not None and later.tau == 0.8 and later.approved_by == "dr b"
+
+
+def test_a_policy_takes_tau_from_the_point_training_recorded(store: Store, weights: Path) -> None:
+    point = {"tau": 0.3, "criterion": "target_sensitivity", "validation": {"sensitivity": 0.95}}
+    details = {"operating_points": {"target_sensitivity": point}}
+    model = store.run(
+        lambda s: register_model(s, version="v1", path=weights, input_size=64, details=details)
+    )
+
+    def at_point(operating_point: str, tau: float | None):  # type: ignore[no-untyped-def]
+        return store.run(
+            lambda s: set_policy_at_point(
+                s,
+                s.get(ModelVersion, model.id),
+                operating_point=operating_point,
+                tau=tau,
+                rationale="site SOP",
+                approved_by="dr a",
+            )
+        )
+
+    recorded = at_point("triage", None)
+    assert (recorded.tau, recorded.target_metric) == (0.3, "target_sensitivity")
+    assert recorded.validation == {"sensitivity": 0.95}
+    given = at_point("triage", 0.25)
+    assert (given.tau, given.target_metric, given.version) == (0.25, "target_sensitivity", 2)
+    assert at_point("balanced", 0.5).target_metric is None
+    with pytest.raises(ValueError, match="no recorded 'precision' operating point; give tau"):
+        at_point("precision", None)
 
 
 @pytest.mark.parametrize(

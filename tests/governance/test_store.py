@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
+from cxr_triage.settings import Settings
 from governance.db import Store, create_store_engine
 from governance.errors import ConfigError, StoreUnavailable
 from governance.models import Base, Instance, Study
@@ -154,6 +157,29 @@ def test_unreachable_postgres_is_store_unavailable() -> None:
         store.run(lambda s: s.execute(text("SELECT 1")), attempts=2)
 
 
+def test_a_read_is_tried_again_after_a_transient_fault(tmp_path: Path) -> None:
+    store = Store.from_url(f"sqlite:///{tmp_path / 'r.db'}")
+    calls: list[int] = []
+
+    def query(session: Session) -> int:
+        calls.append(1)
+        # SQLite answers a missing table with an OperationalError, the class of a busy file.
+        table = "nothing" if len(calls) == 1 else "sqlite_master"
+        return int(session.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+    assert store.query(query) == 0
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="attempts"):
+        store.query(query, attempts=0)
+    store.dispose()
+
+
+def test_unreachable_postgres_read_is_store_unavailable() -> None:
+    store = Store.from_url("postgresql://postgres@127.0.0.1:1/nothing")
+    with pytest.raises(StoreUnavailable, match="did not"):
+        store.query(lambda s: s.execute(text("SELECT 1")), attempts=2)
+
+
 @pytest.mark.parametrize("url", ["nonsense", "mysql://x@y/z"])
 def test_bad_database_url_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match="CXR_DATABASE_URL"):
@@ -207,19 +233,25 @@ def test_schema_revision_constant_is_the_newest_migration() -> None:
     assert head_revision() == SCHEMA_REVISION
 
 
-def test_server_processes_refuse_an_old_schema(tmp_path: Path) -> None:
+def test_server_processes_refuse_an_old_schema(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
     from governance.errors import SchemaOutOfDate
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
+    settings = make_settings(database_url=url)
     store = Store.from_url(url)
     with pytest.raises(SchemaOutOfDate, match="none.*cxr-triage db upgrade"):
         store.check_schema()
     command.upgrade(alembic_config(url), "0001")
     with pytest.raises(SchemaOutOfDate, match="0001"):
         store.check_schema()
+    with pytest.raises(SchemaOutOfDate, match="0001"):
+        Store.open(settings)
     command.upgrade(alembic_config(url), "head")
     store.check_schema()
     store.dispose()
+    Store.open(settings).dispose()
 
 
 def test_stale_queued_and_modelless_studies_are_queued_again(store: Store) -> None:
