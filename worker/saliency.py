@@ -109,7 +109,9 @@ def _module(model: ModelVersion) -> Any:
     with _lock:
         if model.version not in _modules:
             _modules.clear()  # one version at a time: the active one
-            _modules[model.version] = load_scripted(model.path, model.sha256, torch.device("cpu"))
+            _modules[model.version] = load_scripted(
+                model.path, model.sha256, torch.device("cpu"), model.input_size
+            )
         return _modules[model.version]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.synthetic import write_studies
+from training.synthetic.studies import write_studies
 
 
 @pytest.fixture(scope="session")
