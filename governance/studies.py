@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from governance.errors import InstanceConflict
 from governance.models import Instance, Study, StudyStatus, utcnow
+from governance.text import clip
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +42,27 @@ class ReceivedInstance:
 def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance, str | None]:
     """Record a received instance and its study; a resent SOP Instance replaces the older copy.
 
+    Every text from the peer is cut to its column here (:func:`governance.text.clip`).
     Returns the instance row and the path of the file it replaced (for the caller to remove
     once the transaction has committed), or None.
+
+    Raises
+    ------
+    InstanceConflict
+        The SOP Instance UID is already stored under another study: that instance, its row and
+        its file stay as they are.
     """
     now = item.received_at or utcnow()
+    instance = session.scalar(
+        select(Instance).where(Instance.sop_instance_uid == item.sop_instance_uid)
+    )
+    if instance is not None:
+        owner = session.get(Study, instance.study_id)
+        if owner is not None and owner.study_instance_uid != item.study_instance_uid:
+            raise InstanceConflict(
+                f"SOP Instance {item.sop_instance_uid} is already stored in study "
+                f"{owner.study_instance_uid}"
+            )
     study = session.scalar(select(Study).where(Study.study_instance_uid == item.study_instance_uid))
     if study is None:
         study = Study(
@@ -51,23 +70,20 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
             status=StudyStatus.RECEIVED,
             first_received_at=now,
             last_received_at=now,
-            patient_sex=item.patient_sex,
+            patient_sex=clip(item.patient_sex, Study.patient_sex),
             patient_age_years=item.patient_age_years,
-            patient_pseudonym=item.patient_pseudonym,
+            patient_pseudonym=clip(item.patient_pseudonym, Study.patient_pseudonym),
         )
         session.add(study)
         session.flush()
     else:
         study.last_received_at = now
         if study.patient_sex is None:
-            study.patient_sex = item.patient_sex
+            study.patient_sex = clip(item.patient_sex, Study.patient_sex)
         if study.patient_age_years is None:
             study.patient_age_years = item.patient_age_years
         if study.patient_pseudonym is None:
-            study.patient_pseudonym = item.patient_pseudonym
-    instance = session.scalar(
-        select(Instance).where(Instance.sop_instance_uid == item.sop_instance_uid)
-    )
+            study.patient_pseudonym = clip(item.patient_pseudonym, Study.patient_pseudonym)
     replaced: str | None = None
     if instance is None:
         instance = Instance(sop_instance_uid=item.sop_instance_uid, study_id=study.id)
@@ -76,17 +92,19 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
         if instance.path != item.path:
             replaced = instance.path
         instance.study_id = study.id
-    instance.sop_class_uid = item.sop_class_uid
-    instance.series_instance_uid = item.series_instance_uid
-    instance.transfer_syntax_uid = item.transfer_syntax_uid
+    instance.sop_class_uid = clip(item.sop_class_uid, Instance.sop_class_uid) or ""
+    instance.series_instance_uid = clip(item.series_instance_uid, Instance.series_instance_uid)
+    instance.transfer_syntax_uid = (
+        clip(item.transfer_syntax_uid, Instance.transfer_syntax_uid) or ""
+    )
     instance.path = item.path
     instance.size_bytes = item.size_bytes
-    instance.modality = item.modality
-    instance.view_position = item.view_position
-    instance.body_part = item.body_part
-    instance.manufacturer = item.manufacturer
-    instance.calling_ae = item.calling_ae
-    instance.peer_address = item.peer_address
+    instance.modality = clip(item.modality, Instance.modality)
+    instance.view_position = clip(item.view_position, Instance.view_position)
+    instance.body_part = clip(item.body_part, Instance.body_part)
+    instance.manufacturer = clip(item.manufacturer, Instance.manufacturer)
+    instance.calling_ae = clip(item.calling_ae, Instance.calling_ae) or ""
+    instance.peer_address = clip(item.peer_address, Instance.peer_address)
     instance.received_at = now
     session.flush()
     return instance, replaced
