@@ -245,7 +245,7 @@ def handle_rejected(event: Event, refusals: RefusalAuditor, allowed_calling_aes:
     calling_ae = printable(requestor.ae_title or "", 16)
     not_allowed = bool(allowed_calling_aes) and calling_ae not in allowed_calling_aes
     reason = "calling AE title not recognised" if not_allowed else "association limit or policy"
-    logger.warning("association from %s refused: %s", _peer(event), reason)
+    logger.debug("association from %s refused: %s", _peer(event), reason)
     try:
         refusals.note(
             requestor.address,

@@ -132,9 +132,16 @@ class RefusalAuditor:
         self._thread: threading.Thread | None = None
 
     def note(self, address: str | None, *, actor: str | None, reason: str, **detail: Any) -> None:
-        """Count a refusal; a quiet peer's first one is audited at once."""
+        """Count a refusal; a quiet peer's first one is audited (and logged) at once."""
         report = self.counter.note(address, actor=actor, reason=reason, detail=detail)
         if report is not None:
+            logger.warning(
+                "refusing %s: %s (further refusals of this peer are counted and logged once "
+                "per %.0f s)",
+                report.peer_address,
+                reason,
+                self.counter.window_s,
+            )
             self._write([report])
 
     def start(self) -> None:
@@ -147,16 +154,23 @@ class RefusalAuditor:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        self._write(self.counter.drain())
+        self._write(self.counter.drain(), log=True)
 
     def _run(self) -> None:
         interval = min(5.0, self.counter.window_s / 4)
         while not self._stop.wait(interval):
-            self._write(self.counter.due())
+            self._write(self.counter.due(), log=True)
 
-    def _write(self, reports: list[RefusalReport]) -> None:
+    def _write(self, reports: list[RefusalReport], *, log: bool = False) -> None:
         if not reports:
             return
+        for report in reports if log else []:
+            logger.warning(
+                "refused %s %d more time(s): %s",
+                report.peer_address,
+                report.count,
+                ", ".join(f"{reason} ({n})" for reason, n in report.reasons.items()),
+            )
         try:
             self.store.run(
                 lambda session: record_refusals(session, reports, action=Action.ASSOCIATION_REFUSED)
@@ -185,7 +199,7 @@ class LimitedRequestHandler(RequestHandler):
         assoc = self._create_association()
         refusal = server.limiter.admit(address, assoc)
         if refusal is not None:
-            logger.warning("connection from %s refused: %s", address, refusal)
+            logger.debug("connection from %s refused: %s", address, refusal)
             server.refused(address, None, refusal)
             _refuse(self.request)
             return
@@ -308,26 +322,29 @@ def _refuse(sock: socket.socket) -> None:
     Closing a socket with unread data makes the kernel reset the connection, and the peer
     would see a reset instead of the rejection; so the request is read (briefly) first.
     """
-    try:
-        sock.settimeout(_REFUSE_READ_S)
-        deadline = time.monotonic() + _REFUSE_READ_S
-        header = b""
-        while len(header) < _PDU_HEADER and time.monotonic() < deadline:
-            chunk = sock.recv(_PDU_HEADER - len(header))
-            if not chunk:
-                break
-            header += chunk
-        if len(header) == _PDU_HEADER:
-            remaining = min(int.from_bytes(header[2:6], "big"), _MIN_PDU_LIMIT)
-            while remaining > 0 and time.monotonic() < deadline:
-                chunk = sock.recv(min(remaining, 65536))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
+    with contextlib.suppress(OSError):
+        _read_request(sock)
+    with contextlib.suppress(OSError):
         sock.sendall(REJECT_LOCAL_LIMIT)
-    except OSError:
-        pass
     _close(sock)
+
+
+def _read_request(sock: socket.socket) -> None:
+    """Read what the peer sent so far (its A-ASSOCIATE-RQ), for at most half a second."""
+    sock.settimeout(_REFUSE_READ_S)
+    deadline = time.monotonic() + _REFUSE_READ_S
+    header = b""
+    while len(header) < _PDU_HEADER and time.monotonic() < deadline:
+        chunk = sock.recv(_PDU_HEADER - len(header))
+        if not chunk:
+            return
+        header += chunk
+    remaining = min(int.from_bytes(header[2:6], "big"), _MIN_PDU_LIMIT)
+    while remaining > 0 and time.monotonic() < deadline:
+        chunk = sock.recv(min(remaining, 65536))
+        if not chunk:
+            return
+        remaining -= len(chunk)
 
 
 def _close(sock: socket.socket) -> None:
