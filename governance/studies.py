@@ -156,3 +156,30 @@ def studies_awaiting_queue(
 def instance_count(session: Session, study_uid: str) -> int:
     study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
     return len(study.instances) if study else 0
+
+
+def note_delivery(session: Session, study_uid: str) -> int | None:
+    """Count one delivery of the study's triage task; the count since the last finished one.
+
+    None when the study is not in the store.
+    """
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    if study is None:
+        return None
+    study.deliveries = (study.deliveries or 0) + 1
+    return study.deliveries
+
+
+def finish_delivery(session: Session, study_uid: str) -> None:
+    """The task finished (whatever its outcome): its deliveries no longer count."""
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    if study is not None:
+        study.deliveries = 0
+
+
+def park_failed(session: Session, study_uid: str, reason: str) -> None:
+    """Mark the study failed with a reason a person reads; it is not queued again by itself."""
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    if study is not None:
+        study.status = StudyStatus.FAILED
+        study.status_detail = clip(reason, Study.status_detail)

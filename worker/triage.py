@@ -35,7 +35,9 @@ from governance.models import (
 )
 from governance.policies import policy_in_force
 from governance.registry import active_model
+from governance.text import clip
 from worker.inference import ModelCache, ModelSpec, calibrate, predict_logits
+from worker.limits import ImageLimits, content_skip_reason, header_skip_reason
 from worker.preprocess import decode, pixel_transform, standardize, to_unit_image
 from worker.selection import skip_reason
 
@@ -106,10 +108,28 @@ def _plan(session: Session, study_uid: str) -> _Plan:
 
 
 def _prepare_image(
-    instance_id: int, sop_uid: str, path: str, size: int
+    instance_id: int, sop_uid: str, path: str, size: int, limits: ImageLimits | None = None
 ) -> tuple[ImageResult, np.ndarray | None]:
     """Read, select and preprocess one image; a failure becomes a skip reason, not an error."""
     started = utcnow()
+    try:
+        return _prepare(instance_id, sop_uid, path, size, limits or ImageLimits(), started)
+    except Exception as exc:  # MemoryError, a decoder's own error: this image, not the study
+        logger.warning("instance %s not decodable: %s", sop_uid, type(exc).__name__)
+        reason = clip(
+            f"cannot decode the image ({type(exc).__name__})", ImageInference.skipped_reason
+        )
+        return ImageResult(instance_id, sop_uid, started, skipped_reason=reason), None
+
+
+def _prepare(
+    instance_id: int,
+    sop_uid: str,
+    path: str,
+    size: int,
+    limits: ImageLimits,
+    started: dt.datetime,
+) -> tuple[ImageResult, np.ndarray | None]:
     try:
         ds = pydicom.dcmread(path)
     except FileNotFoundError:
@@ -125,24 +145,36 @@ def _prepare_image(
         return ImageResult(
             instance_id, sop_uid, started, skipped_reason="unreadable DICOM file"
         ), None
-    reason = skip_reason(ds)
+    reason = skip_reason(ds) or header_skip_reason(ds, limits)
     if reason is not None:
+        reason = clip(reason, ImageInference.skipped_reason)
         return ImageResult(instance_id, sop_uid, started, skipped_reason=reason), None
     try:
         transform = pixel_transform(ds)
         pixels = decode(ds)
         decoded = utcnow()
-        tensor = standardize(to_unit_image(pixels, transform, size))
+        unit = to_unit_image(pixels, transform, size)
     except (ValueError, RuntimeError) as exc:
-        logger.warning("instance %s not decodable: %s", sop_uid, exc)
-        return ImageResult(instance_id, sop_uid, started, skipped_reason=str(exc)[:250]), None
+        logger.warning("instance %s not decodable: %s", sop_uid, clip(exc, 200))
+        return ImageResult(
+            instance_id, sop_uid, started, skipped_reason=clip(exc, ImageInference.skipped_reason)
+        ), None
+    reason = content_skip_reason(pixels, unit)
+    if reason is not None:
+        return ImageResult(instance_id, sop_uid, started, skipped_reason=reason), None
+    tensor = standardize(unit)
     return ImageResult(
         instance_id, sop_uid, started, decoded_at=decoded, preprocessed_at=utcnow()
     ), tensor
 
 
 def score_images(
-    models: ModelCache, spec: ModelSpec, todo: list[tuple[int, str, str]], *, batch_size: int = 8
+    models: ModelCache,
+    spec: ModelSpec,
+    todo: list[tuple[int, str, str]],
+    *,
+    batch_size: int = 8,
+    limits: ImageLimits | None = None,
 ) -> list[ImageResult]:
     """Preprocess and score images in batches; skipped ones carry their reason."""
     results: list[ImageResult] = []
@@ -167,7 +199,7 @@ def score_images(
         pending.clear()
 
     for instance_id, sop_uid, path in todo:
-        partial, tensor = _prepare_image(instance_id, sop_uid, path, spec.input_size)
+        partial, tensor = _prepare_image(instance_id, sop_uid, path, spec.input_size, limits)
         if tensor is None:
             results.append(partial)
             continue
@@ -332,7 +364,12 @@ def _set_status(store: Store, study_id: int, status: str, detail: str | None) ->
 
 
 def triage_study(
-    store: Store, models: ModelCache, study_uid: str, *, batch_size: int = 8
+    store: Store,
+    models: ModelCache,
+    study_uid: str,
+    *,
+    batch_size: int = 8,
+    limits: ImageLimits | None = None,
 ) -> TriageOutcome:
     """Triage one study with the active model version and the policy in force.
 
@@ -378,7 +415,7 @@ def triage_study(
                     existing.images_skipped,
                 )
     _set_status(store, plan.study_id, StudyStatus.TRIAGING, None)
-    results = score_images(models, plan.spec, plan.todo, batch_size=batch_size)
+    results = score_images(models, plan.spec, plan.todo, batch_size=batch_size, limits=limits)
     spec = plan.spec
     for attempt in (1, 2):
         try:
