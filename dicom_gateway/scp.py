@@ -98,7 +98,7 @@ def make_ae(settings: Settings) -> AE:
     ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.network_timeout_s
     # GatewayServer admits connections before pynetdicom sees them; this is a second guard.
-    ae.maximum_associations = settings.max_associations
+    ae.maximum_associations = 2 * settings.max_associations
     ae.require_calling_aet = list(settings.allowed_calling_aes)
     ae.add_supported_context(Verification, UNCOMPRESSED_SYNTAXES)
     for sop_class_uid in STORAGE_SOP_CLASSES:
