@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             process.wait(timeout=30)
         print()
         print(f"cases tried        {report.cases} ({len(cases)} planned) in {elapsed:.0f} s")
-        print(f"associations       {report.associations}")
+        print(f"associations       {report.associations} ({report.ended_early} ended early)")
         print(
             "statuses           "
             + ", ".join(f"{k}: {v}" for k, v in sorted(report.statuses.items()))
@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"unexpected         {len(report.unexpected)} {report.unexpected[:10]}")
         print(f"gateway RSS        idle {idle_rss:.0f} MB (reference), peak {peak:.0f} MB")
+        log = (folder / "gateway.log").read_text(errors="replace").splitlines()
+        tracebacks = sum("Traceback" in line for line in log)
+        aborted = sum("aborted" in line for line in log)
+        print(f"gateway log        {len(log)} lines, {tracebacks} tracebacks, {aborted} aborts")
+        for line in [x for x in log if "Traceback" in x or "Exception in DUL" in x][:5]:
+            print("   ", line[:200])
         if args.worker:
             scored, skipped, escaped = worker_pass(cases, folder)
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -297,6 +297,7 @@ class FuzzReport:
     no_answer: int = 0
     processing_failures: int = 0
     associations: int = 0
+    ended_early: int = 0
 
     def add(self, case: Case, answer: int | None) -> None:
         self.cases += 1
@@ -341,6 +342,8 @@ def run_cases(
         statuses = send_raw(host, port, items, timeout=timeout, calling_ae="FUZZER")
         for case, answer in zip(batch, statuses, strict=False):
             report.add(case, answer)
-        # The association ended early (after an unanswered case): the rest go on a new one.
+        # The association ended early: the cases not sent go on a new one.
+        if len(statuses) < len(batch):
+            report.ended_early += 1
         pending = batch[len(statuses) :] + pending
     return report

@@ -125,8 +125,13 @@ def send_raw(
             for index, item in enumerate(items):
                 path, offset, meta = _write(Path(folder), index, item)
                 files[str(path)] = (meta, offset)
+                if not assoc.is_established:
+                    break
                 with _patched(files):
-                    answer = _send(assoc, path, item)
+                    try:
+                        answer = _send(assoc, path, item)
+                    except RuntimeError:  # the association ended just before this request
+                        break
                 statuses.append(int(answer.Status) if "Status" in answer else None)
                 if not assoc.is_established:
                     break
