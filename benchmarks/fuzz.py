@@ -80,7 +80,7 @@ def worker_pass(cases: list, folder: Path) -> tuple[int, int, int]:
     from pydicom.uid import UID
 
     from worker.limits import ImageLimits
-    from worker.triage import _prepare_image
+    from worker.triage import Candidate, _prepare_image
 
     scored = skipped = escaped = 0
     path = folder / "case.dcm"
@@ -94,7 +94,9 @@ def worker_pass(cases: list, folder: Path) -> tuple[int, int, int]:
             write_file_meta_info(fp, meta)
             fp.write(case.data)
         try:
-            _, tensor = _prepare_image(index, case.sop_instance_uid, str(path), 224, ImageLimits())
+            _, tensor = _prepare_image(
+                Candidate(index, case.sop_instance_uid, str(path)), 224, ImageLimits()
+            )
         except Exception as exc:  # what the worker would not survive
             escaped += 1
             print(f"  worker: {case.name}: {type(exc).__name__}: {exc}")

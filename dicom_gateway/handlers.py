@@ -12,6 +12,7 @@ file at the same path and records it. No recovery scan adopts such files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dicom_gateway import incoming, status
 from dicom_gateway.assembly import StudyAssembly
-from dicom_gateway.header import InstanceHeader, InstanceRejected, read_header
+from dicom_gateway.header import InstanceRejected, read_header
 from dicom_gateway.spool import Spool
 from governance.db import Store
 from governance.errors import InstanceConflict, StoreUnavailable
@@ -118,7 +119,9 @@ def _store(
         return _status(status.OUT_OF_RESOURCES, "spool full or not writable")
 
     requestor = event.assoc.requestor
-    item = _received(header, target, requestor.ae_title, requestor.address)
+    item = dataclasses.replace(
+        header, path=str(target), calling_ae=requestor.ae_title, peer_address=requestor.address
+    )
     try:
         replaced = _record(store, item)
     except InstanceConflict as exc:
@@ -186,29 +189,6 @@ def _check_request(event: Event, source: Path, sop_class_uid: str, policy: Recei
             f"SOP class {clip_uid(sop_class_uid)} sent on a context for "
             f"{clip_uid(str(context.abstract_syntax))}",
         )
-
-
-def _received(
-    header: InstanceHeader, path: Path, calling_ae: str, address: str | None
-) -> ReceivedInstance:
-    return ReceivedInstance(
-        study_instance_uid=header.study_instance_uid,
-        series_instance_uid=header.series_instance_uid,
-        sop_instance_uid=header.sop_instance_uid,
-        sop_class_uid=header.sop_class_uid,
-        transfer_syntax_uid=header.transfer_syntax_uid,
-        path=str(path),
-        size_bytes=header.size_bytes,
-        calling_ae=calling_ae,
-        peer_address=address,
-        modality=header.modality,
-        view_position=header.view_position,
-        body_part=header.body_part,
-        manufacturer=header.manufacturer,
-        patient_sex=header.patient_sex,
-        patient_age_years=header.patient_age_years,
-        patient_pseudonym=header.patient_pseudonym,
-    )
 
 
 def _record(store: Store, item: ReceivedInstance) -> str | None:

@@ -14,7 +14,6 @@ import os
 import re
 import struct
 from collections.abc import Collection
-from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
@@ -27,6 +26,7 @@ from pydicom.uid import UID
 
 from dicom_gateway import status
 from governance.audit import pseudonym
+from governance.studies import ReceivedInstance
 from governance.text import clip, clip_uid
 
 logger = logging.getLogger(__name__)
@@ -97,25 +97,6 @@ class InstanceRejected(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceHeader:
-    """The header attributes of one received instance that the gateway keeps."""
-
-    study_instance_uid: str
-    series_instance_uid: str | None
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    size_bytes: int
-    modality: str | None
-    view_position: str | None
-    body_part: str | None
-    manufacturer: str | None
-    patient_sex: str | None
-    patient_age_years: int | None
-    patient_pseudonym: str | None = None
-
-
 def is_valid_uid(value: object) -> bool:
     """Whether ``value`` is a UID that is safe to use as a file or folder name.
 
@@ -153,8 +134,11 @@ def read_header(
     transfer_syntax_uid: str | None = None,
     accepted_sop_classes: Collection[str] | None = None,
     max_header_bytes: int = MAX_HEADER_BYTES,
-) -> InstanceHeader:
+) -> ReceivedInstance:
     """Read and check the header of a received Part-10 file, without its pixel data.
+
+    Returns the instance as the store records it, at ``path``; the caller sets the spool path
+    and the calling peer (``dataclasses.replace``) once it has placed the file.
 
     Only what was negotiated steers the parsing: the data set is read in the association's
     transfer syntax, never in one a peer writes into it. pynetdicom writes a preamble and a
@@ -257,13 +241,15 @@ def read_header(
     patient_pseudonym = (
         pseudonym(patient_id, pseudonym_key) if pseudonym_key and patient_id else None
     )
-    return InstanceHeader(
+    return ReceivedInstance(
         study_instance_uid=study_uid,
         series_instance_uid=series_uid if is_valid_uid(series_uid) else None,
         sop_instance_uid=sop_instance_uid,
         sop_class_uid=sop_class_uid,
         transfer_syntax_uid=str(transfer_syntax),
+        path=str(path),
         size_bytes=size,
+        calling_ae="",
         modality=_text(ds, "Modality", 16),
         view_position=_text(ds, "ViewPosition", 16),
         body_part=_text(ds, "BodyPartExamined", 64),

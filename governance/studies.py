@@ -39,6 +39,25 @@ class ReceivedInstance:
     received_at: dt.datetime | None = None
 
 
+# The columns of an Instance row that come from a ReceivedInstance as they are.
+_HEADER_COLUMNS = (
+    "sop_class_uid",
+    "series_instance_uid",
+    "transfer_syntax_uid",
+    "path",
+    "size_bytes",
+    "modality",
+    "view_position",
+    "body_part",
+    "manufacturer",
+    "calling_ae",
+    "peer_address",
+)
+
+
+_NOT_NULL = {"sop_class_uid", "transfer_syntax_uid", "calling_ae"}
+
+
 def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance, str | None]:
     """Record a received instance and its study; a resent SOP Instance replaces the older copy.
 
@@ -92,37 +111,15 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
         if instance.path != item.path:
             replaced = instance.path
         instance.study_id = study.id
-    instance.sop_class_uid = clip(item.sop_class_uid, Instance.sop_class_uid) or ""
-    instance.series_instance_uid = clip(item.series_instance_uid, Instance.series_instance_uid)
-    instance.transfer_syntax_uid = (
-        clip(item.transfer_syntax_uid, Instance.transfer_syntax_uid) or ""
-    )
-    instance.path = item.path
-    instance.size_bytes = item.size_bytes
-    instance.modality = clip(item.modality, Instance.modality)
-    instance.view_position = clip(item.view_position, Instance.view_position)
-    instance.body_part = clip(item.body_part, Instance.body_part)
-    instance.manufacturer = clip(item.manufacturer, Instance.manufacturer)
-    instance.calling_ae = clip(item.calling_ae, Instance.calling_ae) or ""
-    instance.peer_address = clip(item.peer_address, Instance.peer_address)
+    for column in _HEADER_COLUMNS:
+        value = getattr(item, column)
+        if isinstance(value, str) and column != "path":
+            # Peer text: printable and cut to the column (NOT NULL columns keep "").
+            value = clip(value, getattr(Instance, column)) or ("" if column in _NOT_NULL else None)
+        setattr(instance, column, value)
     instance.received_at = now
     session.flush()
     return instance, replaced
-
-
-def mark_queued(session: Session, study_uids: list[str], at: dt.datetime | None = None) -> None:
-    """Note that these studies were handed to the broker."""
-    when = at or utcnow()
-    for study in session.scalars(select(Study).where(Study.study_instance_uid.in_(study_uids))):
-        study.queued_at = when
-        if study.status in (
-            StudyStatus.RECEIVED,
-            StudyStatus.TRIAGED,
-            StudyStatus.NO_FRONTAL,
-            StudyStatus.FAILED,
-            StudyStatus.NO_MODEL,
-        ):
-            study.status = StudyStatus.QUEUED
 
 
 def studies_awaiting_queue(
@@ -153,11 +150,6 @@ def studies_awaiting_queue(
     return list(session.scalars(select(Study.study_instance_uid).where(or_(*conditions))))
 
 
-def instance_count(session: Session, study_uid: str) -> int:
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-    return len(study.instances) if study else 0
-
-
 def note_delivery(session: Session, study_uid: str) -> int | None:
     """Count one delivery of the study's triage task; the count since the last finished one.
 
@@ -175,11 +167,3 @@ def finish_delivery(session: Session, study_uid: str) -> None:
     study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
     if study is not None:
         study.deliveries = 0
-
-
-def park_failed(session: Session, study_uid: str, reason: str) -> None:
-    """Mark the study failed with a reason a person reads; it is not queued again by itself."""
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-    if study is not None:
-        study.status = StudyStatus.FAILED
-        study.status_detail = clip(reason, Study.status_detail)

@@ -15,9 +15,10 @@ from celery import Task, shared_task
 from celery.signals import worker_ready
 
 from cxr_triage.settings import Settings
+from governance import triage_results
 from governance.db import Store
 from governance.errors import ModelIntegrityError, NotFound, StoreRejected, StoreUnavailable
-from governance.studies import finish_delivery, note_delivery, park_failed
+from governance.studies import finish_delivery, note_delivery
 from worker.celery_app import TRIAGE_STUDY
 from worker.limits import ImageLimits
 
@@ -110,7 +111,7 @@ def _mark_failed(store: Store, study_uid: str, detail: str) -> None:
     """Park the study as failed with its reason; the task is over, so its deliveries reset."""
 
     def work(session: Any) -> None:
-        park_failed(session, study_uid, detail)
+        triage_results.fail(session, study_uid, detail)
         finish_delivery(session, study_uid)
 
     try:
@@ -122,7 +123,7 @@ def _mark_failed(store: Store, study_uid: str, detail: str) -> None:
 def _park(store: Store, study_uid: str, detail: str) -> None:
     """Park the study as failed, keeping its delivery count (a person's retry resets it)."""
     try:
-        store.run(lambda session: park_failed(session, study_uid, detail))
+        store.run(lambda session: triage_results.fail(session, study_uid, detail))
     except (StoreUnavailable, StoreRejected):
         logger.error("study %s: could not park it in the store", study_uid)
 

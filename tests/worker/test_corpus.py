@@ -17,7 +17,7 @@ from tests.fuzzing import Case, fuzz_cases, malformed_corpus
 from tests.worker.test_triage import receive
 from worker.inference import ModelCache
 from worker.limits import ImageLimits
-from worker.triage import _prepare_image, triage_study
+from worker.triage import Candidate, _prepare_image, triage_study
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -61,7 +61,9 @@ def test_mutated_files_become_a_score_or_a_skip_reason_never_an_error(tmp_path: 
     outcomes = {"scored": 0, "skipped": 0}
     for index, case in enumerate(fuzz_cases(150, seed=4)):
         path = spool_file(case, tmp_path / f"{index}.dcm")
-        result, tensor = _prepare_image(index, case.sop_instance_uid, str(path), 32, limits)
+        result, tensor = _prepare_image(
+            Candidate(index, case.sop_instance_uid, str(path)), 32, limits
+        )
         if tensor is None:
             assert result.skipped_reason, case.name
             assert len(result.skipped_reason) <= 256
