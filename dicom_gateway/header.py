@@ -237,7 +237,7 @@ def read_header(
         raise InstanceRejected(status.DATASET_MISMATCH, "Study Instance UID is not a valid UID")
     series_uid = _uid(ds, "SeriesInstanceUID")
     sex = (_text(ds, "PatientSex", 16) or "").upper()
-    patient_id = str(ds.get("PatientID", "") or "").strip()[:_MAX_PATIENT_ID]
+    patient_id = str(_raw_value(ds, "PatientID") or "").strip()[:_MAX_PATIENT_ID]
     patient_pseudonym = (
         pseudonym(patient_id, pseudonym_key) if pseudonym_key and patient_id else None
     )

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy import select as sql_select
 
 from cxr_triage.settings import Settings
 from dicom_gateway import status
 from dicom_gateway.limits import REJECT_LOCAL_LIMIT
 from dicom_gateway.scp import Gateway
 from governance.audit import Action
+from governance.models import Study
 from tests.conftest import free_port
 from tests.dicom_gateway.builders import CR_IMAGE_STORAGE, make_dataset, write_instance
 from tests.dicom_gateway.inspection import stored_instances, wait_until
@@ -262,3 +264,25 @@ def test_a_pdu_announcing_gigabytes_is_not_read(
                 sock.sendall(bytes(1 << 20))
                 time.sleep(0.01)
     assert echoscu("127.0.0.1", settings.dicom_port).returncode == 0
+
+
+def test_an_attribute_with_an_unknown_vr_costs_that_attribute_not_the_instance(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Gateway]
+) -> None:
+    # Found by benchmarks/fuzz.py: a Patient ID whose VR bytes are not a VR answered 0x0110.
+    settings = make_settings()
+    gateway = start_gateway(settings)
+    ds = make_dataset(generate_uid())
+    data = dataset_bytes(ds)
+    index = data.find(b"\x10\x00\x20\x00LO")
+    broken = data[: index + 4] + b"L\xff" + data[index + 6 :]
+
+    statuses = send_raw(
+        "127.0.0.1",
+        settings.dicom_port,
+        [RawInstance(CR_IMAGE_STORAGE, str(ds.SOPInstanceUID), broken)],
+    )
+
+    assert statuses == [status.SUCCESS]
+    with gateway.store.read() as session:
+        assert session.scalar(sql_select(Study.patient_pseudonym)) is None
