@@ -87,24 +87,33 @@ def header_skip_reason(ds: Dataset, limits: ImageLimits) -> str | None:
     return None
 
 
-def content_skip_reason(pixels: np.ndarray, unit: np.ndarray) -> str | None:
+def content_skip_reason(
+    pixels: np.ndarray | None, unit: np.ndarray, *, std: float | None = None
+) -> str | None:
     """Why an image has nothing to score, or None.
 
     Parameters
     ----------
     pixels
-        The decoded stored values (any shape).
+        The decoded stored values (any shape), or None when only the preprocessed image is at
+        hand.
     unit
         The preprocessed gray image in [0, 1] (before standardisation).
+    std
+        The standard deviation of the image before padding, when known (it is what counts:
+        the black padding of a non-square image is not content).
     """
-    values = np.asarray(pixels)
-    if values.size == 0:
-        return "image has no pixels"
-    spread = float(np.max(values)) - float(np.min(values))
-    if not np.isfinite(spread):
-        return "image has values that are not finite"
-    if spread < MIN_GREY_LEVELS:
-        return "image has no content (constant or nearly constant)"
-    if float(np.std(np.asarray(unit, dtype=np.float32))) < MIN_CONTENT_STD:
+    if pixels is not None:
+        values = np.asarray(pixels)
+        if values.size == 0:
+            return "image has no pixels"
+        spread = float(np.max(values)) - float(np.min(values))
+        if not np.isfinite(spread):
+            return "image has values that are not finite"
+        if spread < MIN_GREY_LEVELS:
+            return "image has no content (constant or nearly constant)"
+    if std is None:
+        std = float(np.std(np.asarray(unit, dtype=np.float32)))
+    if not np.isfinite(std) or std < MIN_CONTENT_STD:
         return "image has no content after preprocessing (constant or nearly constant)"
     return None

@@ -37,7 +37,7 @@ from governance.triage_results import (
 )
 from worker.inference import ModelCache, ModelSpec, calibrate, predict_logits
 from worker.limits import ImageLimits, content_skip_reason, header_skip_reason
-from worker.preprocess import decode, pixel_transform, standardize, to_unit_image
+from worker.preprocess import prepare
 from worker.selection import InstanceColumns, header_mismatch, row_skip_reason, skip_reason
 
 logger = logging.getLogger(__name__)
@@ -111,21 +111,22 @@ def _prepare(
         return ds, None
     uid = candidate.sop_instance_uid
     try:
-        transform = pixel_transform(ds)
-        pixels = decode(ds)
-        decoded = utcnow()
-        unit = to_unit_image(pixels, transform, size)
+        prepared = prepare(ds, size)
     except (ValueError, RuntimeError) as exc:
         logger.warning("instance %s not decodable: %s", uid, clip(exc, 200))
         reason = clip(exc, SKIP_REASON_LIMIT)
         return ImageScore(candidate.instance_id, uid, started, skipped_reason=reason), None
-    reason = content_skip_reason(pixels, unit)
+    reason = content_skip_reason(None, prepared.unit, std=prepared.stats.std)
     if reason is not None:
         return ImageScore(candidate.instance_id, uid, started, skipped_reason=reason), None
     score = ImageScore(
-        candidate.instance_id, uid, started, decoded_at=decoded, preprocessed_at=utcnow()
+        candidate.instance_id,
+        uid,
+        started,
+        decoded_at=prepared.decoded_at,
+        preprocessed_at=prepared.preprocessed_at,
     )
-    return score, standardize(unit)
+    return score, prepared.input
 
 
 def _score_batch(
