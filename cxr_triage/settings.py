@@ -95,6 +95,42 @@ class Settings(BaseSettings):
         "seconds without a new instance.",
     )
     network_timeout_s: float = Field(default=60.0, gt=0, description="DICOM network timeout.")
+    acse_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a peer that connected may take to request an association; one "
+        "that says nothing is disconnected after this (and frees its slot).",
+    )
+    max_associations: int = Field(
+        default=32,
+        ge=1,
+        description="Connections (associations and peers about to request one) the gateway "
+        "serves at once; more are refused with A-ASSOCIATE-RJ transient, local limit exceeded.",
+    )
+    max_associations_per_peer: int = Field(
+        default=8,
+        ge=1,
+        description="Connections one peer address may hold at once, so one host cannot take "
+        "every slot.",
+    )
+    max_instance_mb: float = Field(
+        default=200.0,
+        gt=0,
+        description="Largest instance the gateway keeps, MB; a larger one is refused as it "
+        "streams in (0xA700) and never fills the disk.",
+    )
+    dicom_tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) of the gateway: with CXR_DICOM_TLS_KEY, the "
+        "gateway accepts only TLS associations (DICOM PS3.15 B.1).",
+    )
+    dicom_tls_key: Path | None = Field(
+        default=None, description="PEM private key of CXR_DICOM_TLS_CERT."
+    )
+    dicom_tls_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: when set, peers must present a client certificate it signed.",
+    )
     requeue_after_s: float = Field(
         default=900.0,
         gt=0,
@@ -114,6 +150,23 @@ class Settings(BaseSettings):
         default=False,
         description="Compute a Grad-CAM heatmap of each study's scored image (shown on the "
         "study page; sent as a Secondary Capture to destinations that ask for it).",
+    )
+    max_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Largest image (rows x columns of one frame) the worker decodes; a larger "
+        "one is skipped with its reason, from the header, before any pixel is decoded.",
+    )
+    max_frames: int = Field(
+        default=4,
+        ge=1,
+        description="Most frames an image may have to be decoded (decoding reads every frame).",
+    )
+    max_deliveries: int = Field(
+        default=5,
+        ge=1,
+        description="A study whose triage task was delivered this many times without finishing "
+        "(its worker died each time) is parked as failed with the reason, not tried again.",
     )
 
     pseudonym_key: SecretStr | None = Field(
@@ -242,6 +295,20 @@ class Settings(BaseSettings):
     @classmethod
     def _check_own_ae(cls, value: str) -> str:
         return _check_ae_title(value, "CXR_AE_TITLE")
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
+            raise ValueError(
+                "CXR_DICOM_TLS_CERT and CXR_DICOM_TLS_KEY are set together or not at all"
+            )
+        if self.dicom_tls_ca is not None and self.dicom_tls_cert is None:
+            raise ValueError("CXR_DICOM_TLS_CA needs CXR_DICOM_TLS_CERT and CXR_DICOM_TLS_KEY")
+        return self
+
+    @property
+    def max_instance_bytes(self) -> int:
+        return int(self.max_instance_mb * 1024 * 1024)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

@@ -24,9 +24,10 @@ from celery import Celery
 from governance import audit
 from governance.audit import Action
 from governance.db import Store
-from governance.errors import StoreUnavailable
-from governance.models import utcnow
+from governance.errors import StoreRejected, StoreUnavailable
+from governance.models import AuditEvent, utcnow
 from governance.studies import studies_awaiting_queue
+from governance.text import clip
 from governance.triage_results import mark_queued
 from worker.celery_app import queue_study
 
@@ -207,7 +208,7 @@ class StudyAssembly:
             stale = utcnow() - dt.timedelta(seconds=self.requeue_after_s)
             with self.store.read() as session:
                 found = studies_awaiting_queue(session, cutoff, stale_before=stale)
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, StoreRejected) as exc:
             logger.warning("cannot look for unqueued studies: %s", exc)
             return
         with self._lock:
@@ -231,8 +232,8 @@ class StudyAssembly:
             for item in batch:
                 audit.record(
                     session,
-                    actor=item.calling_ae,
-                    actor_address=item.peer_address,
+                    actor=clip(item.calling_ae, AuditEvent.actor) or "(none)",
+                    actor_address=clip(item.peer_address, AuditEvent.actor_address),
                     action=Action.INSTANCES_RECEIVED,
                     object_type="study",
                     object_uid=item.study_uid,
@@ -246,6 +247,11 @@ class StudyAssembly:
 
         try:
             self.store.run(write)
+        except StoreRejected as exc:
+            # Permanent: writing the same events again would fail again.
+            logger.error("dropping %d received-study audit events: %s", len(batch), exc)
+            del self._audits[: len(batch)]
+            return
         except StoreUnavailable as exc:
             logger.warning("audit of %d received studies postponed: %s", len(batch), exc)
             if len(self._audits) > MAX_KEPT_AUDITS:
@@ -301,7 +307,7 @@ class StudyAssembly:
         at = utcnow()
         try:
             self.store.run(lambda session: mark_queued(session, batch, at))
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, StoreRejected) as exc:
             logger.warning("cannot mark %d studies queued yet: %s", len(batch), exc)
             return
         del self._to_mark[: len(batch)]

@@ -14,29 +14,42 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from sqlalchemy.exc import IntegrityError
 
-from dicom_gateway import status
+from dicom_gateway import incoming, status
 from dicom_gateway.assembly import StudyAssembly
-from dicom_gateway.header import InstanceRejected, is_valid_uid, read_header
+from dicom_gateway.header import InstanceRejected, read_header
 from dicom_gateway.spool import Spool
-from governance import audit
-from governance.audit import Action
 from governance.db import Store
-from governance.errors import StoreUnavailable
+from governance.errors import InstanceConflict, StoreUnavailable
 from governance.studies import ReceivedInstance, record_instance
+from governance.text import clip_uid, printable
+
+if TYPE_CHECKING:
+    from dicom_gateway.limits import RefusalAuditor
 
 logger = logging.getLogger(__name__)
 
 # Two associations that bring the first instances of one study at once can both try to insert
 # the study row on PostgreSQL; the loser sees a unique violation and finds the row next time.
 _RECORD_ATTEMPTS = 3
+#: Error Comment is LO: 64 characters (PS3.7 C.4.2).
+_ERROR_COMMENT_LIMIT = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivePolicy:
+    """What the C-STORE handler accepts: SOP classes and the size of one instance."""
+
+    accepted_sop_classes: frozenset[str] = field(default_factory=frozenset)
+    max_instance_bytes: int | None = None
 
 
 def handle_echo(event: Event) -> int:
@@ -51,6 +64,7 @@ def handle_store(
     store: Store,
     assembly: StudyAssembly,
     pseudonym_key: bytes | None = None,
+    policy: ReceivePolicy | None = None,
     worklist_fields: bool = False,
 ) -> Any:
     """C-STORE: check the header, place the file durably, record it, note the study.
@@ -59,7 +73,15 @@ def handle_store(
     description are kept for the worklist; they are never logged.
     """
     try:
-        return _store(event, spool, store, assembly, pseudonym_key, worklist_fields)
+        return _store(
+            event,
+            spool,
+            store,
+            assembly,
+            pseudonym_key,
+            policy or ReceivePolicy(),
+            worklist_fields,
+        )
     except Exception:  # a bug must cost one instance, not the association or the server
         logger.exception("C-STORE from %s failed unexpectedly", _peer(event))
         return status.PROCESSING_FAILURE
@@ -71,6 +93,7 @@ def _store(
     store: Store,
     assembly: StudyAssembly,
     pseudonym_key: bytes | None,
+    policy: ReceivePolicy,
     worklist_fields: bool = False,
 ) -> Any:
     request = cast(C_STORE, event.request)
@@ -78,17 +101,20 @@ def _store(
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
     source = Path(event.dataset_path)
     try:
+        _check_request(event, source, sop_class_uid, policy)
         header = read_header(
             source,
             affected_sop_class_uid=sop_class_uid,
             affected_sop_instance_uid=sop_instance_uid,
             pseudonym_key=pseudonym_key,
             worklist_fields=worklist_fields,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            accepted_sop_classes=policy.accepted_sop_classes or None,
         )
     except InstanceRejected as exc:
         logger.warning(
             "C-STORE of SOP Instance %s from %s refused: %s -> %s",
-            _printable_uid(sop_instance_uid),
+            clip_uid(sop_instance_uid),
             _peer(event),
             exc.reason,
             status.describe(exc.status),
@@ -113,6 +139,19 @@ def _store(
     )
     try:
         replaced = _record(store, item)
+    except InstanceConflict as exc:
+        # The UID belongs to another study's instance: keep that one, drop this copy.
+        if not existed:
+            spool.discard(target)
+        logger.warning(
+            "C-STORE of SOP Instance %s (study %s) from %s refused: %s -> %s",
+            header.sop_instance_uid,
+            header.study_instance_uid,
+            _peer(event),
+            exc,
+            status.describe(status.DATASET_MISMATCH),
+        )
+        return _status(status.DATASET_MISMATCH, "SOP Instance UID stored in another study")
     except StoreUnavailable as exc:
         # No row, no file: a file the store does not know would be an orphan. A resent
         # instance whose older copy was at the same path keeps the new (equivalent) file,
@@ -144,6 +183,29 @@ def _store(
     return status.SUCCESS
 
 
+def _check_request(event: Event, source: Path, sop_class_uid: str, policy: ReceivePolicy) -> None:
+    """Refuse what the request alone rules out: its size, its SOP class, its context."""
+    limit = policy.max_instance_bytes
+    if incoming.take_oversize(source) or (
+        limit is not None and source.exists() and source.stat().st_size > limit
+    ):
+        megabytes = (limit or 0) / (1024 * 1024)
+        raise InstanceRejected(
+            status.OUT_OF_RESOURCES, f"instance larger than {megabytes:.0f} MB not kept"
+        )
+    if policy.accepted_sop_classes and sop_class_uid not in policy.accepted_sop_classes:
+        raise InstanceRejected(
+            status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {clip_uid(sop_class_uid)} not accepted"
+        )
+    context = getattr(event, "context", None)
+    if context is not None and str(context.abstract_syntax) != sop_class_uid:
+        raise InstanceRejected(
+            status.DATASET_MISMATCH,
+            f"SOP class {clip_uid(sop_class_uid)} sent on a context for "
+            f"{clip_uid(str(context.abstract_syntax))}",
+        )
+
+
 def _record(store: Store, item: ReceivedInstance) -> str | None:
     """Record the instance (retried by ``store.run``); the path of a replaced older copy."""
     for attempt in range(1, _RECORD_ATTEMPTS + 1):
@@ -172,46 +234,29 @@ def handle_aborted(event: Event, assembly: StudyAssembly) -> None:
     assembly.association_ended(event.assoc, released=False)
 
 
-def handle_rejected(event: Event, store: Store, allowed_calling_aes: list[str]) -> None:
-    """A-ASSOCIATE-RJ: audit the refusal with the calling AE title and the peer address."""
+def handle_rejected(event: Event, refusals: RefusalAuditor, allowed_calling_aes: list[str]) -> None:
+    """A-ASSOCIATE-RJ: count the refusal; it is audited per peer per minute, with a count."""
     requestor = event.assoc.requestor
-    calling_ae = str(requestor.ae_title or "").strip()
+    calling_ae = printable(requestor.ae_title or "", 16)
     not_allowed = bool(allowed_calling_aes) and calling_ae not in allowed_calling_aes
     reason = "calling AE title not recognised" if not_allowed else "association limit or policy"
-    logger.warning("association from %s refused: %s", _peer(event), reason)
-
-    def write(session: Any) -> None:
-        audit.record(
-            session,
-            actor=calling_ae or "(none)",
-            actor_address=requestor.address,
-            action=Action.ASSOCIATION_REFUSED,
-            outcome="refused",
-            detail={
-                "calling_ae": calling_ae,
-                "called_ae": str(event.assoc.acceptor.ae_title or "").strip(),
-                "peer_address": requestor.address,
-                "peer_port": requestor.port,
-                "reason": reason,
-            },
-        )
-
+    logger.debug("association from %s refused: %s", _peer(event), reason)
     try:
-        store.run(write)
-    except StoreUnavailable as exc:
-        logger.error("could not audit the refused association from %s: %s", _peer(event), exc)
+        refusals.note(
+            requestor.address,
+            actor=calling_ae or "(none)",
+            reason=reason,
+            calling_ae=calling_ae,
+            called_ae=printable(event.assoc.acceptor.ae_title or "", 16),
+        )
     except Exception:
         logger.exception("could not audit the refused association from %s", _peer(event))
 
 
 def _peer(event: Event) -> str:
     requestor = event.assoc.requestor
-    return f"{str(requestor.ae_title or '').strip() or '?'}@{requestor.address}:{requestor.port}"
-
-
-def _printable_uid(value: str) -> str:
-    """A UID for a log line; anything else a peer sent is quoted and cut, never interpreted."""
-    return value if is_valid_uid(value) else repr(value[:64])
+    calling_ae = printable(requestor.ae_title or "", 16) or "?"
+    return f"{calling_ae}@{requestor.address}:{requestor.port}"
 
 
 def _status(value: int, comment: str) -> Dataset:
@@ -219,5 +264,7 @@ def _status(value: int, comment: str) -> Dataset:
     ds = Dataset()
     ds.Status = value
     if value != status.SUCCESS:
-        ds.ErrorComment = comment[:64]
+        # LO in the default character repertoire: ASCII, no backslash, 64 characters.
+        text = printable(comment, _ERROR_COMMENT_LIMIT).replace("\\", "/")
+        ds.ErrorComment = text.encode("ascii", "replace").decode("ascii")
     return ds

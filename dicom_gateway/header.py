@@ -13,18 +13,21 @@ import logging
 import os
 import re
 import struct
+from collections.abc import Collection
+from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from dicom_gateway import status
 from governance.audit import pseudonym
 from governance.studies import ReceivedInstance
+from governance.text import clip, clip_uid
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ HEADER_KEYWORDS = (
     "StudyDate",
     "StudyDescription",
 )
-HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
+HEADER_TAGS: list[BaseTag | int] = [Tag(keyword) for keyword in HEADER_KEYWORDS]
 
 # Digits and dots, no empty component, at most 64 characters (PS3.5 9.1). Components with a
 # leading zero are not valid DICOM but some modalities write them; they are harmless in a path,
@@ -60,6 +63,31 @@ _ITEM_TAG = 0xFFFEE000
 _SEQUENCE_DELIMITER_TAG = 0xFFFEE0DD
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
 _MAX_FRAGMENTS = 1_000_000
+_META_START = 132  # 128-byte preamble and "DICM"
+_MAX_META_BYTES = 1 << 16
+_MAX_PATIENT_ID = 64
+
+#: The most bytes of a data set read before its Pixel Data: generous for the private groups
+#: and icon sequences modalities write, small enough that a hostile header costs little.
+MAX_HEADER_BYTES = 8 << 20
+
+#: Transfer syntaxes a data set may be read in: the ones the gateway negotiates. Deflated
+#: Explicit VR Little Endian is never among them (inflating is unbounded).
+READABLE_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.2",
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.5",
+    }
+)
 
 
 class InstanceRejected(Exception):
@@ -109,11 +137,22 @@ def read_header(
     affected_sop_instance_uid: str,
     pseudonym_key: bytes | None = None,
     worklist_fields: bool = False,
+    transfer_syntax_uid: str | None = None,
+    accepted_sop_classes: Collection[str] | None = None,
+    max_header_bytes: int = MAX_HEADER_BYTES,
 ) -> ReceivedInstance:
     """Read and check the header of a received Part-10 file, without its pixel data.
 
     Returns the instance as the store records it, at ``path``; the caller sets the spool path
     and the calling peer (``dataclasses.replace``) once it has placed the file.
+
+    Only what was negotiated steers the parsing: the data set is read in the association's
+    transfer syntax, never in one a peer writes into it. pynetdicom writes a preamble and a
+    File Meta Information group built from the request; a data set that brings a File Meta
+    group of its own (group 0002) is refused, because anything that later opens the file with
+    :func:`pydicom.dcmread` would parse it with the peer's Transfer Syntax UID (a Deflated one
+    inflates the rest in memory). At most ``max_header_bytes`` of the data set are read before
+    the Pixel Data.
 
     Parameters
     ----------
@@ -126,19 +165,55 @@ def read_header(
         The site's pseudonym key; with it, a Patient ID becomes a keyed pseudonym.
     worklist_fields
         Keep the Accession Number, study date and description (PHI; ``CXR_WORKLIST_PHI``).
+    transfer_syntax_uid
+        The transfer syntax of the presentation context the data set came on; None takes the
+        one of the File Meta group pynetdicom wrote (the same value).
+    accepted_sop_classes
+        SOP classes the gateway stores; another one is refused whatever the context it came on.
+    max_header_bytes
+        The most bytes of the data set read to find the attributes and the Pixel Data.
 
     Raises
     ------
     InstanceRejected
-        With :data:`~dicom_gateway.status.CANNOT_UNDERSTAND` when the file cannot be parsed or
-        its Pixel Data is truncated, :data:`~dicom_gateway.status.DATASET_MISMATCH` when the
-        UIDs differ from the request's, or the Study Instance UID or Pixel Data is missing.
+        With :data:`~dicom_gateway.status.CANNOT_UNDERSTAND` when the file cannot be parsed,
+        its header is too long or its Pixel Data is truncated,
+        :data:`~dicom_gateway.status.DATASET_MISMATCH` when the UIDs differ from the
+        request's, the SOP class is not accepted, or the Study Instance UID or Pixel Data is
+        missing.
     """
+    if accepted_sop_classes is not None and affected_sop_class_uid not in accepted_sop_classes:
+        raise InstanceRejected(
+            status.DATASET_MISMATCH, f"SOP class {clip_uid(affected_sop_class_uid)} not accepted"
+        )
     with open(path, "rb") as fp:
         size = os.fstat(fp.fileno()).st_size
         try:
-            ds = dcmread(fp, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-            transfer_syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+            meta_end, meta_syntax = _read_own_meta(fp)
+            transfer_syntax = UID(transfer_syntax_uid or meta_syntax)
+            if transfer_syntax not in READABLE_SYNTAXES:
+                raise InstanceRejected(
+                    status.CANNOT_UNDERSTAND,
+                    f"transfer syntax {clip_uid(str(transfer_syntax))} not accepted",
+                )
+            fp.seek(meta_end)
+            if _starts_with_group_2(fp.read(2), transfer_syntax):
+                raise InstanceRejected(
+                    status.CANNOT_UNDERSTAND, "data set carries a File Meta group (0002)"
+                )
+            fp.seek(meta_end)
+            budget = _ReadBudget(fp, max_header_bytes)
+            ds = read_dataset(
+                budget,  # type: ignore[arg-type]
+                transfer_syntax.is_implicit_VR,
+                transfer_syntax.is_little_endian,
+                stop_when=_at_pixel_data,
+                specific_tags=HEADER_TAGS,
+            )
+            end = fp.tell()
+            if end + 8 > size:
+                raise InstanceRejected(status.DATASET_MISMATCH, "data set has no Pixel Data")
+            fp.seek(end)
             _check_pixel_data(fp, transfer_syntax, size)
         except InstanceRejected:
             raise
@@ -152,14 +227,14 @@ def read_header(
     if sop_class_uid != affected_sop_class_uid:
         raise InstanceRejected(
             status.DATASET_MISMATCH,
-            f"SOP Class UID {sop_class_uid or 'missing'} differs from the request's "
-            f"{affected_sop_class_uid}",
+            f"SOP Class UID {clip_uid(sop_class_uid) or 'missing'} differs from the request's "
+            f"{clip_uid(affected_sop_class_uid)}",
         )
     if sop_instance_uid != affected_sop_instance_uid:
         raise InstanceRejected(
             status.DATASET_MISMATCH,
-            f"SOP Instance UID {sop_instance_uid or 'missing'} differs from the request's "
-            f"{affected_sop_instance_uid}",
+            f"SOP Instance UID {clip_uid(sop_instance_uid) or 'missing'} differs from the "
+            f"request's {clip_uid(affected_sop_instance_uid)}",
         )
     if not is_valid_uid(sop_instance_uid):
         raise InstanceRejected(status.DATASET_MISMATCH, "SOP Instance UID is not a valid UID")
@@ -170,7 +245,7 @@ def read_header(
         raise InstanceRejected(status.DATASET_MISMATCH, "Study Instance UID is not a valid UID")
     series_uid = _uid(ds, "SeriesInstanceUID")
     sex = (_text(ds, "PatientSex", 16) or "").upper()
-    patient_id = str(ds.get("PatientID", "") or "").strip()
+    patient_id = str(_raw_value(ds, "PatientID") or "").strip()[:_MAX_PATIENT_ID]
     patient_pseudonym = (
         pseudonym(patient_id, pseudonym_key) if pseudonym_key and patient_id else None
     )
@@ -201,6 +276,64 @@ def _study_date(ds: Dataset) -> str | None:
     return value if value and _DATE_PATTERN.fullmatch(value) else None
 
 
+def _read_own_meta(fp: BinaryIO) -> tuple[int, str]:
+    """The end offset and Transfer Syntax UID of the File Meta group pynetdicom wrote.
+
+    Its first element is (0002,0000) File Meta Information Group Length (PS3.10 7.1), which
+    bounds the group: whatever follows belongs to the data set the peer sent.
+    """
+    head = fp.read(_META_START + 12)
+    if len(head) < _META_START + 12 or head[128:132] != b"DICM":
+        raise InstanceRejected(status.CANNOT_UNDERSTAND, "no File Meta Information")
+    tag, vr, value_length, group_length = struct.unpack("<L2sHL", head[_META_START:])
+    if tag != 0x00000002 or vr != b"UL" or value_length != 4 or group_length > _MAX_META_BYTES:
+        raise InstanceRejected(status.CANNOT_UNDERSTAND, "malformed File Meta Information")
+    meta = read_dataset(BytesIO(fp.read(group_length)), False, True)
+    return _META_START + 12 + group_length, _uid(meta, "TransferSyntaxUID")
+
+
+class _ReadBudget:
+    """A file that may be read for at most ``budget`` bytes; seeking over values is free.
+
+    pydicom skips the values of attributes it was not asked for with a seek, so a large
+    private element costs nothing, while a hostile header (a huge value of an attribute we
+    read, undefined lengths to scan) ends in :class:`InstanceRejected` once the budget is spent.
+    """
+
+    def __init__(self, fp: BinaryIO, budget: int) -> None:
+        self._fp = fp
+        self._left = budget
+        self.budget = budget
+        self.name = getattr(fp, "name", "<received data set>")
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > self._left:
+            raise InstanceRejected(
+                status.CANNOT_UNDERSTAND,
+                f"header longer than {self.budget} bytes before Pixel Data",
+            )
+        data = self._fp.read(size)
+        self._left -= len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fp.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+
+def _starts_with_group_2(prefix: bytes, transfer_syntax: UID) -> bool:
+    if len(prefix) < 2:
+        return False
+    (group,) = struct.unpack("<H" if transfer_syntax.is_little_endian else ">H", prefix[:2])
+    return bool(group == 0x0002)
+
+
+def _at_pixel_data(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return int(tag) in _PIXEL_TAGS
+
+
 def _raw_value(ds: Dataset, keyword: str) -> object:
     try:
         value = ds.get(keyword)
@@ -212,14 +345,11 @@ def _raw_value(ds: Dataset, keyword: str) -> object:
 
 
 def _text(ds: Dataset, keyword: str, max_length: int) -> str | None:
-    """A short, clean text value for a store column: first value, no NULs, at most max_length."""
+    """A short, printable text value for a store column: first value, at most max_length."""
     value = _raw_value(ds, keyword)
     if value is None:
         return None
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    text = str(value).replace("\x00", "").strip()[:max_length]
-    return text or None
+    return clip(value, max_length)
 
 
 def _uid(ds: Dataset, keyword: str) -> str:

@@ -10,6 +10,7 @@ and pydicom's validation mode are process-wide settings, so one process runs one
 from __future__ import annotations
 
 import logging
+import ssl
 import tempfile
 import threading
 import time
@@ -26,11 +27,11 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from cxr_triage.settings import Settings
-from dicom_gateway import handlers, incoming
+from dicom_gateway import handlers, incoming, limits
 from dicom_gateway.assembly import StudyAssembly
+from dicom_gateway.handlers import ReceivePolicy
 from dicom_gateway.spool import Spool
 from governance.db import Store
 from governance.errors import ConfigError, StoreUnavailable
@@ -67,13 +68,43 @@ _STALE_INCOMING_MIN_S = 300.0
 _STOP_GRACE_S = 5.0
 
 
+def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of the gateway, or None when CXR_DICOM_TLS_CERT is not set.
+
+    TLS 1.2 or newer (PS3.15 B.9 "BCP 195 TLS Secure Transport Connection Profile"); with
+    CXR_DICOM_TLS_CA, a client certificate signed by that CA is required.
+
+    Raises
+    ------
+    ConfigError
+        A certificate, key or CA file cannot be read or does not match.
+    """
+    if settings.dicom_tls_cert is None or settings.dicom_tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.dicom_tls_cert, settings.dicom_tls_key)
+        if settings.dicom_tls_ca is not None:
+            context.load_verify_locations(cafile=str(settings.dicom_tls_ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot use the DICOM TLS files (CXR_DICOM_TLS_CERT/KEY/CA): {exc}"
+        ) from None
+    return context
+
+
 def make_ae(settings: Settings) -> AE:
     """The application entity with the gateway's contexts, PDU size, timeouts and allow-list."""
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu
     ae.network_timeout = settings.network_timeout_s
-    ae.acse_timeout = settings.network_timeout_s
+    # A peer gets this long to request an association (and to answer a release).
+    ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.network_timeout_s
+    # GatewayServer admits connections before pynetdicom sees them; this is a second guard.
+    ae.maximum_associations = 2 * settings.max_associations
     ae.require_calling_aet = list(settings.allowed_calling_aes)
     ae.add_supported_context(Verification, UNCOMPRESSED_SYNTAXES)
     for sop_class_uid in STORAGE_SOP_CLASSES:
@@ -95,6 +126,8 @@ class Gateway:
         The producer app from :func:`worker.celery_app.make_celery`.
     sweep_interval_s
         How often the store is asked for studies that were received but never queued.
+    refusal_window_s
+        Refused associations are audited at most once per peer per this many seconds.
     """
 
     def __init__(
@@ -104,6 +137,7 @@ class Gateway:
         celery_app: Celery,
         *,
         sweep_interval_s: float = 30.0,
+        refusal_window_s: float = 60.0,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -117,7 +151,16 @@ class Gateway:
             requeue_after_s=settings.requeue_after_s,
         )
         self.ae = make_ae(settings)
-        self._server: ThreadedAssociationServer | None = None
+        self.ssl_context = make_ssl_context(settings)
+        self.limiter = limits.ConnectionLimiter(
+            settings.max_associations, settings.max_associations_per_peer
+        )
+        self.refusals = limits.RefusalAuditor(store, window_s=refusal_window_s)
+        self.policy = ReceivePolicy(
+            accepted_sop_classes=frozenset(STORAGE_SOP_CLASSES),
+            max_instance_bytes=settings.max_instance_bytes,
+        )
+        self._server: limits.GatewayServer | None = None
         self._previous_tempdir: str | None = None
         self._restore_incoming: Callable[[], None] = lambda: None
         self._previous_validation = pydicom_config.settings.reading_validation_mode
@@ -150,18 +193,25 @@ class Gateway:
         # folder; inside the spool the final placement is a rename on one filesystem.
         self._previous_tempdir = tempfile.tempdir
         tempfile.tempdir = str(self.spool.incoming)
-        self._restore_incoming = incoming.install(self.spool.incoming)
+        self._restore_incoming = incoming.install(
+            self.spool.incoming, self.settings.max_instance_bytes
+        )
         # pydicom would log each invalid value it reads, value included; peers send many.
         self._previous_validation = pydicom_config.settings.reading_validation_mode
         pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
         self.assembly.start()
+        self.refusals.start()
         try:
-            self._server = self.ae.start_server(
+            self._server = limits.start_server(
+                self.ae,
                 (self.settings.dicom_host, self.settings.dicom_port),
-                block=False,
                 evt_handlers=self._handlers(),
+                limiter=self.limiter,
+                refused=self._refused,
+                ssl_context=self.ssl_context,
             )
         except OSError as exc:
+            self.refusals.stop()
             self.assembly.stop()
             self._restore_process_settings()
             raise ConfigError(
@@ -180,13 +230,21 @@ class Gateway:
             )
         host, port = self.address
         logger.info(
-            "DICOM gateway %s listening on %s:%d (max PDU %d bytes), spool %s",
+            "DICOM gateway %s listening on %s:%d (%s, max PDU %d bytes, %d connections, %d per "
+            "peer, instances up to %.0f MB), spool %s",
             self.settings.ae_title,
             host,
             port,
+            "TLS" if self.ssl_context else "no TLS",
             self.settings.max_pdu,
+            self.settings.max_associations,
+            self.settings.max_associations_per_peer,
+            self.settings.max_instance_mb,
             self.spool.root,
         )
+
+    def _refused(self, address: str, actor: str | None, reason: str) -> None:
+        self.refusals.note(address, actor=actor, reason=reason)
 
     def _handlers(self) -> list[Any]:
         allowed = list(self.settings.allowed_calling_aes)
@@ -200,19 +258,22 @@ class Gateway:
                     self.store,
                     self.assembly,
                     self.pseudonym_key,
+                    self.policy,
                     self.settings.worklist_phi,
                 ],
             ),
             (evt.EVT_ACCEPTED, handlers.handle_accepted),
             (evt.EVT_RELEASED, handlers.handle_released, [self.assembly]),
             (evt.EVT_ABORTED, handlers.handle_aborted, [self.assembly]),
-            (evt.EVT_REJECTED, handlers.handle_rejected, [self.store, allowed]),
+            (evt.EVT_REJECTED, handlers.handle_rejected, [self.refusals, allowed]),
+            (evt.EVT_CONN_CLOSE, limits.handle_conn_close, [self.limiter]),
         ]
 
     def _sweep_incoming(self) -> None:
         stale_s = max(_STALE_INCOMING_MIN_S, 2 * self.settings.network_timeout_s)
         while not self._janitor_stop.wait(min(stale_s / 2, 60.0)):
             removed = self.spool.sweep_incoming(older_than_s=stale_s)
+            incoming.forget_missing_oversize()
             if removed:
                 logger.info("removed %d abandoned incoming files", removed)
 
@@ -233,6 +294,7 @@ class Gateway:
             self._janitor.join(timeout=5)
             self._janitor = None
         self.assembly.stop()
+        self.refusals.stop()
         self._restore_process_settings()
         logger.info("DICOM gateway %s stopped", self.settings.ae_title)
 

@@ -13,6 +13,10 @@ OUT_OF_RESOURCES = 0xA700
 #: missing. Permanent: sending the same object again will fail again.
 DATASET_MISMATCH = 0xA900
 
+#: Refused, SOP Class not supported: the request names a SOP class the gateway does not store
+#: (whatever presentation context it came on).
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
 #: Error, cannot understand: the data set cannot be parsed, or its Pixel Data is truncated.
 CANNOT_UNDERSTAND = 0xC000
 
@@ -27,6 +31,7 @@ def describe(status: int) -> str:
         OUT_OF_RESOURCES: "Out of Resources",
         DATASET_MISMATCH: "Data Set does not match SOP Class",
         CANNOT_UNDERSTAND: "Cannot understand",
+        SOP_CLASS_NOT_SUPPORTED: "SOP Class not supported",
         PROCESSING_FAILURE: "Processing failure",
     }
     return f"0x{status:04X} ({names.get(status, 'unknown')})"

@@ -6,6 +6,9 @@ transaction that first reads and then writes can otherwise fail with "database i
 another process wrote in between, whatever the busy timeout. Transient faults (a busy SQLite
 file, a PostgreSQL restart, a serialization failure) are retried by :meth:`Store.run`; what is
 left reaches callers as :class:`~governance.errors.StoreUnavailable`, never as a driver error.
+A permanent error (a value too long for its column, a wrong type: a DataError or a
+ProgrammingError) is :class:`~governance.errors.StoreRejected`: retrying it would fail again, so
+nobody does.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cxr_triage.settings import Settings
 from governance.audit_key import AnchorFile, load_audit_key
-from governance.errors import ConfigError, SchemaOutOfDate, StoreUnavailable
+from governance.errors import ConfigError, SchemaOutOfDate, StoreRejected, StoreUnavailable
 from governance.events import discard_after_commit, run_after_commit
 
 logger = logging.getLogger(__name__)
@@ -111,17 +114,27 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether a database error is worth retrying (busy, disconnected, serialization)."""
-    if isinstance(exc, OperationalError):
+    """Whether a database error is worth retrying (busy, disconnected, serialization).
+
+    Data errors (class 22: a string too long, a number out of range), integrity and
+    programming errors are permanent, whatever the driver's exception class.
+    """
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
         return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
-        # 40001 serialization failure, 40P01 deadlock, 08xxx connection, 57P0x shutdown.
-        if sqlstate and (sqlstate in {"40001", "40P01"} or sqlstate[:2] in {"08", "57"}):
-            return True
-    return False
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if sqlstate:
+        # 40001 serialization failure, 40P01 deadlock, 08xxx connection, 57P0x shutdown,
+        # 53xxx insufficient resources (disk full, too many connections), 55P03 lock timeout.
+        return sqlstate in {"40001", "40P01", "55P03"} or sqlstate[:2] in {"08", "57", "53"}
+    return isinstance(exc, OperationalError)
+
+
+def _store_error(exc: DBAPIError, what: str) -> StoreUnavailable | StoreRejected:
+    if is_transient(exc):
+        return StoreUnavailable(f"{what}: {_short(exc)}")
+    return StoreRejected(f"{what} (permanent): {_short(exc)}")
 
 
 class Store:
@@ -197,7 +210,7 @@ class Store:
         try:
             yield session
         except DBAPIError as exc:
-            raise StoreUnavailable(f"the store did not answer: {_short(exc)}") from exc
+            raise _store_error(exc, "the store did not answer") from exc
         finally:
             session.rollback()
             session.close()
@@ -217,7 +230,7 @@ class Store:
         except DBAPIError as exc:
             discard_after_commit(session)
             session.rollback()
-            raise StoreUnavailable(f"the store did not take the write: {_short(exc)}") from exc
+            raise _store_error(exc, "the store did not take the write") from exc
         except BaseException:
             discard_after_commit(session)
             session.rollback()

@@ -11,6 +11,14 @@ class StoreUnavailable(TriageError):
     """The store cannot be reached or stayed busy: a transient fault, worth retrying."""
 
 
+class StoreRejected(TriageError):
+    """The store refused a write for good (a value too long, a constraint): not worth retrying."""
+
+
+class InstanceConflict(TriageError):
+    """A SOP Instance UID that is already stored under another study."""
+
+
 class NotFound(TriageError):
     """A study, model version or policy that was asked for does not exist."""
 

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -116,6 +117,9 @@ class Study(Base):
     result_id: Mapped[int | None] = mapped_column(
         ForeignKey("study_inferences.id", use_alter=True, ondelete="SET NULL")
     )
+    # Triage task deliveries since the last one that finished: one that keeps killing its
+    # worker (a decoder crash, the OOM killer) is parked as failed instead of looping.
+    deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
     instances: Mapped[list[Instance]] = relationship(
         back_populates="study", order_by="Instance.id", cascade="all, delete-orphan"

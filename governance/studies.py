@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from governance.errors import InstanceConflict
 from governance.models import Instance, Study, StudyStatus, utcnow
+from governance.text import clip
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +59,33 @@ _HEADER_COLUMNS = (
 )
 
 
+_NOT_NULL = {"sop_class_uid", "transfer_syntax_uid", "calling_ae"}
+
+
 def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance, str | None]:
     """Record a received instance and its study; a resent SOP Instance replaces the older copy.
 
+    Every text from the peer is cut to its column here (:func:`governance.text.clip`).
     Returns the instance row and the path of the file it replaced (for the caller to remove
     once the transaction has committed), or None.
+
+    Raises
+    ------
+    InstanceConflict
+        The SOP Instance UID is already stored under another study: that instance, its row and
+        its file stay as they are.
     """
     now = item.received_at or utcnow()
+    instance = session.scalar(
+        select(Instance).where(Instance.sop_instance_uid == item.sop_instance_uid)
+    )
+    if instance is not None:
+        owner = session.get(Study, instance.study_id)
+        if owner is not None and owner.study_instance_uid != item.study_instance_uid:
+            raise InstanceConflict(
+                f"SOP Instance {item.sop_instance_uid} is already stored in study "
+                f"{owner.study_instance_uid}"
+            )
     study = session.scalar(select(Study).where(Study.study_instance_uid == item.study_instance_uid))
     if study is None:
         study = Study(
@@ -71,32 +93,29 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
             status=StudyStatus.RECEIVED,
             first_received_at=now,
             last_received_at=now,
-            patient_sex=item.patient_sex,
+            patient_sex=clip(item.patient_sex, Study.patient_sex),
             patient_age_years=item.patient_age_years,
-            patient_pseudonym=item.patient_pseudonym,
-            accession_number=item.accession_number,
-            study_date=item.study_date,
-            study_description=item.study_description,
+            patient_pseudonym=clip(item.patient_pseudonym, Study.patient_pseudonym),
+            accession_number=clip(item.accession_number, Study.accession_number),
+            study_date=clip(item.study_date, Study.study_date),
+            study_description=clip(item.study_description, Study.study_description),
         )
         session.add(study)
         session.flush()
     else:
         study.last_received_at = now
         if study.patient_sex is None:
-            study.patient_sex = item.patient_sex
+            study.patient_sex = clip(item.patient_sex, Study.patient_sex)
         if study.patient_age_years is None:
             study.patient_age_years = item.patient_age_years
         if study.patient_pseudonym is None:
-            study.patient_pseudonym = item.patient_pseudonym
+            study.patient_pseudonym = clip(item.patient_pseudonym, Study.patient_pseudonym)
         if study.accession_number is None:
-            study.accession_number = item.accession_number
+            study.accession_number = clip(item.accession_number, Study.accession_number)
         if study.study_date is None:
-            study.study_date = item.study_date
+            study.study_date = clip(item.study_date, Study.study_date)
         if study.study_description is None:
-            study.study_description = item.study_description
-    instance = session.scalar(
-        select(Instance).where(Instance.sop_instance_uid == item.sop_instance_uid)
-    )
+            study.study_description = clip(item.study_description, Study.study_description)
     replaced: str | None = None
     if instance is None:
         instance = Instance(sop_instance_uid=item.sop_instance_uid, study_id=study.id)
@@ -106,7 +125,11 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
             replaced = instance.path
         instance.study_id = study.id
     for column in _HEADER_COLUMNS:
-        setattr(instance, column, getattr(item, column))
+        value = getattr(item, column)
+        if isinstance(value, str) and column != "path":
+            # Peer text: printable and cut to the column (NOT NULL columns keep "").
+            value = clip(value, getattr(Instance, column)) or ("" if column in _NOT_NULL else None)
+        setattr(instance, column, value)
     instance.received_at = now
     session.flush()
     return instance, replaced
@@ -138,3 +161,22 @@ def studies_awaiting_queue(
             )
         )
     return list(session.scalars(select(Study.study_instance_uid).where(or_(*conditions))))
+
+
+def note_delivery(session: Session, study_uid: str) -> int | None:
+    """Count one delivery of the study's triage task; the count since the last finished one.
+
+    None when the study is not in the store.
+    """
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    if study is None:
+        return None
+    study.deliveries = (study.deliveries or 0) + 1
+    return study.deliveries
+
+
+def finish_delivery(session: Session, study_uid: str) -> None:
+    """The task finished (whatever its outcome): its deliveries no longer count."""
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    if study is not None:
+        study.deliveries = 0

@@ -36,6 +36,7 @@ from governance.models import (
 )
 from governance.policies import policy_in_force
 from governance.registry import active_model
+from governance.text import clip
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ def _study_inference(session: Session, study_id: int, model_id: int) -> StudyInf
 
 def _set_status(study: Study, status: str, detail: str | None) -> None:
     study.status = status
-    study.status_detail = detail[:MAX_DETAIL] if detail else None
+    study.status_detail = clip(detail, MAX_DETAIL)
 
 
 def begin(session: Session, study_id: int) -> None:
@@ -371,6 +372,8 @@ def _add_image_inferences(
             continue  # a concurrent run of the same study got there first
         columns = dataclasses.asdict(s)
         del columns["sop_instance_uid"]
+        # A reason may quote header text: printable and cut to the column, never a DataError.
+        columns["skipped_reason"] = clip(columns["skipped_reason"], ImageInference.skipped_reason)
         session.add(ImageInference(model_version_id=model.id, model_sha256=model.sha256, **columns))
     session.flush()
 

@@ -17,8 +17,10 @@ from celery.signals import worker_ready
 from cxr_triage.settings import Settings
 from governance import events, triage_results
 from governance.db import Store
-from governance.errors import ModelIntegrityError, NotFound, StoreUnavailable
+from governance.errors import ModelIntegrityError, NotFound, StoreRejected, StoreUnavailable
+from governance.studies import finish_delivery, note_delivery
 from worker.celery_app import TRIAGE_STUDY, queue_results
+from worker.limits import ImageLimits
 
 if TYPE_CHECKING:
     from worker.inference import ModelCache
@@ -87,8 +89,24 @@ def triage_study_task(self: Task, study_uid: str) -> dict[str, Any] | None:
 
     ctx = get_context(self.app.cxr_settings)  # type: ignore[attr-defined]
     install_results_hook(self.app, ctx.settings)
+    limits = ImageLimits(max_pixels=ctx.settings.max_pixels, max_frames=ctx.settings.max_frames)
     try:
-        outcome = triage_study(ctx.store, ctx.models, study_uid, batch_size=ctx.settings.batch_size)
+        deliveries = ctx.store.run(lambda session: note_delivery(session, study_uid))
+    except StoreUnavailable as exc:
+        logger.warning("study %s: store unavailable (%s); retrying", study_uid, exc)
+        raise self.retry(countdown=STORE_RETRY_DELAYS[0], max_retries=50) from None
+    if deliveries is not None and deliveries > ctx.settings.max_deliveries:
+        reason = (
+            f"triage task delivered {deliveries} times without finishing (its worker stopped "
+            "each time, e.g. out of memory on an image); parked until a person retries it"
+        )
+        logger.error("study %s: %s", study_uid, reason)
+        _park(ctx.store, study_uid, reason)
+        return None
+    try:
+        outcome = triage_study(
+            ctx.store, ctx.models, study_uid, batch_size=ctx.settings.batch_size, limits=limits
+        )
     except NotFound:
         logger.error("study %s is not in the store; nothing to triage", study_uid)
         return None
@@ -99,7 +117,8 @@ def triage_study_task(self: Task, study_uid: str) -> dict[str, Any] | None:
             "study %s: store unavailable (%s); retry %d in %d s", study_uid, exc, retries + 1, delay
         )
         raise self.retry(countdown=delay, max_retries=50) from None
-    except ModelIntegrityError as exc:
+    except (ModelIntegrityError, StoreRejected) as exc:
+        # Permanent: retrying would fail the same way; a person fixes the cause and retries.
         logger.error("study %s not triaged: %s", study_uid, exc)
         _mark_failed(ctx.store, study_uid, str(exc))
         return None
@@ -107,6 +126,7 @@ def triage_study_task(self: Task, study_uid: str) -> dict[str, Any] | None:
         logger.exception("study %s: triage failed", study_uid)
         _mark_failed(ctx.store, study_uid, "triage failed; see the worker log")
         return None
+    _finish(ctx.store, study_uid)
     if ctx.settings.heatmaps and outcome.images_scored:
         _heatmap(ctx, study_uid)
     return {
@@ -127,10 +147,31 @@ def _heatmap(ctx: WorkerContext, study_uid: str) -> None:
 
 
 def _mark_failed(store: Store, study_uid: str, detail: str) -> None:
+    """Park the study as failed with its reason; the task is over, so its deliveries reset."""
+
+    def work(session: Any) -> None:
+        triage_results.fail(session, study_uid, detail)
+        finish_delivery(session, study_uid)
+
+    try:
+        store.run(work)
+    except (StoreUnavailable, StoreRejected):
+        logger.error("study %s: could not record the failure in the store", study_uid)
+
+
+def _park(store: Store, study_uid: str, detail: str) -> None:
+    """Park the study as failed, keeping its delivery count (a person's retry resets it)."""
     try:
         store.run(lambda session: triage_results.fail(session, study_uid, detail))
-    except StoreUnavailable:
-        logger.error("study %s: could not record the failure, store unavailable", study_uid)
+    except (StoreUnavailable, StoreRejected):
+        logger.error("study %s: could not park it in the store", study_uid)
+
+
+def _finish(store: Store, study_uid: str) -> None:
+    try:
+        store.run(lambda session: finish_delivery(session, study_uid))
+    except (StoreUnavailable, StoreRejected):
+        logger.warning("study %s: could not reset its delivery count", study_uid)
 
 
 @worker_ready.connect

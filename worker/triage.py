@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from governance import triage_results
 from governance.db import Store
 from governance.models import StudyStatus, utcnow
+from governance.text import clip
 from governance.triage_results import (
     ImageScore,
     PendingImage,
@@ -35,6 +36,7 @@ from governance.triage_results import (
     TriagePlan,
 )
 from worker.inference import ModelCache, ModelSpec, calibrate, predict_logits
+from worker.limits import ImageLimits, content_skip_reason, header_skip_reason
 from worker.pipeline import DEFAULT_WORKERS, prefetch
 from worker.preprocess import prepare
 from worker.selection import InstanceColumns, header_mismatch, row_skip_reason, skip_reason
@@ -42,6 +44,9 @@ from worker.selection import InstanceColumns, header_mismatch, row_skip_reason, 
 logger = logging.getLogger(__name__)
 
 ImageResult = ImageScore  # the name predict and older callers use
+
+#: ImageInference.skipped_reason is String(256).
+SKIP_REASON_LIMIT = 256
 
 __all__ = ["Candidate", "ImageResult", "TriageOutcome", "score_images", "triage_study"]
 
@@ -56,7 +61,7 @@ class Candidate:
     row: InstanceColumns | None = None
 
 
-def _read(candidate: Candidate, started: dt.datetime) -> Dataset | ImageScore:
+def _read(candidate: Candidate, started: dt.datetime, limits: ImageLimits) -> Dataset | ImageScore:
     """The file's data set, or the reason it is skipped."""
 
     def skipped(reason: str) -> ImageScore:
@@ -74,22 +79,47 @@ def _read(candidate: Candidate, started: dt.datetime) -> Dataset | ImageScore:
     if "SOPClassUID" not in ds and "PixelData" not in ds:
         return skipped("unreadable DICOM file")
     reason = header_mismatch(ds, candidate.row) if candidate.row is not None else None
-    reason = reason or skip_reason(ds)
-    return skipped(reason) if reason is not None else ds
+    reason = reason or skip_reason(ds) or header_skip_reason(ds, limits)
+    return skipped(clip(reason, SKIP_REASON_LIMIT) or "") if reason is not None else ds
 
 
-def _prepare_image(candidate: Candidate, size: int) -> tuple[ImageScore, np.ndarray | None]:
-    """Read, check and preprocess one image; a failure becomes a skip reason, not an error."""
+def _prepare_image(
+    candidate: Candidate, size: int, limits: ImageLimits | None = None
+) -> tuple[ImageScore, np.ndarray | None]:
+    """Read, check and preprocess one image; a failure becomes a skip reason, not an error.
+
+    The header is checked against ``limits`` before any pixel is decoded; a decoder's own
+    error or a MemoryError skips this image only, and an image without content is not scored.
+    """
     started = utcnow()
-    ds = _read(candidate, started)
+    try:
+        return _prepare(candidate, size, limits or ImageLimits(), started)
+    except Exception as exc:  # MemoryError, a decoder's own error: this image, not the study
+        logger.warning(
+            "instance %s not decodable: %s", candidate.sop_instance_uid, type(exc).__name__
+        )
+        reason = f"cannot decode the image ({type(exc).__name__})"
+        return ImageScore(
+            candidate.instance_id, candidate.sop_instance_uid, started, skipped_reason=reason
+        ), None
+
+
+def _prepare(
+    candidate: Candidate, size: int, limits: ImageLimits, started: dt.datetime
+) -> tuple[ImageScore, np.ndarray | None]:
+    ds = _read(candidate, started, limits)
     if isinstance(ds, ImageScore):
         return ds, None
     uid = candidate.sop_instance_uid
     try:
         prepared = prepare(ds, size)
     except (ValueError, RuntimeError) as exc:
-        logger.warning("instance %s not decodable: %s", uid, exc)
-        return ImageScore(candidate.instance_id, uid, started, skipped_reason=str(exc)[:250]), None
+        logger.warning("instance %s not decodable: %s", uid, clip(exc, 200))
+        reason = clip(exc, SKIP_REASON_LIMIT)
+        return ImageScore(candidate.instance_id, uid, started, skipped_reason=reason), None
+    reason = content_skip_reason(None, prepared.unit, std=prepared.stats.std)
+    if reason is not None:
+        return ImageScore(candidate.instance_id, uid, started, skipped_reason=reason), None
     score = ImageScore(
         candidate.instance_id,
         uid,
@@ -122,6 +152,7 @@ def score_images(
     *,
     batch_size: int = 8,
     workers: int = DEFAULT_WORKERS,
+    limits: ImageLimits | None = None,
 ) -> list[ImageScore]:
     """Preprocess and score images in batches; skipped ones carry their reason.
 
@@ -132,7 +163,7 @@ def score_images(
     size = spec.input_size
     # Read, decode and preprocess up to two batches ahead while the model scores (pipeline.py).
     prepared = prefetch(
-        lambda candidate: _prepare_image(candidate, size),
+        lambda candidate: _prepare_image(candidate, size, limits),
         todo,
         workers=workers,
         depth=2 * max(1, batch_size),
@@ -196,6 +227,7 @@ def triage_study(
     *,
     batch_size: int = 8,
     workers: int = DEFAULT_WORKERS,
+    limits: ImageLimits | None = None,
 ) -> TriageOutcome:
     """Triage one study with the active model version and the policy in force.
 
@@ -224,7 +256,7 @@ def triage_study(
     store.run(lambda session: triage_results.begin(session, plan.study_id))
     candidates, skipped = select_images(plan.pending, started)
     scores = skipped + score_images(
-        models, spec, candidates, batch_size=batch_size, workers=workers
+        models, spec, candidates, batch_size=batch_size, workers=workers, limits=limits
     )
     outcome = _hand_over(store, plan, model, scores, started)
     logger.info(

@@ -46,12 +46,22 @@ def start_gateway() -> Iterator[Callable[..., Gateway]]:
     running: list[tuple[Gateway, Store]] = []
 
     def start(
-        settings: Settings, *, sweep_interval_s: float = 30.0, migrate: bool = True
+        settings: Settings,
+        *,
+        sweep_interval_s: float = 30.0,
+        migrate: bool = True,
+        refusal_window_s: float = 60.0,
     ) -> Gateway:
         if migrate:
             upgrade(settings.database_url)
         store = Store.from_url(settings.database_url)
-        gateway = Gateway(settings, store, make_celery(settings), sweep_interval_s=sweep_interval_s)
+        gateway = Gateway(
+            settings,
+            store,
+            make_celery(settings),
+            sweep_interval_s=sweep_interval_s,
+            refusal_window_s=refusal_window_s,
+        )
         gateway.start()
         running.append((gateway, store))
         return gateway

@@ -12,11 +12,13 @@ from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import generate_uid
 from pynetdicom.dsutils import split_dataset
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from cxr_triage.settings import Settings
 from dicom_gateway import status
 from dicom_gateway.scp import Gateway
+from governance.models import Study
 from tests.conftest import PG_ADMIN_URL, _pg_conninfo
 from tests.dicom_gateway.builders import make_dataset, write_instance
 from tests.dicom_gateway.inspection import stored_instances
@@ -100,22 +102,50 @@ def test_huge_and_odd_attributes_are_stored(
     assert Path(spooled).read_bytes()[-len(ds.PixelData) :] == ds.PixelData
 
 
-def test_a_resent_instance_replaces_the_older_copy(
+def test_a_resent_instance_replaces_the_older_copy_of_the_same_study(
     tmp_path: Path, make_settings: Callable[..., Settings], start_gateway: Callable[..., Gateway]
 ) -> None:
     settings = make_settings()
     gateway = start_gateway(settings)
     sop_uid = generate_uid()
     first = _instance(tmp_path, "first.dcm", "1.2.3.4", sop_instance_uid=sop_uid, seed=1)
-    moved = _instance(tmp_path, "moved.dcm", "1.2.3.5", sop_instance_uid=sop_uid, seed=2)
+    again = _instance(tmp_path, "again.dcm", "1.2.3.4", sop_instance_uid=sop_uid, seed=2)
 
     assert pynetdicom_store("127.0.0.1", settings.dicom_port, [first]) == [status.SUCCESS]
-    assert pynetdicom_store("127.0.0.1", settings.dicom_port, [first]) == [status.SUCCESS]
-    assert pynetdicom_store("127.0.0.1", settings.dicom_port, [moved]) == [status.SUCCESS]
+    assert pynetdicom_store("127.0.0.1", settings.dicom_port, [again]) == [status.SUCCESS]
 
     [(study_uid, _, path)] = stored_instances(gateway.store)
-    assert study_uid == "1.2.3.5"
+    assert study_uid == "1.2.3.4"
     assert _spooled_files(gateway) == [Path(path)]
+    assert Path(path).read_bytes()[-100:] == again.read_bytes()[-100:]
+
+
+def test_a_sop_instance_uid_of_another_study_is_refused_and_moves_nothing(
+    tmp_path: Path,
+    database_url: str,
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Gateway],
+) -> None:
+    settings = make_settings(database_url=database_url)
+    gateway = start_gateway(settings)
+    sop_uid = generate_uid()
+    first = _instance(tmp_path, "first.dcm", "1.2.3.4", sop_instance_uid=sop_uid, seed=1)
+    other = _instance(tmp_path, "other.dcm", "1.2.3.5", sop_instance_uid=sop_uid, seed=2)
+
+    assert pynetdicom_store("127.0.0.1", settings.dicom_port, [first]) == [status.SUCCESS]
+    [(_, _, kept_path)] = stored_instances(gateway.store)
+    kept = Path(kept_path).read_bytes()
+
+    assert pynetdicom_store("127.0.0.1", settings.dicom_port, [other, first]) == [
+        status.DATASET_MISMATCH,
+        status.SUCCESS,
+    ]
+
+    assert stored_instances(gateway.store) == [("1.2.3.4", sop_uid, kept_path)]
+    assert Path(kept_path).read_bytes() == kept
+    assert _spooled_files(gateway) == [Path(kept_path)]
+    with gateway.store.read() as session:
+        assert session.scalar(select(Study.id).where(Study.study_instance_uid == "1.2.3.5")) is None
 
 
 def test_a_full_spool_answers_out_of_resources_and_keeps_serving(

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from cxr_triage.settings import Settings
 from governance.db import Store, create_store_engine
-from governance.errors import ConfigError, StoreUnavailable
+from governance.errors import ConfigError, InstanceConflict, StoreRejected, StoreUnavailable
 from governance.models import Base, Instance, Study
 from governance.studies import ReceivedInstance, record_instance, studies_awaiting_queue
 from governance.triage_results import mark_queued
@@ -279,3 +279,47 @@ def test_stale_queued_and_modelless_studies_are_queued_again(store: Store) -> No
     store.run(lambda s: mark_queued(s, found, at=now))  # queued again: not again for a while
     with store.read() as session:
         assert studies_awaiting_queue(session, now, stale_before=stale) == []
+
+
+def test_text_over_its_column_is_stored_cut_not_refused(store: Store) -> None:
+    long = "L" * 300 + "\x00\n"
+    store.run(
+        lambda s: record_instance(
+            s,
+            item(body_part=long, manufacturer=long, calling_ae="AE" * 20, peer_address=long),
+        )
+    )
+    with store.read() as session:
+        instance = session.scalar(select(Instance))
+        assert instance is not None
+        assert (instance.body_part, instance.manufacturer) == ("L" * 64, "L" * 64)
+        assert instance.calling_ae == "AE" * 8
+        assert instance.peer_address == "L" * 64
+
+
+def test_a_sop_instance_uid_of_another_study_is_a_conflict_that_changes_nothing(
+    store: Store,
+) -> None:
+    store.run(lambda s: record_instance(s, item(study="1.2.3", path="/spool/1.2.3/x.dcm")))
+    with pytest.raises(InstanceConflict, match="already stored in study 1.2.3"):
+        store.run(lambda s: record_instance(s, item(study="1.2.4", path="/spool/1.2.4/x.dcm")))
+    with store.read() as session:
+        assert [
+            (i.study.study_instance_uid, i.path) for i in session.scalars(select(Instance))
+        ] == [("1.2.3", "/spool/1.2.3/x.dcm")]
+        assert session.scalar(select(Study).where(Study.study_instance_uid == "1.2.4")) is None
+
+
+def test_a_permanent_error_is_not_retried_and_is_not_an_outage(store: Store) -> None:
+    calls = []
+
+    def too_long(session: Session) -> None:
+        calls.append(1)
+        session.add(Study(study_instance_uid="9" * 64, status="x" * 300))
+        session.flush()
+
+    if store.is_sqlite:
+        pytest.skip("SQLite keeps over-long text; PostgreSQL refuses it (a DataError)")
+    with pytest.raises(StoreRejected, match="permanent"):
+        store.run(too_long)
+    assert calls == [1]
