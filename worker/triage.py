@@ -33,6 +33,12 @@ from governance.models import (
     StudyStatus,
     utcnow,
 )
+from governance.monitoring.features import (
+    InputFeatures,
+    header_features,
+    record_image_features,
+    unit_image_stats,
+)
 from governance.policies import policy_in_force
 from governance.registry import active_model
 from worker.inference import ModelCache, ModelSpec, calibrate, predict_logits
@@ -55,6 +61,9 @@ class ImageResult:
     decoded_at: dt.datetime | None = None
     preprocessed_at: dt.datetime | None = None
     inferred_at: dt.datetime | None = None
+    # Drift monitoring's view of the image: the unit image's statistics (before ImageNet
+    # standardisation) and header values read with the pixels. Never pixels, never PHI.
+    monitoring: InputFeatures | None = None
 
 
 @dataclass
@@ -132,12 +141,19 @@ def _prepare_image(
         transform = pixel_transform(ds)
         pixels = decode(ds)
         decoded = utcnow()
-        tensor = standardize(to_unit_image(pixels, transform, size))
+        unit = to_unit_image(pixels, transform, size)
+        tensor = standardize(unit)
     except (ValueError, RuntimeError) as exc:
         logger.warning("instance %s not decodable: %s", sop_uid, exc)
         return ImageResult(instance_id, sop_uid, started, skipped_reason=str(exc)[:250]), None
+    monitoring = InputFeatures(**unit_image_stats(unit), **header_features(ds))
     return ImageResult(
-        instance_id, sop_uid, started, decoded_at=decoded, preprocessed_at=utcnow()
+        instance_id,
+        sop_uid,
+        started,
+        decoded_at=decoded,
+        preprocessed_at=utcnow(),
+        monitoring=monitoring,
     ), tensor
 
 
@@ -221,6 +237,12 @@ def _persist(
             )
         )
     session.flush()
+    record_image_features(
+        session,
+        study_id=study.id,
+        model_version_id=plan.model_id,
+        measured={r.instance_id: r.monitoring for r in results},
+    )
     rows = session.execute(
         select(
             ImageInference.probability,
