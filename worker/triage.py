@@ -35,9 +35,7 @@ from governance.models import (
 )
 from governance.monitoring.features import (
     InputFeatures,
-    header_features,
     record_image_features,
-    unit_image_stats,
 )
 from governance.policies import policy_in_force
 from governance.registry import active_model
@@ -146,7 +144,7 @@ def _prepare_image(
     except (ValueError, RuntimeError) as exc:
         logger.warning("instance %s not decodable: %s", sop_uid, exc)
         return ImageResult(instance_id, sop_uid, started, skipped_reason=str(exc)[:250]), None
-    monitoring = InputFeatures(**unit_image_stats(unit), **header_features(ds))
+    monitoring = InputFeatures.measure(unit, ds)
     return ImageResult(
         instance_id,
         sop_uid,

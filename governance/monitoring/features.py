@@ -37,6 +37,11 @@ class InputFeatures:
     bits_stored: str | None = None
     photometric: str | None = None
 
+    @classmethod
+    def measure(cls, unit: np.ndarray, ds: Any) -> InputFeatures:
+        """Of the model input ``unit`` (in [0, 1], before standardisation) and its dataset."""
+        return cls(**unit_image_stats(unit), **header_features(ds))  # type: ignore[arg-type]
+
 
 def unit_image_stats(unit: np.ndarray) -> dict[str, float]:
     """Mean, standard deviation and the fractions of pixels at 0 and at 1 of a [0, 1] image."""
