@@ -60,6 +60,12 @@ class Action:
     STUDY_ACKNOWLEDGED = "study_acknowledged"
     FINAL_READ_RECORDED = "final_read_recorded"
     MODEL_REGISTERED = "model_registered"
+    DRIFT_ALERT = "drift_alert"
+    LABELS_IMPORTED = "labels_imported"
+    RECALIBRATION_STARTED = "recalibration_started"
+    RECALIBRATION_APPROVED = "recalibration_approved"  # creates a policy version
+    RECALIBRATION_REJECTED = "recalibration_rejected"
+    POLICY_MODE_CHANGED = "policy_mode_changed"  # shadow <-> live, approved by a person
 
 
 class Outcome:
