@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "policy": ("cxr_triage.policy_cli", "threshold policies: list, set"),
     "token": ("cxr_triage.token_cli", "API tokens: create, list, revoke"),
     "audit": ("cxr_triage.audit_cli", "audit trail: query, verify"),
+    "monitor": ("cxr_triage.monitor_cli", "monitoring: drift, subgroup performance"),
+    "labels": ("cxr_triage.labels_cli", "reference labels: import a CSV file"),
 }
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"

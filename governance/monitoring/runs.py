@@ -90,7 +90,9 @@ def compute(
         "tau": policy.tau if policy else None,
     }
     base = queries.baseline_span(session, model, size=window.baseline_studies)
-    if base is None or base.n < config.min_studies or policy is None:
+    # Until the first baseline_studies have been triaged the baseline is still filling.
+    incomplete = base is not None and base.source != "pinned" and base.n < window.baseline_studies
+    if base is None or incomplete or base.n < config.min_studies or policy is None:
         inputs["baseline"] = None if base is None else {"n": base.n, "source": base.source}
         return inputs, None, None
     inputs["baseline"] = {
