@@ -75,6 +75,10 @@ class WorklistEntry(PeopleFields):
 
     study_instance_uid: str
     flagged: bool = Field(description="The model's flag (same as model_flagged).")
+    shadow_flagged: bool = Field(
+        default=False,
+        description="Flagged under a shadow policy: recorded and audited, never a priority.",
+    )
     score: float | None = Field(
         description="Calibrated probability of pneumonia (max over frontal images)."
     )
@@ -137,6 +141,7 @@ class StudyDetail(PeopleFields):
     status: str
     status_detail: str | None
     flagged: bool
+    shadow_flagged: bool = False
     score: float | None
     logit: float | None
     tau: float | None

@@ -28,6 +28,7 @@ from governance.events import emit_study_triaged
 from governance.models import (
     ImageInference,
     Instance,
+    PolicyMode,
     Study,
     StudyInference,
     StudyStatus,
@@ -38,6 +39,7 @@ from governance.monitoring.features import (
     record_image_features,
 )
 from governance.policies import policy_in_force
+from governance.recalibration import policy_probability
 from governance.registry import active_model
 from worker.inference import ModelCache, ModelSpec, calibrate, predict_logits
 from worker.preprocess import decode, pixel_transform, standardize, to_unit_image
@@ -256,9 +258,11 @@ def _persist(
     policy = policy_in_force(session, plan.model_id)
     now = utcnow()
     best = max(scored, key=lambda pair: pair[0]) if scored else None
-    probability = best[0] if best else None
+    # An approved recalibration re-maps the best image's logit (monotone: the same image).
+    probability = policy_probability(policy, best[1], best[0]) if best else None
     tau = policy.tau if policy else None
     flagged = bool(probability is not None and tau is not None and probability >= tau)
+    shadow = bool(policy is not None and policy.mode == PolicyMode.SHADOW)
     result = session.scalar(
         select(StudyInference).where(
             StudyInference.study_id == study.id, StudyInference.model_version_id == plan.model_id
@@ -275,6 +279,7 @@ def _persist(
     result.probability = probability
     result.logit = best[1] if best else None
     result.flagged = flagged
+    result.shadow = shadow
     result.images_scored = len(scored)
     result.images_skipped = len(skipped)
     result.queued_at = study.queued_at
@@ -293,6 +298,7 @@ def _persist(
         "tau": tau,
         "probability": probability,
         "flagged": flagged,
+        "shadow": shadow,
         "images_scored": len(scored),
         "images_skipped": len(skipped),
     }
@@ -317,6 +323,7 @@ def _persist(
         policy_version=result.policy_version,
         flagged=flagged,
         previously_flagged=was_flagged,
+        shadow=shadow,
     )
     if flagged and not was_flagged:
         audit.record(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+import numpy as np
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
@@ -69,11 +70,12 @@ def insert_studies(
         sid, iid = first[Study] + i, first[Instance] + i
         uid = f"2.25.{uuid.uuid4().int}"
         p = float(studies.scores[i])
+        logit = float(np.log(max(p, 1e-9) / max(1 - p, 1e-9)))
         study_rows.append(
             {"id": sid, "study_instance_uid": uid, "status": "triaged", "first_received_at": when,
              "last_received_at": when, "triaged_at": when, "patient_sex": str(c["sex"][i]),
              "patient_age_years": {"18-39": 30, "40-64": 50, "65+": 70}[str(c["age_band"][i])],
-             "final_read": bool(studies.labels[i])}
+             "final_read": bool(studies.labels[i]), "final_read_at": when}
         )  # fmt: skip
         instance_rows.append(
             {"id": iid, "study_id": sid, "sop_instance_uid": f"{uid}.1", "sop_class_uid": "1.2",
@@ -90,8 +92,8 @@ def insert_studies(
         result_rows.append(
             {"id": first[StudyInference] + i, "study_id": sid, "model_version_id": model.id,
              "model_sha256": model.sha256, "policy_version": 1, "tau": TAU, "probability": p,
-             "flagged": p >= TAU, "images_scored": 1, "images_skipped": 0, "started_at": when,
-             "finished_at": when, "runs": 1, "shadow": False}
+             "logit": logit, "flagged": p >= TAU, "images_scored": 1, "images_skipped": 0,
+             "started_at": when, "finished_at": when, "runs": 1, "shadow": False}
         )  # fmt: skip
         feature_rows.append(
             {"id": first[ImageFeature] + i, "image_inference_id": first[ImageInference] + i,
