@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("cxr_triage.audit_cli", "audit trail: query, verify"),
     "monitor": ("cxr_triage.monitor_cli", "monitoring: drift, subgroup performance"),
     "labels": ("cxr_triage.labels_cli", "reference labels: import a CSV file"),
+    "recalibrate": (
+        "cxr_triage.recalibrate_cli",
+        "recalibration jobs: run, list, show, approve, reject",
+    ),
 }
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"

@@ -120,3 +120,19 @@ def test_monitor_and_labels_commands(store: Store, tmp_path: Path, database_url:
     assert groups.returncode == 0, groups.stderr
     assert groups.stdout.splitlines()[0].startswith("attribute,value,n,positives,status")
     assert any(line.startswith("overall,all,200") for line in groups.stdout.splitlines())
+
+    jobs = run_cli("recalibrate", "list", "--format", "json", env=env)
+    assert jobs.returncode == 0, jobs.stderr
+    listed = json.loads(jobs.stdout)
+    assert [(j["trigger"], j["state"]) for j in listed] == [("activation", "waiting-for-labels")]
+    ran = run_cli("recalibrate", "run", env=env)
+    # Every synthetic study has a final read: 200 labelled studies, as many as it needs.
+    assert ran.returncode == 0 and "candidate" in ran.stdout, ran.stderr
+    job_id = str(listed[0]["id"] + 1)
+    shown = run_cli("recalibrate", "show", job_id, env=env)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["result"]["check_n"] == 100
+    refused = run_cli("recalibrate", "approve", str(listed[0]["id"]), "--reason", "x", env=env)
+    assert refused.returncode == 2 and "not a candidate" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    approved = run_cli("recalibrate", "approve", job_id, "--reason", "SOP 4.2", env=env)
+    assert approved.returncode == 0 and "approved" in approved.stdout
