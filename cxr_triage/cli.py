@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("cxr_triage.demo", "prepare a demo model and synthetic studies, run and push them"),
     "gateway": ("dicom_gateway.main", "run the DICOM gateway (C-ECHO, C-STORE SCP)"),
     "worker": ("worker.main", "run a Celery triage worker (one process per GPU)"),
+    "beat": ("worker.beat", "run the scheduler: drift and recalibration jobs (Celery beat)"),
     "web": ("web.main", "run the web server: worklist, study pages, API, metrics"),
     "db": ("migrations.cli", "database schema: upgrade, current"),
     "predict": ("worker.predict", "score DICOM files offline; JSON lines on stdout"),

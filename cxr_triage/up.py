@@ -22,7 +22,7 @@ from cxr_triage.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-SERVICES = ("gateway", "worker", "web")
+SERVICES = ("gateway", "worker", "web", "beat")
 STOP_GRACE_S = 20.0
 
 

@@ -26,7 +26,12 @@ _TABLES = (Study, Instance, ImageInference, StudyInference, ImageFeature)
 
 
 def add_model(
-    session: Session, model_file: str, *, version: str = "mon-v1", validation: Studies
+    session: Session,
+    model_file: str,
+    *,
+    version: str = "mon-v1",
+    validation: Studies,
+    effective_from: dt.datetime | None = None,
 ) -> ModelVersion:
     """Register and activate a model whose recorded reference is ``validation``'s scores."""
     model = register_model(
@@ -45,7 +50,7 @@ def add_model(
     )
     set_policy(
         session, model, operating_point="triage", tau=TAU, rationale="test",
-        approved_by="pytest", target_metric="sensitivity >= 0.9",
+        approved_by="pytest", target_metric="sensitivity >= 0.9", effective_from=effective_from,
     )  # fmt: skip
     return activate_model(session, version, actor="pytest")
 
