@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from governance import audit
+from governance.errors import NoActiveModel
 from governance.models import ModelVersion, OperatingPoint, PolicyMode, ThresholdPolicy, utcnow
 
 logger = logging.getLogger(__name__)
@@ -153,11 +154,13 @@ def set_mode(
     Raises
     ------
     ValueError
-        ``mode`` is not live or shadow; ``reason`` is empty; the model has no policy in force.
+        ``mode`` is not live or shadow; ``reason`` is empty.
+    NoActiveModel
+        The model has no policy in force.
     """
     current = policy_in_force(session, model.id)
     if current is None:
-        raise ValueError(f"model {model.version} has no policy in force to switch")
+        raise NoActiveModel(f"model {model.version} has no policy in force to switch")
     policy = set_policy(
         session,
         model,

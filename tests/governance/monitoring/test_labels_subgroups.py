@@ -136,3 +136,8 @@ def test_monitor_and_labels_commands(store: Store, tmp_path: Path, database_url:
     assert refused.stderr.count("\n") == 1
     approved = run_cli("recalibrate", "approve", job_id, "--reason", "SOP 4.2", env=env)
     assert approved.returncode == 0 and "approved" in approved.stdout
+    shadow = run_cli(
+        "policy", "mode", "shadow", "--model", "mon-v1",
+        "--approved-by", "qa", "--reason", "go-live", env=env,
+    )  # fmt: skip
+    assert shadow.returncode == 0 and "policy v3 for mon-v1: shadow" in shadow.stdout, shadow.stderr
