@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
+import getpass
 import json
 import sys
 from collections.abc import Sequence
@@ -17,7 +19,7 @@ from governance.db import Store
 from governance.errors import NoActiveModel
 from governance.models import DriftRun
 from governance.monitoring.drift import DriftConfig
-from governance.monitoring.runs import WindowSettings, latest_runs, run_drift
+from governance.monitoring.runs import WindowSettings, latest_runs, pin_baseline, run_drift
 from governance.monitoring.subgroups import subgroup_report
 from governance.registry import active_model, get_model
 
@@ -49,7 +51,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     sg.add_argument("--model", metavar="VERSION", help="model version (default: active)")
     sg.add_argument("--format", choices=FORMATS, default="table")
+    pin = sub.add_parser(
+        "pin-baseline",
+        help="pin a production period as the drift baseline",
+        description="Use the studies triaged between --from and --to (ISO 8601, UTC) as the "
+        "model version's drift baseline instead of its first studies (audited).",
+    )
+    pin.add_argument("--model", metavar="VERSION", required=True)
+    pin.add_argument("--from", dest="start", required=True, type=_when, metavar="TIME")
+    pin.add_argument("--to", dest="end", required=True, type=_when, metavar="TIME")
+    pin.add_argument("--reason", required=True)
     return parser
+
+
+def _when(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def drift_config(settings: Settings) -> tuple[WindowSettings, DriftConfig]:
@@ -199,4 +219,21 @@ def main(argv: list[str] | None = None) -> int:
     store.check_schema()
     if args.action == "drift":
         return _drift(args, store, settings)
+    if args.action == "pin-baseline":
+        actor = f"cli:{getpass.getuser()}"
+        if not args.end > args.start or not args.reason.strip():
+            print("cxr-triage monitor: --to must be after --from, with a reason", file=sys.stderr)
+            return 2
+        store.run(
+            lambda s: pin_baseline(
+                s,
+                get_model(s, args.model),
+                starts_at=args.start,
+                ends_at=args.end,
+                pinned_by=actor,
+                reason=args.reason,
+            )
+        )
+        print(f"drift baseline of {args.model}: {args.start.isoformat()} to {args.end.isoformat()}")
+        return 0
     return _subgroups(args, store, settings)

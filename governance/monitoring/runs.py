@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from governance import audit
 from governance.db import Store
 from governance.errors import NoActiveModel
-from governance.models import DriftRun, ModelVersion, utcnow
+from governance.models import DriftBaseline, DriftRun, ModelVersion, utcnow
 from governance.monitoring import queries
 from governance.monitoring.drift import (
     TOO_FEW,
@@ -246,3 +246,45 @@ def latest_runs(session: Session, model_version_id: int, limit: int = 50) -> lis
             .limit(limit)
         )
     )
+
+
+def pin_baseline(
+    session: Session,
+    model: ModelVersion,
+    *,
+    starts_at: dt.datetime,
+    ends_at: dt.datetime,
+    pinned_by: str,
+    reason: str,
+) -> DriftBaseline:
+    """Pin a production period as the model version's drift baseline (audited).
+
+    Raises
+    ------
+    ValueError
+        The period is empty or reversed, or ``reason`` is empty.
+    """
+    if not ends_at > starts_at:
+        raise ValueError("the baseline period must end after it starts")
+    if not reason.strip():
+        raise ValueError("reason must not be empty")
+    pin = DriftBaseline(
+        model_version_id=model.id,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        pinned_by=pinned_by,
+        reason=reason.strip(),
+    )
+    session.add(pin)
+    audit.record(
+        session,
+        actor=pinned_by,
+        action=audit.Action.CONFIGURATION_CHANGED,
+        object_type="model_version",
+        object_uid=model.version,
+        detail={
+            "drift_baseline": {"from": starts_at.isoformat(), "to": ends_at.isoformat()},
+            "reason": reason.strip(),
+        },
+    )
+    return pin

@@ -10,9 +10,9 @@ import numpy as np
 from sqlalchemy import select
 
 from governance.db import Store
-from governance.models import AuditEvent, DriftRun, utcnow
+from governance.models import AuditEvent, DriftRun, ModelVersion, utcnow
 from governance.monitoring.drift import DriftConfig
-from governance.monitoring.runs import NO_BASELINE, WindowSettings, run_drift
+from governance.monitoring.runs import NO_BASELINE, WindowSettings, pin_baseline, run_drift
 from tests.governance.monitoring.store_data import add_model, insert_studies
 from tests.governance.monitoring.synth import Population, draw
 
@@ -51,6 +51,18 @@ def test_drift_runs_are_stored_and_an_injected_shift_is_audited(
         assert alert.detail["features"][0]["feature"] == "manufacturer"
         assert alert.detail["features"][0]["cramers_v"] >= 0.1
 
+    # An admin pins the period of the shifted studies as the baseline: they no longer alert.
+    store.run(
+        lambda s: pin_baseline(
+            s, s.get(ModelVersion, model.id), starts_at=t - 200 * STEP, ends_at=t,
+            pinned_by="admin1", reason="new detector accepted",
+        )
+    )  # fmt: skip
+    pinned = run_drift(
+        store, window=WindowSettings(days=7, studies=100, baseline_studies=300), now=t,
+        config=DriftConfig(min_studies=50),
+    )  # fmt: skip
+    assert pinned is not None and pinned.inputs["baseline"]["source"] == "pinned"
     later = run_drift(store, window=WINDOW, now=t + dt.timedelta(days=30))
     assert later is not None and later.status == "too few studies" and later.n_studies == 0
     tiny = run_drift(
