@@ -12,7 +12,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from governance.audit_query import AuditQuery, add_decided_by, query_events
+from governance.audit.query import AuditQuery, add_decided_by, query_events
 from governance.db import Store
 from governance.models import (
     AuditEvent,
