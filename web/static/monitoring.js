@@ -2,7 +2,8 @@
 "use strict";
 
 (() => {
-  const NS = "http://www.w3.org/2000/svg";
+  // The SVG namespace, from an inline <svg> of the page (HTML parsing puts it there).
+  const NS = document.getElementById("svg-namespace").namespaceURI;
 
   function el(tag, attrs, text) {
     const node = document.createElementNS(NS, tag);
