@@ -29,7 +29,6 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from training.data import read_gray
 from training.datasets import UnitImageDataset, make_loader
 from training.engine import (
     amp_dtype_for,
@@ -40,7 +39,7 @@ from training.engine import (
 )
 from training.presets import ClassificationPresetTrain
 from worker.model import build_model, resolve_device
-from worker.preprocess import PixelTransform, to_unit_image
+from worker.preprocess import prepare
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -115,7 +114,7 @@ class JpegDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        unit = to_unit_image(read_gray(self.paths[i]), PixelTransform(), self.size)
+        unit = prepare(self.paths[i], self.size).unit
         return self.transform(unit), torch.tensor(0.0)
 
 

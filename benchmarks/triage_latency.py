@@ -29,7 +29,7 @@ from governance.models import Role
 from governance.policies import policy_in_force, set_policy
 from governance.registry import activate_model, active_model, register_model
 from governance.tokens import create_token
-from training.synthetic import write_studies
+from training.synthetic.studies import write_studies
 
 REDIS_URL = os.environ.get("CXR_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 

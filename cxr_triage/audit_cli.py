@@ -10,9 +10,10 @@ import json
 import logging
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
-from cxr_triage.settings import get_settings
+from cxr_triage.settings import Settings, get_settings
 from governance.audit import Action, Outcome, record, record_audit_use
 from governance.audit.query import (
     AuditQuery,
@@ -136,6 +137,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="an anchor kept outside the database: that event must still be in the "
         "trail with that hash",
     )
+    v.add_argument(
+        "--anchors",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="check every head anchored in the append-only anchor file (default "
+        "CXR_AUDIT_ANCHOR_FILE): each event must still be in the trail with that hash",
+    )
     v.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     v.add_argument("--user", help="who is asking, recorded in the trail (default: the OS user)")
     return parser
@@ -150,7 +159,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.since and args.until and args.since >= args.until:
             parser.error("--since must be before --until")
     settings = get_settings()
-    store = _open_store(settings.database_url)
+    anchors: list[tuple[int, str]] = []
+    if args.command == "verify" and args.anchors is not None:
+        from governance.audit_key import read_anchors
+
+        path = Path(args.anchors) if args.anchors else settings.anchor_path
+        anchors = read_anchors(path)  # ConfigError: one line, exit 2
+        if not anchors:
+            print(f"note: no anchors in {path} yet", file=sys.stderr)
+    args.anchor_list = anchors
+    store = _open_store(settings)
     from governance.audit.export import configure_export
 
     exporter = configure_export(settings.syslog_url)
@@ -165,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         store.dispose()
 
 
-def _open_store(url: str) -> Store:
-    store = Store.from_url(url)
+def _open_store(settings: Settings) -> Store:
+    store = Store.from_settings(settings)
     store.check_schema()
     return store
 
@@ -318,7 +336,7 @@ def _write_decision(r: AuditRecord, out: TextIO) -> None:
 
 def _verify(store: Store, args: argparse.Namespace, actor: str, out: TextIO) -> int:
     with store.read() as session:
-        result = verify_chain(session, expect_head=args.expect_head)
+        result = verify_chain(session, expect_head=args.expect_head, anchors=args.anchor_list)
     if args.format == "json":
         print(json.dumps(result.to_dict(), indent=2), file=out)
     else:
@@ -331,7 +349,7 @@ def _verify(store: Store, args: argparse.Namespace, actor: str, out: TextIO) -> 
 
 def _write_verify(result: VerifyResult, out: TextIO) -> None:
     if result.ok:
-        checked = " (anchor found)" if result.anchor_checked else ""
+        checked = f" ({result.anchors_checked} anchor(s) found)" if result.anchor_checked else ""
         print(
             f"audit trail intact: {result.events} events, head hash {result.head_hash}{checked}\n"
             f"anchor {result.anchor} (keep it outside the database; "

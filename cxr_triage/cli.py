@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "web": ("web.main", "run the web server: worklist, study pages, API, metrics"),
     "db": ("migrations.cli", "database schema: upgrade, current"),
     "predict": ("worker.predict", "score DICOM files offline; JSON lines on stdout"),
-    "synth": ("training.synthetic", "write synthetic chest radiograph studies as DICOM"),
+    "synth": ("training.synthetic.studies", "write synthetic chest radiograph studies as DICOM"),
     "train": ("training.train", "train, calibrate, export and register a ResNet-50"),
     "evaluate": ("training.evaluate", "evaluate a model on a dataset: metrics, plots, report"),
     "model": ("cxr_triage.model_cli", "model versions: list, show, register, activate, rollback"),

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from cxr_triage.settings import Settings, get_settings
-from cxr_triage.up import Supervisor, prepare_store
+from cxr_triage.up import Supervisor, dicom_reach, prepare_store
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +67,10 @@ def prepare(settings: Settings, *, studies: int, size: int, seed: int) -> tuple[
     from governance.models import Role
     from governance.tokens import create_token
     from training.demo import ensure_demo_model
-    from training.synthetic import write_studies
+    from training.synthetic.studies import write_studies
 
     prepare_store(settings)
-    store = Store.from_url(settings.database_url)
+    store = Store.from_settings(settings)
     try:
         version = ensure_demo_model(settings, store)
         name = f"demo-radiologist-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
@@ -112,7 +112,7 @@ def _triage_progress(settings: Settings) -> tuple[int, int, int]:
     from governance.db import Store
     from governance.models import Study, StudyInference, StudyStatus
 
-    store = Store.from_url(settings.database_url)
+    store = Store.from_settings(settings)
     try:
         with store.read() as session:
             total = session.scalar(select(func.count()).select_from(Study)) or 0
@@ -187,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             for failed_path, why in report.failed:
                 logger.error("could not send %s: %s", failed_path, why)
+        reach = dicom_reach(settings.dicom_host, settings.allowed_calling_aes)
         print(
             f"pushed {len(by_study)} studies over DICOM to {settings.ae_title}@{host}:"
-            f"{settings.dicom_port}\n\n  worklist: {url}\n\nCtrl-C stops the demo."
+            f"{settings.dicom_port}{reach}\n\n  worklist: {url}\n\nCtrl-C stops the demo."
         )
         if args.exit_when_done:
             deadline = time.monotonic() + args.timeout

@@ -52,10 +52,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "--temperature",
         type=float,
-        default=1.0,
+        default=None,
         help="calibration temperature (FILE only; default 1.0)",
     )
-    reg.add_argument("--sha256", help="refuse the file unless it has this SHA-256")
+    reg.add_argument(
+        "--sha256", help="refuse the file (a run's model.pt) unless it has this SHA-256"
+    )
     reg.add_argument(
         "--clinical", action="store_true", help="mark as a clinical model (default: non-clinical)"
     )
@@ -82,7 +84,7 @@ def _actor(value: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.from_url(settings.database_url)
+    store = Store.from_settings(settings)
     store.check_schema()
     if args.action == "list":
         with store.read() as session:
@@ -138,8 +140,22 @@ def main(argv: list[str] | None = None) -> int:
         if path.is_dir():
             from training.export import register_run
 
-            model = register_run(store, path, version=args.version, actor=_actor(None))
-            print(f"registered {model.version} (sha256 {model.sha256[:12]}...)")
+            for flag in ("input_size", "temperature"):
+                if getattr(args, flag) is not None:
+                    raise ConfigError(
+                        f"--{flag.replace('_', '-')} is read from the run folder; "
+                        "give it only with a FILE"
+                    )
+            model = register_run(
+                store,
+                path,
+                version=args.version,
+                actor=_actor(None),
+                model_dir=settings.model_path,
+                clinical=args.clinical,
+                expected_sha256=args.sha256,
+            )
+            print(f"registered {model.version} (sha256 {model.sha256[:12]}...) as {model.path}")
             return 0
         if not path.is_file():
             raise FileNotFoundError(2, "no such run folder or model file", str(path))
@@ -152,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 version=version,
                 path=path,
                 input_size=input_size,
-                temperature=args.temperature,
+                temperature=1.0 if args.temperature is None else args.temperature,
                 clinical=args.clinical,
                 expected_sha256=args.sha256,
                 actor=_actor(None),

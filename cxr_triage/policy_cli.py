@@ -61,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.from_url(settings.database_url)
+    store = Store.from_settings(settings)
     store.check_schema()
     if args.action == "list":
         with store.read() as session:

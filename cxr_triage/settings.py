@@ -48,7 +48,14 @@ class Settings(BaseSettings):
     )
     database_url: str = Field(
         default="",
-        description="SQLAlchemy URL of the store; empty: sqlite file in CXR_DATA_DIR.",
+        description="SQLAlchemy URL of the store as the services' application role (never the "
+        "superuser, never the schema owner on PostgreSQL); empty: sqlite file in CXR_DATA_DIR.",
+    )
+    migration_database_url: str = Field(
+        default="",
+        description="URL of the same store as the schema owner, used only by `db upgrade` and "
+        "`db create-roles`; empty: CXR_DATABASE_URL. When its user differs from "
+        "CXR_DATABASE_URL's, that user is granted only what the services need.",
     )
     broker_url: str = Field(
         default="",
@@ -65,7 +72,11 @@ class Settings(BaseSettings):
 
     # DICOM gateway
     ae_title: str = Field(default="CXRTRIAGE", description="Our AE title.")
-    dicom_host: str = Field(default="0.0.0.0", description="Address the DICOM gateway binds.")
+    dicom_host: str = Field(
+        default="127.0.0.1",
+        description="Address the DICOM gateway binds; 0.0.0.0 to accept PACS on the network "
+        "(then set CXR_ALLOWED_CALLING_AES).",
+    )
     dicom_port: int = Field(default=11112, ge=1, le=65535, description="DICOM port.")
     allowed_calling_aes: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -114,6 +125,18 @@ class Settings(BaseSettings):
         description="Mark login cookies Secure even on plain HTTP requests: set it when a "
         "TLS-terminating proxy is in front of the web (cookies are Secure on HTTPS anyway).",
     )
+    web_session_idle_minutes: float = Field(
+        default=30.0, gt=0, description="A web login ends after this many minutes unused."
+    )
+    web_session_max_hours: float = Field(
+        default=12.0, gt=0, description="A web login ends this many hours after it began."
+    )
+    web_auth_limit: int = Field(
+        default=10,
+        ge=1,
+        description="Login attempts and refused requests per client address per minute; more "
+        "are answered 429 (refusals are audited once a minute per address, with a count).",
+    )
 
     # Audit
     syslog_url: str = Field(
@@ -153,6 +176,23 @@ class Settings(BaseSettings):
         description="Labels a recalibration needs; beat starts one when this many new labels "
         "have accumulated since the last.",
     )
+    audit_key: SecretStr | None = Field(
+        default=None,
+        description="Key (>= 16 characters) of the audit chain's HMAC, which the database does "
+        "not hold; default: one generated once in CXR_DATA_DIR/audit.key. Every process of a "
+        "site needs the same.",
+    )
+    audit_anchor_file: Path | None = Field(
+        default=None,
+        description="Append-only file outside the store that receives the audit chain's head "
+        "(`audit verify --anchors` checks it); default CXR_DATA_DIR/audit-anchors.log.",
+    )
+    audit_anchor_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds between two anchors written by one process (0: after every write "
+        "that audits); a process also anchors when it stops.",
+    )
 
     @field_validator("allowed_calling_aes", mode="before")
     @classmethod
@@ -178,6 +218,9 @@ class Settings(BaseSettings):
             self.spool_dir = self.data_dir / "spool"
         if self.model_dir is None:
             self.model_dir = self.data_dir / "models"
+        if self.audit_anchor_file is None:
+            self.audit_anchor_file = self.data_dir / "audit-anchors.log"
+        self.audit_anchor_file = Path(self.audit_anchor_file).expanduser().absolute()
         self.spool_dir = Path(self.spool_dir).expanduser().absolute()
         self.model_dir = Path(self.model_dir).expanduser().absolute()
         return self
@@ -191,6 +234,16 @@ class Settings(BaseSettings):
     def model_path(self) -> Path:
         assert self.model_dir is not None
         return self.model_dir
+
+    @property
+    def anchor_path(self) -> Path:
+        assert self.audit_anchor_file is not None
+        return self.audit_anchor_file
+
+    @property
+    def owner_database_url(self) -> str:
+        """The URL migrations run with: CXR_MIGRATION_DATABASE_URL, else CXR_DATABASE_URL."""
+        return self.migration_database_url or self.database_url
 
     @property
     def broker_dir(self) -> Path:

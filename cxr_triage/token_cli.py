@@ -58,7 +58,7 @@ def _when(value: object) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.from_url(settings.database_url)
+    store = Store.from_settings(settings)
     try:
         store.check_schema()
         if args.action == "create":

@@ -122,6 +122,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def dicom_reach(host: str, allowed_calling_aes: list[str]) -> str:
+    """A note on who can reach the DICOM port: this machine only, or the network."""
+    if host.startswith("127.") or host in {"localhost", "::1"}:
+        return (
+            " (this machine only; set CXR_DICOM_HOST=0.0.0.0 and CXR_ALLOWED_CALLING_AES "
+            "to accept a PACS on the network)"
+        )
+    if not allowed_calling_aes:
+        return " (open to the network and to any calling AE title: set CXR_ALLOWED_CALLING_AES)"
+    return f" (open to the network for {', '.join(allowed_calling_aes)})"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if "worker" in args.only:
@@ -134,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     supervisor.start()
     logger.info(
-        "DICOM: %s@%s:%d   worklist: http://%s:%d/ (log in with a token from "
+        "DICOM: %s@%s:%d%s   worklist: http://%s:%d/ (log in with a token from "
         "`cxr-triage token create --role radiologist --name NAME`)",
         settings.ae_title,
         settings.dicom_host,
         settings.dicom_port,
+        dicom_reach(settings.dicom_host, settings.allowed_calling_aes),
         settings.web_host,
         settings.web_port,
     )

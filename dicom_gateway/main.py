@@ -57,7 +57,7 @@ def describe(settings: Settings, store: Store, broker_url: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.from_url(settings.database_url)
+    store = Store.from_settings(settings)
     configure_export(settings.syslog_url, audit_source_id=settings.ae_title)
     celery_app = make_celery(settings)
     gateway = Gateway(settings, store, celery_app)

@@ -23,6 +23,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cxr_triage.settings import Settings
+from governance.audit_key import AnchorFile, load_audit_key
 from governance.errors import ConfigError, SchemaOutOfDate, StoreUnavailable
 from governance.events import discard_after_commit, run_after_commit
 
@@ -35,6 +37,10 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: The newest Alembic revision this code needs. Server processes refuse a store at another one
 #: (a test keeps it equal to the head of ``migrations``, which governance may not import).
 SCHEMA_REVISION = "0007"
+
+#: ``Session.info`` keys: the audit chain's key and the anchor file of the store's sessions.
+AUDIT_KEY_INFO = "cxr_audit_key"
+AUDIT_ANCHORS_INFO = "cxr_audit_anchors"
 
 
 def create_store_engine(url: str, *, echo: bool = False) -> Engine:
@@ -119,18 +125,48 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class Store:
-    """Sessions over one engine: short read sessions and retried write transactions."""
+    """Sessions over one engine: short read sessions and retried write transactions.
 
-    def __init__(self, engine: Engine) -> None:
+    ``audit_key`` keys the audit chain of the events written through this store (HMAC-SHA256;
+    None: plain SHA-256), ``anchors`` receives the chain's head after commits that audit. A
+    server process builds its store with :meth:`from_settings`, which sets both.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        audit_key: bytes | None = None,
+        anchors: AnchorFile | None = None,
+    ) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self.audit_key = audit_key
+        self.anchors = anchors
+        info = {AUDIT_KEY_INFO: audit_key, AUDIT_ANCHORS_INFO: anchors}
         write_bind = engine.execution_options(sqlite_immediate=True) if self.is_sqlite else engine
-        self._read = sessionmaker(bind=engine, expire_on_commit=False)
-        self._write = sessionmaker(bind=write_bind, expire_on_commit=False)
+        self._read = sessionmaker(bind=engine, expire_on_commit=False, info=info)
+        self._write = sessionmaker(bind=write_bind, expire_on_commit=False, info=info)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
+        """A store without the audit key (tools and tests; services use :meth:`from_settings`)."""
         return cls(create_store_engine(url))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """The store of a cxr-triage process: CXR_DATABASE_URL, the audit key and anchor file.
+
+        Raises
+        ------
+        ConfigError
+            The URL is wrong, or the audit key cannot be read or made.
+        """
+        return cls(
+            create_store_engine(settings.database_url),
+            audit_key=load_audit_key(settings),
+            anchors=AnchorFile(settings.anchor_path, settings.audit_anchor_interval_s),
+        )
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -218,6 +254,8 @@ class Store:
             )
 
     def dispose(self) -> None:
+        if self.anchors is not None:
+            self.anchors.flush()
         self.engine.dispose()
 
 

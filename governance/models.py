@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
+import hmac
 import json
 from typing import Any
 
@@ -313,6 +314,9 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     row_hash: Mapped[str] = mapped_column(String(64))
+    # None: plain SHA-256 (rows from before revision 0004); HMAC_SCHEME: keyed with the site's
+    # audit key, which the database does not hold (governance.audit_key).
+    hash_scheme: Mapped[str | None] = mapped_column(String(16))
 
     def canonical(self, prev_hash: str) -> bytes:
         """The bytes the row's hash covers: its id, content and the previous row's hash.
@@ -337,11 +341,15 @@ class AuditEvent(Base):
             content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
         ).encode("utf-8")
 
-    def compute_hash(self, prev_hash: str) -> str:
-        return hashlib.sha256(self.canonical(prev_hash)).hexdigest()
+    def compute_hash(self, prev_hash: str, key: bytes | None = None) -> str:
+        """SHA-256 of :meth:`canonical`, or HMAC-SHA256 with ``key`` (``HMAC_SCHEME`` rows)."""
+        if key is None:
+            return hashlib.sha256(self.canonical(prev_hash)).hexdigest()
+        return hmac.new(key, self.canonical(prev_hash), hashlib.sha256).hexdigest()
 
 
 GENESIS_HASH = "0" * 64
+HMAC_SCHEME = "hmac-sha256"
 
 
 class Role(enum.StrEnum):
@@ -491,3 +499,25 @@ class RecalibrationJob(Base):
     decided_at: Mapped[dt.datetime | None]
     decision_reason: Mapped[str | None] = mapped_column(Text)
     new_policy_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_policies.id"))
+
+
+class WebSession(Base):
+    """A web login: the cookie holds a random id, the store only its SHA-256.
+
+    It ends when idle too long (``last_seen_at``), at ``expires_at`` whatever the activity,
+    at logout, or when its token is revoked (``ended_at`` and ``ended_reason``).
+    """
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(
+        ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True
+    )
+    actor_address: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    ended_at: Mapped[dt.datetime | None]
+    ended_reason: Mapped[str | None] = mapped_column(String(32))

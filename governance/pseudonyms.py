@@ -44,11 +44,11 @@ def load_key(settings: Settings) -> bytes:
         ) from None
 
 
-def _read_or_create(path: Path) -> bytes:
+def _read_or_create(path: Path, what: str = "pseudonym key", level: int = logging.WARNING) -> bytes:
     if path.is_file():
         key = path.read_bytes().strip()
         if len(key) < MIN_KEY_BYTES:
-            raise ConfigError(f"the pseudonym key {path} is too short; remove it or fix it")
+            raise ConfigError(f"the {what} {path} is too short; remove it or fix it")
         return key
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(32).encode("ascii")
@@ -56,14 +56,15 @@ def _read_or_create(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return _read_or_create(path)
+        return _read_or_create(path, what, level)
     with os.fdopen(fd, "wb") as fh:
         fh.write(key)
         fh.flush()
         os.fsync(fh.fileno())
-    logger.warning(
-        "generated a patient pseudonym key in %s; set CXR_PSEUDONYM_KEY to share one key "
-        "between the gateways of a site",
+    logger.log(
+        level,
+        "generated the %s in %s; keep it, and share it between the processes of a site",
+        what,
         path,
     )
     return key

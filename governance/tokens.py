@@ -159,6 +159,10 @@ def revoke_token(
     if row.revoked_at is not None:
         raise TriageError(f"token {name!r} was revoked at {row.revoked_at:%Y-%m-%d %H:%M}Z")
     row.revoked_at = utcnow()
+    # Imported here: web_sessions builds on this module's Identity and TokenCheck.
+    from governance.web_sessions import end_token_sessions
+
+    sessions = end_token_sessions(session, row.id, reason="token revoked", now=row.revoked_at)
     audit.record(
         session,
         actor=actor,
@@ -166,7 +170,7 @@ def revoke_token(
         action=audit.Action.TOKEN_REVOKED,
         object_type="api_token",
         object_uid=name,
-        detail={"role": row.role, "token_prefix": row.token_prefix},
+        detail={"role": row.role, "token_prefix": row.token_prefix, "sessions_ended": sessions},
     )
     logger.info("revoked token %r (%s...)", name, row.token_prefix)
     return row
@@ -244,6 +248,7 @@ def record_refusal(
     role: str | None = None,
     required: tuple[str, ...] = (),
     actor_address: str | None = None,
+    count: int = 1,
 ) -> None:
     """Audit a refused request (DICOM 110113 Security Alert): no token, a bad one, wrong role.
 
@@ -257,6 +262,9 @@ def record_refusal(
         The prefix of the token presented (never the token), or None when there was none.
     actor
         The token's name when it is known, else ``anonymous``.
+    count
+        Refusals from this address that this event stands for (refusals are audited at most
+        once a minute per address; the detail names the latest).
     """
     audit.record(
         session,
@@ -273,6 +281,7 @@ def record_refusal(
             "role": role,
             "required_roles": list(required),
             "token_prefix": token_prefix or "none",
+            "count": count,
         },
     )
 

@@ -25,7 +25,7 @@ def synthetic_study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight small synthetic studies (frontal + lateral, CR and DX, every transfer syntax)
     as DICOM under ``<dir>/<StudyInstanceUID>/<n>.dcm`` with ``<dir>/labels.csv``."""
     needs_extra("train")
-    from training.synthetic import write_studies
+    from training.synthetic.studies import write_studies
 
     out = tmp_path_factory.mktemp("synthetic-studies")
     write_studies(out, 8, size=128, seed=11, transfer_syntax="mixed", modalities=("CR", "DX"))
@@ -36,7 +36,7 @@ def synthetic_study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def synthetic_arrays() -> tuple[np.ndarray, np.ndarray]:
     """64 images (64x64, [0, 1], serving path) and their labels, half positive."""
     needs_extra("train")
-    from training.synthetic import synthetic_arrays as make_synthetic_arrays
+    from training.synthetic.studies import synthetic_arrays as make_synthetic_arrays
 
     return make_synthetic_arrays(64, size=64, seed=5, render_size=128)
 
@@ -46,6 +46,6 @@ def kaggle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Kaggle-layout ``chest_xray`` folder of synthetic JPEGs with the archive's quirks
     (``.DS_Store``, ``__MACOSX``, a nested copy, a duplicate, an RGB JPEG)."""
     needs_extra("train")
-    from training.synthetic import write_kaggle_layout
+    from training.synthetic.kaggle_layout import write_kaggle_layout
 
     return write_kaggle_layout(tmp_path_factory.mktemp("kaggle"), KAGGLE_COUNTS, size=128, seed=3)

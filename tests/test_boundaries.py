@@ -85,3 +85,16 @@ def test_the_rule_catches_a_forbidden_import() -> None:
     assert not allowed("governance", "worker.celery_app")
     assert not allowed("web", "training.train")
     assert allowed("dicom_gateway", "worker.celery_app")
+
+
+def test_synthetic_data_imports_neither_torch_nor_the_training_pipeline() -> None:
+    # `cxr-triage synth` runs on the base install: torch-free modules only.
+    torch_free = ("training.synthetic", "worker.preprocess", "cxr_triage.settings")
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in sorted((ROOT / "training" / "synthetic").rglob("*.py"))
+        for line, module in imported_modules(path)
+        if module.split(".")[0] in {"torch", "torchvision"}
+        or (module.split(".")[0] in OURS and not module.startswith(torch_free))
+    ]
+    assert not bad, bad

@@ -1,11 +1,9 @@
 """Decode every image once into a memory-mapped array of serving's [0, 1] images.
 
-Each row is :func:`worker.preprocess.to_unit_image` of one file with the transform its
-header (DICOM) or its absence (JPEG/PNG) implies, so ``standardize(row)`` is exactly what
-:func:`worker.preprocess.preprocess` / :func:`~worker.preprocess.preprocess_image` give for
-that file. Rows are float32, so nothing is lost to quantisation. The cache's name hashes the
-files' SHA-256, the input size and the preprocessing source code: a change of any of them
-builds a new cache.
+Each row is ``worker.preprocess.prepare(file, size).unit`` (serving's one entry point), so
+``standardize(row)`` is exactly the input serving computes for that file. Rows are float32, so
+nothing is lost to quantisation. The cache's name hashes the files' SHA-256, the input size
+and the preprocessing source code: a change of any of them builds a new cache.
 """
 
 from __future__ import annotations
@@ -19,13 +17,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from tqdm import tqdm
 
 import worker.preprocess
 from governance.errors import ConfigError
-from training.data import ImageRecord, read_gray
-from worker.preprocess import PixelTransform, decode, pixel_transform, to_unit_image
+from training.data import ImageRecord
+from worker.preprocess import prepare
 
 logger = logging.getLogger(__name__)
 
@@ -33,22 +30,18 @@ _CHUNK = 32
 
 
 def unit_image(kind: str, path: Path, size: int) -> np.ndarray:
-    """One file as serving's (size, size) [0, 1] image, before standardisation.
+    """One file (DICOM, JPEG or PNG) as serving's (size, size) [0, 1] image.
 
     Raises
     ------
     ConfigError
         The file cannot be read or decoded (one line, no patient attribute).
     """
-    if kind == "dicom":
-        try:
-            ds = pydicom.dcmread(path)
-            return to_unit_image(decode(ds), pixel_transform(ds), size)
-        except ConfigError:
-            raise
-        except Exception as exc:  # pydicom and the decoders raise many types
-            raise ConfigError(f"cannot read DICOM file {path}: {exc}") from None
-    return to_unit_image(read_gray(path), PixelTransform(), size)
+    try:
+        return prepare(path, size).unit
+    except (OSError, ValueError) as exc:
+        what = "DICOM file" if kind == "dicom" else "image"
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
 
 
 def _decode_chunk(items: list[tuple[str, str]], size: int) -> list[np.ndarray]:

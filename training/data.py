@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from PIL import Image, UnidentifiedImageError
 
 from governance.errors import ConfigError
 from training.splits import parse_patient_id
+from worker.preprocess import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class ImageRecord:
     split: str | None = None  # "train", "val", "test" when the source says so
     sha256: str = ""
     subgroups: dict[str, str] = field(default_factory=dict)
+    study: str | None = None  # Study Instance UID where the source has studies
 
 
 @dataclass
@@ -286,6 +287,8 @@ def load_dicom_folder(folder: Path, *, frontal_only: bool = True) -> SourceData:
                 label=label,
                 patient=patient,
                 kind="dicom",
+                study=str(row.get("study_instance_uid") or ds.get("StudyInstanceUID") or "")
+                or None,
                 split=_split_value(row, labels_csv),
                 subgroups={
                     k: row[k].strip() for k in DEFAULT_SUBGROUPS if (row.get(k) or "").strip()
@@ -355,8 +358,7 @@ def deduplicate(records: list[ImageRecord]) -> tuple[list[ImageRecord], list[dic
 
 
 def read_gray(path: Path) -> np.ndarray:
-    """A JPEG/PNG as a 2-D array: colour becomes luminance (ITU-R BT.601), 16-bit PNGs keep
-    their values.
+    """A JPEG/PNG as a 2-D array (:func:`worker.preprocess.read_image`).
 
     Raises
     ------
@@ -364,9 +366,6 @@ def read_gray(path: Path) -> np.ndarray:
         The file cannot be read as an image.
     """
     try:
-        with Image.open(path) as image:
-            if image.mode in {"L", "I;16", "I", "F"}:
-                return np.asarray(image)
-            return np.asarray(image.convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read image {path}: {exc}") from None
+        return read_image(path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -2,7 +2,7 @@
 
 :func:`ensure_demo_model` returns the active model version, training one first when there is
 none: a randomly initialised ResNet-50 (the one :func:`worker.model.build_model` builds) at
-64 px on :func:`training.synthetic.synthetic_arrays`, which renders at 256 px and reduces
+64 px on :func:`training.synthetic.studies.synthetic_arrays`, which renders at 256 px and reduces
 through serving's own preprocessing. It takes a couple of minutes on two CPU cores. The
 temperature and the balanced tau (Youden's J) are chosen on a validation split, the AUC is
 measured on a separate held-out split, and the version is registered with
@@ -28,9 +28,9 @@ from governance.registry import activate_model, active_model, sha256_file
 from training.datasets import UnitImageDataset, make_loader
 from training.engine import fit, set_seed, zero_init_residual
 from training.export import export_checked, json_safe, register_version
-from training.finalize import Finalized, finalize
+from training.finalize import Finalized, eager_scores, finalize
 from training.presets import ClassificationPresetEval, ClassificationPresetTrain
-from training.synthetic import synthetic_arrays
+from training.synthetic.studies import synthetic_arrays
 from training.thresholds import POLICY_CRITERIA
 from worker.model import build_model
 
@@ -81,7 +81,7 @@ def train_demo_model(
         "render_size": render_size,
         "seed": seed,
         "pretrained": None,
-        "data": "training.synthetic.synthetic_arrays",
+        "data": "training.synthetic.studies.synthetic_arrays",
         "device": "cpu",
     }
     set_seed(seed)
@@ -120,9 +120,8 @@ def train_demo_model(
         progress=progress,
     )
     model.load_state_dict(result.best_state)
-    final = finalize(
-        model, loaders[0], loaders[1], device, pos_weight=pos_weight, n_bootstrap=200, seed=seed
-    )
+    val, test = (eager_scores(model, loader, device) for loader in loaders)
+    final = finalize(model, val, test, pos_weight=pos_weight, n_bootstrap=200, seed=seed)
     args.update(
         pos_weight=pos_weight,
         best_epoch=result.best_epoch,

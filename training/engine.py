@@ -7,6 +7,7 @@ arguments. :func:`fit` composes them for both ``cxr-triage train`` and the demo 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -85,6 +86,15 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     return torch.optim.AdamW(groups, lr=lr)
 
 
+def autocast(
+    device: torch.device, amp_dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to ``amp_dtype`` on ``device``; nothing at all when None (any device)."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
 def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     images = images.to(device, non_blocking=True)
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
@@ -106,9 +116,7 @@ def train_step(
     A non-finite loss is not stepped on by the scaler; the caller decides what it means.
     Returns the loss (a 0-d tensor).
     """
-    with torch.autocast(
-        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-    ):
+    with autocast(device, amp_dtype):
         loss = criterion(model(images).squeeze(1).float(), targets)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -119,6 +127,20 @@ def train_step(
         loss.backward()
         optimizer.step()
     return loss
+
+
+@dataclass
+class EpochStats:
+    """One training epoch; ``loss`` is the mean loss, a 0-d tensor on the training device."""
+
+    loss: torch.Tensor
+    images: int
+    seconds: float
+    lr: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
 def train_one_epoch(
@@ -134,21 +156,15 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     channels_last: bool = False,
     progress: bool = True,
-) -> dict[str, float]:
+) -> EpochStats:
     """One pass over ``loader``; the scheduler steps per batch (OneCycleLR).
 
-    Returns
-    -------
-    dict
-        ``loss`` (mean), ``images``, ``seconds``, ``images_per_s``, ``lr`` (last).
-
-    Raises
-    ------
-    FloatingPointError
-        The loss became NaN or infinite.
+    The loss is summed on ``device`` and never read back during the epoch (no per-step host
+    synchronisation); the caller checks that it is finite.
     """
     model.train()
-    total, count, started = 0.0, 0, time.perf_counter()
+    total = torch.zeros((), device=device)
+    count, started = 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
     for images, targets in bar:
         images = _to_device(images, device, channels_last)
@@ -156,24 +172,15 @@ def train_one_epoch(
         loss = train_step(
             model, criterion, optimizer, images, targets, device, amp_dtype=amp_dtype, scaler=scaler
         )
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}; lower --lr")
         scheduler.step()
-        total += loss.item() * len(targets)
+        total += loss.detach() * len(targets)
         count += len(targets)
-        bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-    seconds = time.perf_counter() - started
-    return {
-        "loss": total / max(count, 1),
-        "images": count,
-        "seconds": seconds,
-        "images_per_s": count / seconds if seconds > 0 else 0.0,
-        "lr": float(scheduler.get_last_lr()[0]),
-    }
+    lr = float(scheduler.get_last_lr()[0])
+    return EpochStats(total / max(count, 1), count, time.perf_counter() - started, lr)
 
 
 @torch.inference_mode()
-def predict(
+def infer(
     model: nn.Module,
     loader: Iterable[Batch],
     device: torch.device,
@@ -182,19 +189,41 @@ def predict(
     channels_last: bool = False,
     progress: bool = False,
     desc: str = "eval",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (float64) and labels (int64) over ``loader``, in its order."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32) and labels over ``loader`` in its order, both on ``device``."""
     model.eval()
     logits, labels = [], []
     for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         images = _to_device(images, device, channels_last)
-        with torch.autocast(
-            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-        ):
+        with autocast(device, amp_dtype):
             out = model(images)
-        logits.append(out.float().reshape(-1).cpu().numpy())
-        labels.append(targets.numpy())
-    return (np.concatenate(logits).astype(np.float64), np.concatenate(labels).astype(np.int64))
+        logits.append(out.float().reshape(-1))
+        labels.append(targets.to(device, non_blocking=True).float().reshape(-1))
+    return torch.cat(logits), torch.cat(labels)
+
+
+def predict(
+    model: nn.Module, loader: Iterable[Batch], device: torch.device, **kwargs: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (float64) and labels (int64) over ``loader``, in its order, on the host."""
+    logits, labels = infer(model, loader, device, **kwargs)
+    return logits.double().cpu().numpy(), labels.long().cpu().numpy()
+
+
+@dataclass
+class Evaluation:
+    """Loss (0-d), logits and labels of one pass, all on the model's device."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+    def auc(self) -> float:
+        """ROC AUC on the host (NaN with one class)."""
+        labels = self.labels.long().cpu().numpy()
+        if len(set(labels.tolist())) != 2:
+            return math.nan
+        return float(roc_auc_score(labels, self.logits.double().cpu().numpy()))
 
 
 def evaluate(
@@ -203,14 +232,26 @@ def evaluate(
     loader: Iterable[Batch],
     device: torch.device,
     **kwargs: Any,
-) -> dict[str, Any]:
-    """Loss and AUC over ``loader``, with the logits and labels they came from."""
-    logits, labels = predict(model, loader, device, **kwargs)
-    loss = float(
-        criterion(torch.from_numpy(logits).float(), torch.from_numpy(labels).float()).item()
-    )
-    auc = float(roc_auc_score(labels, logits)) if len(set(labels.tolist())) == 2 else math.nan
-    return {"loss": loss, "auc": auc, "logits": logits, "labels": labels}
+) -> Evaluation:
+    """Loss over ``loader`` computed where the logits are (the criterion's ``pos_weight``
+    lives on ``device`` too), with the logits and labels it came from."""
+    logits, labels = infer(model, loader, device, **kwargs)
+    with torch.inference_mode():
+        loss = criterion(logits, labels)
+    return Evaluation(loss, logits, labels)
+
+
+def make_criterion(pos_weight: float, device: torch.device) -> nn.BCEWithLogitsLoss:
+    """BCEWithLogitsLoss with ``pos_weight`` on ``device``, where every loss is computed.
+
+    Raises
+    ------
+    ValueError
+        ``pos_weight`` is not positive.
+    """
+    if not pos_weight > 0:
+        raise ValueError(f"pos_weight must be positive, got {pos_weight}")
+    return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
 
 
 @dataclass
@@ -222,6 +263,176 @@ class FitResult:
     best_auc: float = -math.inf
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
     stopped_early: bool = False
+    stale_epochs: int = 0
+
+
+@dataclass
+class Training:
+    """What one optimisation holds: loss, optimiser, one-cycle schedule, fp16 scaler."""
+
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.OneCycleLR
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    warmup_epochs: int
+
+
+PCT_START = 0.25  # share of the one cycle spent warming up
+
+
+def one_cycle(
+    optimizer: torch.optim.Optimizer, lr: float, total_steps: int, last_epoch: int = -1
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """OneCycleLR with this loop's warm-up share."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=total_steps, pct_start=PCT_START, last_epoch=last_epoch
+    )
+
+
+def make_training(
+    model: nn.Module,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    lr: float,
+    weight_decay: float,
+    pos_weight: float,
+    device: torch.device,
+    amp: bool,
+) -> Training:
+    """Criterion (on ``device``), AdamW, OneCycleLR over ``epochs``, scaler for fp16."""
+    optimizer = make_optimizer(model, lr, weight_decay)
+    amp_dtype = amp_dtype_for(device, amp)
+    return Training(
+        make_criterion(pos_weight, device),
+        optimizer,
+        one_cycle(optimizer, lr, epochs * max(steps_per_epoch, 1)),
+        torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+        amp_dtype,
+        math.ceil(PCT_START * epochs),
+    )
+
+
+def resume(path: Path, model: nn.Module, training: Training, lr: float) -> tuple[int, FitResult]:
+    """Load ``checkpoint.pth`` (and its ``best.pth``) into ``model`` and ``training``.
+
+    Returns the epoch to start from and the result so far. With a different number of
+    epochs than before, the one-cycle schedule is stretched over the new total.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    if state["lr_scheduler"].get("total_steps") == training.scheduler.total_steps:
+        training.scheduler.load_state_dict(state["lr_scheduler"])
+    else:
+        done = int(state["lr_scheduler"]["last_epoch"])
+        logger.warning(
+            "resuming with a different number of epochs: the one-cycle "
+            "learning-rate schedule is stretched from step %d",
+            done,
+        )
+        training.scheduler = one_cycle(
+            training.optimizer, lr, training.scheduler.total_steps, last_epoch=done - 1
+        )
+    if training.scaler is not None and state.get("scaler"):
+        training.scaler.load_state_dict(state["scaler"])
+    result = FitResult(
+        history=list(state.get("history", [])),
+        best_epoch=state["best_epoch"],
+        best_auc=state["best_auc"],
+        stale_epochs=state.get("stale_epochs", 0),
+    )
+    best_path = Path(path).with_name(BEST_FILE)
+    best = torch.load(best_path, map_location="cpu") if best_path.is_file() else state
+    result.best_state = best["model"]
+    start = state["epoch"] + 1
+    logger.info("resumed from %s at epoch %d (best AUC %.4f)", path, start, result.best_auc)
+    return start, result
+
+
+CHECKPOINT_FILE = "checkpoint.pth"
+BEST_FILE = "best.pth"
+
+
+def save_checkpoint(
+    folder: Path,
+    model: nn.Module,
+    training: Training,
+    result: FitResult,
+    epoch: int,
+    args: dict[str, Any] | None,
+    improved: bool,
+) -> None:
+    """``checkpoint.pth`` (everything to resume) every epoch; ``best.pth`` (weights, epoch and
+    AUC only) when the validation AUC improved."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = model.state_dict()
+    checkpoint = {
+        "model": weights,
+        "optimizer": training.optimizer.state_dict(),
+        "lr_scheduler": training.scheduler.state_dict(),
+        "scaler": training.scaler.state_dict() if training.scaler is not None else None,
+        "epoch": epoch,
+        "args": copy.deepcopy(args or {}),
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "best_auc": result.best_auc,
+        "stale_epochs": result.stale_epochs,
+    }
+    _atomic_save(checkpoint, folder / CHECKPOINT_FILE)
+    if improved:
+        _atomic_save(
+            {"model": weights, "epoch": epoch, "val_auc": result.best_auc}, folder / BEST_FILE
+        )
+
+
+def record_epoch(
+    result: FitResult,
+    model: nn.Module,
+    epoch: int,
+    train: EpochStats,
+    val: Evaluation,
+    warmup_epochs: int,
+) -> tuple[dict[str, float], bool]:
+    """Read the epoch's figures back to the host (once), keep the best state, count patience
+    (only after the warm-up epochs, while the one-cycle rate is still rising).
+
+    Raises
+    ------
+    FloatingPointError
+        The training loss became NaN or infinite.
+    """
+    train_loss = float(train.loss.item())
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(f"loss is {train_loss} at epoch {epoch}; lower --lr")
+    auc = val.auc()
+    row = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": float(val.loss.item()),
+        "val_auc": auc,
+        "lr": train.lr,
+        "seconds": train.seconds,
+        "images_per_s": train.images_per_s,
+    }
+    result.history.append(row)
+    improved = auc > result.best_auc
+    if improved:
+        result.best_auc, result.best_epoch, result.stale_epochs = auc, epoch, 0
+        result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    elif epoch >= warmup_epochs:
+        result.stale_epochs += 1
+    logger.info(
+        "epoch %d: train loss %.4f, val loss %.4f, val AUC %.4f%s (%.0f img/s)",
+        epoch,
+        row["train_loss"],
+        row["val_loss"],
+        auc,
+        " *" if improved else "",
+        train.images_per_s,
+    )
+    return row, improved
 
 
 def fit(
@@ -239,15 +450,16 @@ def fit(
     channels_last: bool = False,
     checkpoint_dir: Path | None = None,
     args: dict[str, Any] | None = None,
-    resume: Path | None = None,
+    resume_from: Path | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train with BCEWithLogitsLoss(pos_weight), AdamW and OneCycleLR; keep the best val AUC.
 
-    With ``checkpoint_dir``, ``checkpoint.pth`` (last epoch) and ``best.pth`` are written
-    there each epoch: dicts of state_dicts plus ``args``; ``resume`` continues from one.
-    Training stops early after ``patience`` epochs without a better validation AUC.
+    With ``checkpoint_dir``, ``checkpoint.pth`` is written there each epoch and ``best.pth``
+    (weights only) when validation AUC improves; ``resume_from`` continues from a
+    checkpoint. Training stops early after ``patience`` epochs without a better validation
+    AUC, counted only after the one-cycle warm-up.
 
     Raises
     ------
@@ -256,116 +468,53 @@ def fit(
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    if not pos_weight > 0:
-        raise ValueError(f"pos_weight must be positive, got {pos_weight}")
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be at least 1, got {patience}")
     configure_device(device)
     model.to(device)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
-    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
-    optimizer = make_optimizer(model, lr, weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=epochs * max(len(train_loader), 1), pct_start=0.25
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    training = make_training(
+        model,
+        epochs=epochs,
+        steps_per_epoch=len(train_loader),
+        lr=lr,
+        weight_decay=weight_decay,
+        pos_weight=pos_weight,
+        device=device,
+        amp=amp,
     )
-    amp_dtype = amp_dtype_for(device, amp)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    result, start, stale = FitResult(), 0, 0
-    if resume is not None:
-        state = torch.load(resume, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state["lr_scheduler"].get("total_steps") == scheduler.total_steps:
-            scheduler.load_state_dict(state["lr_scheduler"])
-        else:  # more (or fewer) epochs than before: stretch the one cycle over the new total
-            done = int(state["lr_scheduler"]["last_epoch"])
-            logger.warning(
-                "resuming with a different number of epochs: the one-cycle "
-                "learning-rate schedule is stretched from step %d",
-                done,
-            )
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer,
-                max_lr=lr,
-                total_steps=scheduler.total_steps,
-                pct_start=0.25,
-                last_epoch=done - 1,
-            )
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start, stale = state["epoch"] + 1, state.get("stale_epochs", 0)
-        result.history = list(state.get("history", []))
-        result.best_epoch, result.best_auc = state["best_epoch"], state["best_auc"]
-        best_path = Path(resume).with_name("best.pth")
-        best = (
-            torch.load(best_path, map_location="cpu", weights_only=False)
-            if (best_path.is_file())
-            else state
-        )
-        result.best_state = best["model"]
-        logger.info("resumed from %s at epoch %d (best AUC %.4f)", resume, start, result.best_auc)
-    eval_kwargs = {"amp_dtype": amp_dtype, "channels_last": channels_last}
+    start, result = (
+        (0, FitResult()) if resume_from is None else resume(resume_from, model, training, lr)
+    )
     for epoch in range(start, epochs):
         train = train_one_epoch(
             model,
-            criterion,
-            optimizer,
-            scheduler,
+            training.criterion,
+            training.optimizer,
+            training.scheduler,
             train_loader,
             device,
             epoch,
-            amp_dtype=amp_dtype,
-            scaler=scaler,
+            amp_dtype=training.amp_dtype,
+            scaler=training.scaler,
             channels_last=channels_last,
             progress=progress,
         )
-        val = evaluate(model, criterion, val_loader, device, **eval_kwargs)
-        row = {
-            "epoch": epoch,
-            "train_loss": train["loss"],
-            "val_loss": val["loss"],
-            "val_auc": val["auc"],
-            "lr": train["lr"],
-            "seconds": train["seconds"],
-            "images_per_s": train["images_per_s"],
-        }
-        result.history.append(row)
-        improved = val["auc"] > result.best_auc
-        if improved:
-            result.best_auc, result.best_epoch, stale = val["auc"], epoch, 0
-            result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-        logger.info(
-            "epoch %d: train loss %.4f, val loss %.4f, val AUC %.4f%s (%.0f img/s)",
-            epoch,
-            train["loss"],
-            val["loss"],
-            val["auc"],
-            " *" if improved else "",
-            train["images_per_s"],
+        val = evaluate(
+            model,
+            training.criterion,
+            val_loader,
+            device,
+            amp_dtype=training.amp_dtype,
+            channels_last=channels_last,
         )
+        row, improved = record_epoch(result, model, epoch, train, val, training.warmup_epochs)
         if on_epoch is not None:
             on_epoch(row)
         if checkpoint_dir is not None:
-            checkpoint = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "lr_scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch,
-                "args": copy.deepcopy(args or {}),
-                "history": result.history,
-                "best_epoch": result.best_epoch,
-                "best_auc": result.best_auc,
-                "stale_epochs": stale,
-            }
-            checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_save(checkpoint, checkpoint_dir / "checkpoint.pth")
-            if improved:
-                _atomic_save(checkpoint, checkpoint_dir / "best.pth")
-        if patience is not None and stale >= patience and epoch + 1 < epochs:
+            save_checkpoint(checkpoint_dir, model, training, result, epoch, args, improved)
+        if patience is not None and result.stale_epochs >= patience and epoch + 1 < epochs:
             logger.info("early stop: no better validation AUC for %d epochs", patience)
             result.stopped_early = True
             break

@@ -1,6 +1,7 @@
 """``cxr-triage evaluate RUN_DIR``: score a dataset with a run's exported model, frozen.
 
-The TorchScript file (checked against the run's SHA-256), its temperature and every
+The TorchScript file (checked against the run's SHA-256 and its preprocessing record, run on
+``--device`` at the run's serving precision as the worker would), its temperature and every
 operating point's tau come from the run; nothing is re-fitted. Images go through the same
 cache and serving preprocessing as in training. Writes ``eval_metrics.json``,
 ``predictions.csv`` and the ROC, PR, calibration and confusion figures to the output folder.
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cxr_triage.settings import get_settings
 from governance.errors import ConfigError
@@ -26,11 +26,11 @@ from training.cache import build_cache
 from training.calibration import probabilities
 from training.data import deduplicate, load_source
 from training.datasets import UnitImageDataset, make_loader
-from training.engine import predict
-from training.export import MODEL_FILE, SUMMARY_FILE
+from training.export import MODEL_FILE, SUMMARY_FILE, score_exported
 from training.prepare import synthetic_source
 from training.presets import ClassificationPresetEval
 from training.thresholds import POLICY_CRITERIA
+from worker.model import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, help="default CXR_DATA_DIR/cache")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA if any"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="precision the model file runs at (default: the run's serving precision)",
+    )
     return parser
 
 
@@ -92,14 +100,17 @@ def evaluate_run(args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
     labels = np.array([r.label for r in records], dtype=np.int64)
     if len(set(labels.tolist())) < 2:
         raise ConfigError("the images to evaluate must hold both classes")
-    model = torch.jit.load(str(model_file), map_location="cpu")
     loader = make_loader(
         UnitImageDataset(images, labels, ClassificationPresetEval()),
         batch_size=args.batch_size,
         train=False,
         workers=args.workers,
     )
-    logits, _ = predict(model, loader, torch.device("cpu"), progress=True)
+    precision = args.precision or summary.get("export_check", {}).get("precision", "fp32")
+    logits, _ = score_exported(
+        model_file, size, loader, device=str(resolve_device(args.device)), precision=precision
+    )
+    groups = [r.patient for r in records]
     probs = probabilities(logits, temperature)
     points = summary["operating_points"]
     balanced_tau = points[POLICY_CRITERIA["balanced"]]["tau"]
@@ -107,8 +118,10 @@ def evaluate_run(args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
         "run": summary["version"],
         "source": source.source,
         "images": len(records),
+        "device": args.device,
+        "precision": precision,
         "overall": metrics.summarize(
-            labels, probs, balanced_tau, n_bootstrap=args.bootstrap, seed=args.seed
+            labels, probs, balanced_tau, n_bootstrap=args.bootstrap, seed=args.seed, groups=groups
         ),
         "operating_points": {
             name: metrics.summarize(
@@ -118,6 +131,7 @@ def evaluate_run(args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
                 n_bootstrap=args.bootstrap,
                 seed=args.seed,
                 ranking=False,
+                groups=groups,
             )
             for name, point in points.items()
         },

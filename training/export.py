@@ -3,8 +3,9 @@
 The exported file is what the worker serves: :func:`worker.model.export_torchscript` traces
 it, :func:`export_checked` compares it with the eager network on a batch, and
 :func:`register_version` records it with its SHA-256, temperature, operating points, metrics,
-reference score distribution and training arguments in one transaction, optionally with a
-threshold policy and activation. :func:`register_run` does that for a training run folder
+reference score distribution, training arguments and the preprocessing record the file
+carries in one transaction, optionally with a threshold policy and activation.
+:func:`register_run` does that for a training run folder
 (``cxr-triage model register RUN_DIR``).
 """
 
@@ -15,6 +16,7 @@ import logging
 import math
 import shutil
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +25,19 @@ import torch
 from torch import nn
 
 from governance.db import Store
-from governance.errors import ConfigError, TriageError
+from governance.errors import ConfigError, ModelIntegrityError, TriageError
 from governance.models import ModelVersion
 from governance.policies import set_policy
-from governance.registry import activate_model, register_model
+from governance.registry import (
+    activate_model,
+    register_model,
+    sha256_file,
+    verify_model_file,
+)
 from training.calibration import probabilities
 from training.thresholds import POLICY_CRITERIA
-from worker.model import export_torchscript
+from worker.inference import ModelSpec, load_model, predict_logits
+from worker.model import export_torchscript, preprocessing_of
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +106,25 @@ def export_checked(
     return out, diff
 
 
+def score_exported(
+    path: str | Path,
+    input_size: int,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw logits (float64) and labels (int64) of ``loader`` through a TorchScript file as
+    serving loads it (:func:`worker.inference.load_model`) at ``precision``."""
+    spec = ModelSpec(Path(path).name, str(path), sha256_file(Path(path)), input_size)
+    loaded = load_model(spec, device=device, precision=precision)
+    logits, labels = [], []
+    for images, targets in loader:
+        logits.append(predict_logits(loaded, images.numpy()))
+        labels.append(targets.numpy().reshape(-1))
+    return np.concatenate(logits), np.concatenate(labels).astype(np.int64)
+
+
 def reference_distribution(
     probs: np.ndarray, *, bins: int = REFERENCE_BINS, source: str = "validation"
 ) -> dict[str, Any]:
@@ -164,7 +191,8 @@ def register_version(
     """
     if activate and policy is None:
         raise ValueError("activate needs a policy: a model never serves without a tau")
-    safe_details = json_safe(details)
+    # The registry row says how the file's input is made: the record the file itself carries.
+    safe_details = json_safe({**details, "preprocessing": preprocessing_of(path)})
 
     def work(session: Any) -> ModelVersion:
         model = register_model(
@@ -224,6 +252,8 @@ def register_run(
     model_dir: str | Path | None = None,
     operating_point: str | None = None,
     approved_by: str | None = None,
+    clinical: bool = False,
+    expected_sha256: str | None = None,
 ) -> ModelVersion:
     """Register the model of a training run folder (``model.pt`` + ``report_summary.json``).
 
@@ -236,6 +266,10 @@ def register_run(
     operating_point
         Also set a policy from the run's validation operating points and activate the
         version (needs ``approved_by``); else activation is left to a person.
+    clinical
+        Mark the version clinical (a person's statement; synthetic runs are refused).
+    expected_sha256
+        Refuse unless the run's model file has this SHA-256.
 
     Raises
     ------
@@ -254,6 +288,13 @@ def register_run(
     summary = json.loads(summary_path.read_text())
     name = version or summary["version"]
     source = run / MODEL_FILE
+    if expected_sha256 is not None and expected_sha256.lower() != summary.get("sha256"):
+        raise ModelIntegrityError(
+            f"{source} was recorded with SHA-256 {summary.get('sha256')}, not {expected_sha256}"
+        )
+    verify_model_file(source, summary["sha256"])
+    if clinical and str(summary.get("description", "")).startswith("NON-CLINICAL"):
+        raise ConfigError(f"{run} was trained on synthetic images: it cannot be clinical")
     if model_dir is not None:
         target = Path(model_dir) / f"{name}.pt"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -271,7 +312,7 @@ def register_run(
             path=source,
             input_size=int(summary["input_size"]),
             temperature=float(summary["temperature"]),
-            clinical=False,
+            clinical=clinical,
             description=summary.get("description", f"trained by cxr-triage train ({run.name})"),
             details=registry_details(summary),
             expected_sha256=summary["sha256"],
@@ -306,5 +347,7 @@ def registry_details(summary: dict[str, Any]) -> dict[str, Any]:
         "export_check",
         "sha256",
         "best_epoch",
+        "preprocessing",
+        "provenance",
     )
     return {k: summary[k] for k in keys if k in summary}

@@ -65,11 +65,22 @@ class Finalized:
         }
 
 
+def eager_scores(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    **kwargs: Any,
+) -> Scores:
+    """A split's labels and raw logits from the eager network (the demo; ``cxr-triage
+    train`` scores through the exported file instead)."""
+    logits, labels = predict(model, loader, device, **kwargs)
+    return Scores(labels, logits)
+
+
 def finalize(
     model: nn.Module,
-    val_loader: Any,
-    test_loader: Any | None,
-    device: torch.device,
+    val: Scores,
+    test: Scores | None,
     *,
     pos_weight: float,
     deployment_prevalence: float | None = None,
@@ -77,11 +88,14 @@ def finalize(
     target_specificity: float = 0.85,
     n_bootstrap: int = 1000,
     seed: int = 0,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    progress: bool = False,
+    val_groups: list[str] | None = None,
+    test_groups: list[str] | None = None,
 ) -> Finalized:
     """Calibrate on validation, choose the operating points there, report both splits.
+
+    ``val`` and ``test`` hold the raw logits of the network as it will be served (scored
+    through the exported file at the serving precision by ``cxr-triage train``); the groups
+    (patients) make the bootstrap resample patients.
 
     Steps: the logit offset of ``pos_weight`` is undone; T is fitted on validation by NLL;
     with ``deployment_prevalence`` the calibrated probabilities are moved from the
@@ -93,17 +107,6 @@ def finalize(
     ValueError
         ``deployment_prevalence`` is not strictly between 0 and 1, or a split lacks a class.
     """
-    kwargs: dict[str, Any] = {
-        "amp_dtype": amp_dtype,
-        "channels_last": channels_last,
-        "progress": progress,
-    }
-    val_logits, val_labels = predict(model, val_loader, device, desc="val", **kwargs)
-    val = Scores(val_labels, val_logits)
-    test = None
-    if test_loader is not None:
-        test_logits, test_labels = predict(model, test_loader, device, desc="test", **kwargs)
-        test = Scores(test_labels, test_logits)
     offset = calibration.pos_weight_offset(pos_weight)
     temperature = calibration.fit_temperature(val.raw_logits + offset, val.labels)
     delta = 0.0
@@ -141,9 +144,11 @@ def finalize(
         target_specificity=target_specificity,
     )
     balanced_tau = points[POLICY_CRITERIA["balanced"]].tau
-    val_metrics = _split_metrics(val, points, balanced_tau, n_bootstrap, seed)
+    val_metrics = _split_metrics(val, points, balanced_tau, n_bootstrap, seed, val_groups)
     test_metrics = (
-        _split_metrics(test, points, balanced_tau, n_bootstrap, seed) if test is not None else None
+        _split_metrics(test, points, balanced_tau, n_bootstrap, seed, test_groups)
+        if test is not None
+        else None
     )
     logger.info(
         "T=%.3f shift=%.3f; val AUC %.4f%s",
@@ -171,10 +176,11 @@ def _split_metrics(
     balanced_tau: float,
     n_bootstrap: int,
     seed: int,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """Overall metrics (at the balanced tau) and each frozen operating point's metrics."""
     overall = metrics.summarize(
-        scores.labels, scores.probs, balanced_tau, n_bootstrap=n_bootstrap, seed=seed
+        scores.labels, scores.probs, balanced_tau, n_bootstrap=n_bootstrap, seed=seed, groups=groups
     )
     per_point = {
         name: metrics.summarize(
@@ -184,6 +190,7 @@ def _split_metrics(
             n_bootstrap=n_bootstrap,
             seed=seed,
             ranking=False,
+            groups=groups,
         )
         for name, point in points.items()
     }

@@ -124,6 +124,53 @@ def bootstrap_indices(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
 
 
+def cluster_bootstrap_indices(
+    groups: np.ndarray | list[str], n_bootstrap: int, seed: int
+) -> list[np.ndarray]:
+    """Resampling indices that draw whole groups (patients) with replacement, seeded: the
+    images of one patient are always in a resample together, as often as their patient.
+
+    Raises
+    ------
+    ValueError
+        ``groups`` is empty.
+    """
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    if inverse.size == 0:
+        raise ValueError("groups must not be empty")
+    order = np.argsort(inverse, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+    rng = np.random.default_rng(seed)
+    return [
+        np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        for _ in range(n_bootstrap)
+    ]
+
+
+def study_level(
+    labels: np.ndarray, probs: np.ndarray, studies: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per study: the label (positive if any image is) and the probability the worker flags
+    on (the highest of its images), with the study keys in first-seen order.
+
+    Raises
+    ------
+    ValueError
+        The lengths differ.
+    """
+    if not len(labels) == len(probs) == len(studies):
+        raise ValueError("labels, probs and studies must have equal lengths")
+    order: dict[str, int] = {}
+    for study in studies:
+        order.setdefault(study, len(order))
+    index = np.array([order[s] for s in studies], dtype=np.int64)
+    y = np.zeros(len(order), dtype=np.int64)
+    p = np.full(len(order), -np.inf)
+    np.maximum.at(y, index, np.asarray(labels, dtype=np.int64))
+    np.maximum.at(p, index, np.asarray(probs, dtype=np.float64))
+    return y, p, list(order)
+
+
 def summarize(
     labels: np.ndarray,
     probs: np.ndarray,
@@ -133,11 +180,15 @@ def summarize(
     seed: int = 0,
     n_bins: int = 10,
     ranking: bool = True,
+    groups: np.ndarray | list[str] | None = None,
 ) -> dict[str, Any]:
     """Every metric at ``tau`` with a percentile bootstrap 95% interval.
 
     Parameters
     ----------
+    groups
+        The patient of each image: the bootstrap then resamples patients, not images
+        (images of one patient are not independent).
     ranking
         Also the threshold-free metrics (auc, ap, brier, ece); off for a table of operating
         points, where they would repeat.
@@ -159,7 +210,19 @@ def summarize(
     if ranking:
         point.update(_ranking(y, p), brier=brier(y, p), ece=ece(y, p, n_bins))
     samples: dict[str, list[float]] = {k: [] for k in point}
-    if n_bootstrap > 0:
+    if n_bootstrap > 0 and groups is not None:
+        if len(groups) != len(y):
+            raise ValueError(f"groups has {len(groups)} entries for {len(y)} labels")
+        for sample in cluster_bootstrap_indices(groups, n_bootstrap, seed):
+            ys1, ps1 = y[sample], p[sample]
+            for name, value in threshold_metrics(ys1, ps1, tau).items():
+                samples[name].append(value)
+            if ranking:
+                samples["brier"].append(brier(ys1, ps1))
+                samples["ece"].append(ece(ys1, ps1, n_bins))
+                for name, value in _ranking(ys1, ps1).items():
+                    samples[name].append(value)
+    elif n_bootstrap > 0:
         idx = bootstrap_indices(len(y), n_bootstrap, seed)
         ys, ps = y[idx], p[idx]
         flagged = ps >= tau

@@ -27,7 +27,7 @@ from training.splits import (
     split_counts,
     write_manifest,
 )
-from training.synthetic import render_unit_image
+from training.synthetic.studies import render_unit_image
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +50,15 @@ class PreparedData:
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split)
 
+    def patients_of(self, indices: np.ndarray) -> list[str]:
+        """The patient of each image at ``indices`` (the bootstrap's resampling unit)."""
+        return [self.records[i].patient for i in indices]
+
 
 def synthetic_source(n: int, size: int, seed: int) -> tuple[SourceData, np.ndarray]:
     """``n`` synthetic frontal images (half positive) rendered at 4x ``size`` (at least
     256 px) and reduced by serving's path; one patient per image, no split provided."""
-    from training.synthetic import balanced_labels
+    from training.synthetic.studies import balanced_labels
 
     if n < 20:
         raise ConfigError(f"--synthetic needs at least 20 images, got {n}")
@@ -148,14 +152,18 @@ def load_data(
         "train_test_patient_overlap": len(patient_overlap(splits, patients, "train", "test")),
     }
     for split, c in counts.items():
-        print(
-            f"{split:>5}: {c['total']:>6} images = {c['normal']:>5} normal / "
-            f"{c['pneumonia']:>5} pneumonia"
+        logger.info(
+            "%5s: %6d images = %5d normal / %5d pneumonia",
+            split,
+            c["total"],
+            c["normal"],
+            c["pneumonia"],
         )
     if duplicates:
-        print(
-            f"dropped {len(duplicates)} exact duplicate files (same SHA-256); "
-            "see data_report in report_summary.json"
+        logger.info(
+            "dropped %d exact duplicate files (same SHA-256); see data_report in "
+            "report_summary.json",
+            len(duplicates),
         )
     if images is None:
         cache_dir = args.cache_dir or settings.data_dir / "cache"

@@ -332,4 +332,4 @@ def write_artifacts(
     summary["error_examples"] = errors
     write_json(run_dir / SUMMARY_FILE, summary)
     path = write_html(run_dir, summary, warnings)
-    print(f"run folder: {run_dir} (report: {path.name})")
+    logger.info("run folder: %s (report: %s)", run_dir, path.name)

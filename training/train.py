@@ -10,30 +10,51 @@ operating point, in a run folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import os
+import platform
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cxr_triage.settings import Settings, get_settings
 from governance.db import Store
 from governance.errors import ConfigError
-from training import report
+from governance.registry import sha256_file
+from training import metrics, report
+from training.calibration import probabilities
 from training.datasets import UnitImageDataset, make_loader
-from training.engine import amp_dtype_for, fit, set_seed, zero_init_residual
-from training.export import MODEL_FILE, export_checked, register_run
-from training.finalize import finalize
-from training.prepare import load_data, subgroup_metrics
-from training.presets import ClassificationPresetEval, ClassificationPresetTrain
-from worker.model import build_model, resolve_device
+from training.engine import FitResult, fit, set_seed, zero_init_residual
+from training.export import MODEL_FILE, register_run, score_exported
+from training.finalize import Finalized, Scores, finalize
+from training.prepare import PreparedData, load_data, subgroup_metrics
+from training.presets import (
+    AUGMENTATION_PRESETS,
+    ClassificationPresetEval,
+    ClassificationPresetTrain,
+)
+from training.thresholds import POLICY_CRITERIA
+from worker.model import build_model, export_torchscript, resolve_device
+from worker.preprocess import preprocessing_record
 
 logger = logging.getLogger(__name__)
 
+RAW_MODEL_FILE = "model-uncalibrated.pt"
+EXPORT_TOLERANCE = 1e-3
+
+MIN_VAL_PER_CLASS = 10
+NEEDS_PRETRAINED = (
+    "training on real images needs ImageNet weights: download torchvision's "
+    "resnet50-11ad3fa6.pth (https://download.pytorch.org/models/resnet50-11ad3fa6.pth) on a "
+    "machine with internet and pass --pretrained PATH, or pass --random-init"
+)
 RANDOM_INIT_WARNING = (
     "no --pretrained weights: the ResNet-50 starts from random initialisation. ImageNet "
     "weights cannot be downloaded on this machine; download torchvision's "
@@ -93,7 +114,24 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=224,
         help="input side in pixels (224 default; 256-288 selectable)",
     )
-    model.add_argument("--pretrained", type=Path, help="local ImageNet ResNet-50 weights")
+    model.add_argument(
+        "--pretrained",
+        type=Path,
+        help="local ImageNet ResNet-50 weights (torchvision's resnet50-11ad3fa6.pth); needed "
+        "for --data and --manifest unless --random-init",
+    )
+    model.add_argument(
+        "--random-init",
+        action="store_true",
+        help="train from random weights (a poor substitute on real radiographs)",
+    )
+    model.add_argument(
+        "--augment",
+        default="published",
+        choices=sorted(AUGMENTATION_PRESETS),
+        help="augmentation preset: published (RandomResizedCrop scale 0.08-1 + intensity "
+        "jitter, no flip; the default) or light (small crops, a few degrees of rotation)",
+    )
     model.add_argument("--epochs", type=int, default=30)
     model.add_argument("--batch-size", type=int, default=64)
     model.add_argument(
@@ -138,6 +176,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--seed", type=int, default=0)
     model.add_argument("--resume", type=Path, help="a run's checkpoint.pth to continue from")
     evaluation = parser.add_argument_group("evaluation and registration")
+    evaluation.add_argument(
+        "--serving-precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="precision of the exported file when validation and test are scored through it "
+        "to fit the temperature and every tau (default fp32; bf16 only where serving uses it)",
+    )
+    evaluation.add_argument(
+        "--force",
+        action="store_true",
+        help="train although the validation split has fewer than "
+        f"{MIN_VAL_PER_CLASS} images of a class (warned loudly)",
+    )
     evaluation.add_argument("--target-sensitivity", type=float, default=0.95)
     evaluation.add_argument("--target-specificity", type=float, default=0.85)
     evaluation.add_argument(
@@ -199,6 +250,11 @@ def check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} {path} does not exist")
     if args.deployment_prevalence is not None and not 0 < args.deployment_prevalence < 1:
         raise ConfigError("--deployment-prevalence must be strictly between 0 and 1")
+    if args.pretrained is not None and args.random_init:
+        raise ConfigError("give --pretrained PATH or --random-init, not both")
+    real = args.data is not None or args.manifest is not None
+    if real and args.pretrained is None and not args.random_init and args.resume is None:
+        raise ConfigError(NEEDS_PRETRAINED)
 
 
 @dataclass
@@ -208,32 +264,310 @@ class RunResult:
     version: str | None
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run resolves from its arguments and settings (the arguments stay untouched)."""
+
+    run_dir: Path
+    stamp: str
+    split_manifest: Path | None
+    device: torch.device
+    amp: bool
+    channels_last: bool
+    workers: int
+    lr: float
+    progress: bool
+
+    def training_args(self, args: argparse.Namespace, pos_weight: float) -> dict[str, Any]:
+        """The arguments as recorded in checkpoints and the report, resolved values included."""
+        recorded = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        recorded.update(
+            lr=self.lr,
+            workers=self.workers,
+            amp=self.amp,
+            channels_last=self.channels_last,
+            device=str(self.device),
+            pos_weight=pos_weight,
+            output_dir=str(self.run_dir),
+            split_manifest=str(self.split_manifest) if self.split_manifest else None,
+        )
+        return recorded
+
+
+def resolve_options(args: argparse.Namespace, settings: Settings) -> RunOptions:
+    """Run folder, device, precision, workers and learning rate for ``args``."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir = args.output_dir or settings.data_dir / "runs" / stamp
+    split_manifest = args.split_manifest
+    if args.resume is not None:
+        run_dir = args.resume.parent
+        if split_manifest is None and (run_dir / "split_manifest.csv").is_file():
+            split_manifest = run_dir / "split_manifest.csv"
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    workers = args.workers
+    if workers is None:
+        workers = max(0, min(8, len(os.sched_getaffinity(0)) - 1))
+    return RunOptions(
+        run_dir=run_dir,
+        stamp=stamp,
+        split_manifest=split_manifest,
+        device=device,
+        amp=cuda if args.amp is None else args.amp,
+        channels_last=cuda if args.channels_last is None else args.channels_last,
+        workers=workers,
+        lr=args.lr or (3e-4 if args.pretrained else 1e-3),
+        progress=not args.no_progress,
+    )
+
+
+def open_store(args: argparse.Namespace, settings: Settings) -> Store | None:
+    """The store to register in (None with --no-register).
+
+    Raises
+    ------
+    ConfigError
+        The store has no schema yet.
+    """
+    if not args.register:
+        return None
+    store = Store.from_settings(settings)
+    if not store.has_table("model_versions"):
+        raise ConfigError("the store is not initialised: run `cxr-triage db upgrade`")
+    return store
+
+
+def check_validation(labels: np.ndarray, force: bool) -> list[str]:
+    """Refuse (or, with ``force``, warn about) a validation split too small to calibrate on.
+
+    Raises
+    ------
+    ConfigError
+        A class is missing, or has fewer than :data:`MIN_VAL_PER_CLASS` images without force.
+    """
+    counts = [int((labels == c).sum()) for c in (0, 1)]
+    if min(counts) == 0:
+        raise ConfigError("the validation split needs images of both classes; add data")
+    if min(counts) >= MIN_VAL_PER_CLASS:
+        return []
+    message = (
+        f"the validation split has {counts[0]} normal and {counts[1]} pneumonia images, fewer "
+        f"than {MIN_VAL_PER_CLASS} of a class: the temperature and every tau chosen on it are "
+        "unreliable"
+    )
+    if not force:
+        raise ConfigError(message + "; add data, raise --val-fraction or pass --force")
+    logger.warning("%s (--force)", message.upper())
+    return [message + " (trained with --force)."]
+
+
+@dataclass
+class Loaders:
+    train: Any
+    val: Any
+    test: Any | None
+    evaluation: ClassificationPresetEval
+
+
+def build_loaders(args: argparse.Namespace, options: RunOptions, data: PreparedData) -> Loaders:
+    """Training loader (augmented, shuffled) and validation/test loaders (serving's input)."""
+    train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
+    size = args.input_size
+    kw = {
+        "workers": options.workers,
+        "seed": args.seed,
+        "pin_memory": options.device.type == "cuda",
+    }
+    evaluation = ClassificationPresetEval()
+    augment = ClassificationPresetTrain.preset(args.augment, size)
+    train_set = UnitImageDataset(data.images, data.labels, augment, train_idx)
+
+    def eval_loader(idx: np.ndarray) -> Any:
+        dataset = UnitImageDataset(data.images, data.labels, evaluation, idx)
+        return make_loader(dataset, batch_size=args.batch_size * 2, train=False, **kw)
+
+    return Loaders(
+        make_loader(train_set, batch_size=args.batch_size, train=True, **kw),
+        eval_loader(val_idx),
+        eval_loader(test_idx) if len(set(data.labels[test_idx].tolist())) == 2 else None,
+        evaluation,
+    )
+
+
+def train_model(
+    args: argparse.Namespace,
+    options: RunOptions,
+    loaders: Loaders,
+    pos_weight: float,
+    training_args: dict[str, Any],
+) -> tuple[torch.nn.Module, FitResult]:
+    """The network (ImageNet or random start) trained by :func:`training.engine.fit`, with
+    its best-validation-AUC weights loaded."""
+    model = build_model(pretrained=args.pretrained)
+    if args.pretrained is None:
+        zero_init_residual(model)
+    result = fit(
+        model,
+        loaders.train,
+        loaders.val,
+        epochs=args.epochs,
+        lr=options.lr,
+        weight_decay=args.weight_decay,
+        pos_weight=pos_weight,
+        device=options.device,
+        patience=args.patience,
+        amp=options.amp,
+        channels_last=options.channels_last,
+        checkpoint_dir=options.run_dir,
+        args=training_args,
+        resume_from=args.resume,
+        progress=options.progress,
+    )
+    model.load_state_dict(result.best_state)
+    return model, result
+
+
+def deployed_scores(
+    model: torch.nn.Module, args: argparse.Namespace, options: RunOptions, loaders: Loaders
+) -> tuple[Scores, Scores | None]:
+    """Validation and test scored through the TorchScript file serving would load, at the
+    serving precision: the scores every calibration and operating point is chosen on."""
+    raw = export_torchscript(model, args.input_size, options.run_dir / RAW_MODEL_FILE)
+    kw = {"device": str(options.device), "precision": args.serving_precision}
+    scores: list[Scores | None] = []
+    for loader in (loaders.val, loaders.test):
+        if loader is None:
+            scores.append(None)
+            continue
+        logits, labels = score_exported(raw, args.input_size, loader, **kw)
+        scores.append(Scores(labels, logits))
+    raw.unlink()
+    val, test = scores
+    assert val is not None
+    return val, test
+
+
+def export_model(
+    model: torch.nn.Module,
+    args: argparse.Namespace,
+    options: RunOptions,
+    loaders: Loaders,
+    final: Finalized,
+) -> tuple[Path, dict[str, Any]]:
+    """Export the calibrated network and check that the file, at the serving precision,
+    gives the validation probabilities that were recorded."""
+    path = export_torchscript(model, args.input_size, options.run_dir / MODEL_FILE)
+    logits, _ = score_exported(
+        path,
+        args.input_size,
+        loaders.val,
+        device=str(options.device),
+        precision=args.serving_precision,
+    )
+    served = probabilities(logits, final.temperature)
+    diff = float(np.max(np.abs(served - final.val.probs)))
+    check = {
+        "max_abs_probability_diff": diff,
+        "images": len(served),
+        "precision": args.serving_precision,
+        "compared_with": "recorded validation probabilities",
+    }
+    log = logger.warning if diff > EXPORT_TOLERANCE else logger.info
+    log(
+        "exported %s at %s: max |p served - p recorded| = %.2e on %d validation images",
+        path,
+        args.serving_precision,
+        diff,
+        len(served),
+    )
+    return path, check
+
+
+def study_metrics(
+    data: PreparedData,
+    val_idx: np.ndarray,
+    test_idx: np.ndarray,
+    final: Finalized,
+    args: argparse.Namespace,
+) -> dict[str, Any] | None:
+    """Metrics per study (highest image probability, as the worker flags) at the balanced
+    tau, where the source has studies; None where it has not."""
+    if not any(r.study for r in data.records):
+        return None
+    tau = final.operating_points[POLICY_CRITERIA["balanced"]].tau
+    out: dict[str, Any] = {"aggregation": "max over the study's images", "tau": tau}
+    for name, idx, scores in (("val", val_idx, final.val), ("test", test_idx, final.test)):
+        if scores is None or len(idx) == 0:
+            continue
+        studies = [data.records[i].study or f"image:{i}" for i in idx]
+        labels, probs, _ = metrics.study_level(scores.labels, scores.probs, studies)
+        if len(set(labels.tolist())) < 2:
+            continue
+        out[name] = metrics.summarize(
+            labels, probs, tau, n_bootstrap=args.bootstrap, seed=args.seed
+        )
+    return out
+
+
+def provenance(input_size: int) -> dict[str, Any]:
+    """Versions and commit a run was made with."""
+    import torchvision
+
+    from worker.preprocess import PREPROCESSING_VERSION, code_sha256
+
+    commit = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "git_commit": commit,
+        "preprocessing_version": PREPROCESSING_VERSION,
+        "preprocessing_sha256": code_sha256(),
+        "input_size": input_size,
+    }
+
+
+def register(
+    store: Store, args: argparse.Namespace, options: RunOptions, version: str, sha256: str
+) -> str:
+    """Register the run's model version (and with --activate its policy)."""
+    approved_by = args.approved_by or ("cxr-triage train" if args.activate else None)
+    model_version = register_run(
+        store,
+        options.run_dir,
+        version=version,
+        actor="cxr-triage train",
+        operating_point=args.operating_point if args.activate else None,
+        approved_by=approved_by,
+    )
+    logger.info(
+        "registered model version %s (sha256 %s...)%s",
+        model_version.version,
+        sha256[:12],
+        f", active with the {args.operating_point} policy"
+        if args.activate
+        else "; set a policy and activate it: cxr-triage policy set / model activate",
+    )
+    return model_version.version
+
+
 def train(args: argparse.Namespace, settings: Settings) -> RunResult:
     """Run the whole pipeline; see the module docstring."""
     check_args(args)
-    progress = not args.no_progress
-    if args.resume is not None:
-        args.output_dir = args.resume.parent
-        if args.split_manifest is None and (args.output_dir / "split_manifest.csv").is_file():
-            args.split_manifest = args.output_dir / "split_manifest.csv"
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    run_dir = args.output_dir or settings.data_dir / "runs" / stamp
-    store = None
-    if args.register:
-        store = Store.from_url(settings.database_url)
-        if not store.has_table("model_versions"):
-            raise ConfigError("the store is not initialised: run `cxr-triage db upgrade`")
+    options = resolve_options(args, settings)
+    store = open_store(args, settings)
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
-    device = resolve_device(args.device)
-    amp = device.type == "cuda" if args.amp is None else args.amp
-    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
-    workers = (
-        args.workers
-        if args.workers is not None
-        else max(0, min(8, len(os.sched_getaffinity(0)) - 1))
-    )
-    lr = args.lr or (3e-4 if args.pretrained else 1e-3)
     set_seed(args.seed)
     warnings = []
     if args.pretrained is None:
@@ -241,94 +575,44 @@ def train(args: argparse.Namespace, settings: Settings) -> RunResult:
         warnings.append(RANDOM_INIT_WARNING)
     if args.synthetic is not None:
         warnings.append("Trained on SYNTHETIC images: NON-CLINICAL, not for patient care.")
-    data = load_data(args, run_dir, settings, workers=workers, progress=progress)
+    data_args = argparse.Namespace(**{**vars(args), "split_manifest": options.split_manifest})
+    data = load_data(
+        data_args, options.run_dir, settings, workers=options.workers, progress=options.progress
+    )
     train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
-    if len(val_idx) == 0 or len(set(data.labels[val_idx].tolist())) < 2:
-        raise ConfigError("the validation split needs images of both classes; add data")
+    warnings += check_validation(data.labels[val_idx], args.force)
     positives = int(data.labels[train_idx].sum())
     pos_weight = (len(train_idx) - positives) / max(positives, 1)
-    print(
-        f"pos_weight = neg/pos of the training split = {len(train_idx) - positives}/"
-        f"{positives} = {pos_weight:.4f}"
+    logger.info(
+        "pos_weight = neg/pos of the training split = %d/%d = %.4f",
+        len(train_idx) - positives,
+        positives,
+        pos_weight,
     )
-    size = args.input_size
-    train_set = UnitImageDataset(
-        data.images, data.labels, ClassificationPresetTrain(crop_size=size), train_idx
-    )
-    evaluation = ClassificationPresetEval()
-    pin = device.type == "cuda"
-    loader_kw = {"workers": workers, "seed": args.seed, "pin_memory": pin}
-    train_loader = make_loader(train_set, batch_size=args.batch_size, train=True, **loader_kw)
-    eval_loaders = [
-        make_loader(
-            UnitImageDataset(data.images, data.labels, evaluation, idx),
-            batch_size=args.batch_size * 2,
-            train=False,
-            **loader_kw,
-        )
-        if len(idx)
-        else None
-        for idx in (val_idx, test_idx)
-    ]
-    model = build_model(pretrained=args.pretrained)
-    if args.pretrained is None:
-        zero_init_residual(model)
-    training_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    training_args.update(
-        lr=lr,
-        workers=workers,
-        amp=amp,
-        channels_last=channels_last,
-        device=str(device),
-        pos_weight=pos_weight,
-    )
-    result = fit(
-        model,
-        train_loader,
-        eval_loaders[0],
-        epochs=args.epochs,
-        lr=lr,
-        weight_decay=args.weight_decay,
-        pos_weight=pos_weight,
-        device=device,
-        patience=args.patience,
-        amp=amp,
-        channels_last=channels_last,
-        checkpoint_dir=run_dir,
-        args=training_args,
-        resume=args.resume,
-        progress=progress,
-    )
-    model.load_state_dict(result.best_state)
-    test_labeled = eval_loaders[1] if len(set(data.labels[test_idx].tolist())) == 2 else None
+    loaders = build_loaders(args, options, data)
+    training_args = options.training_args(args, pos_weight)
+    model, result = train_model(args, options, loaders, pos_weight, training_args)
+    val_scores, test_scores = deployed_scores(model, args, options, loaders)
     final = finalize(
         model,
-        eval_loaders[0],
-        test_labeled,
-        device,
+        val_scores,
+        test_scores,
         pos_weight=pos_weight,
         deployment_prevalence=args.deployment_prevalence,
         target_sensitivity=args.target_sensitivity,
         target_specificity=args.target_specificity,
         n_bootstrap=args.bootstrap,
         seed=args.seed,
-        amp_dtype=amp_dtype_for(device, amp),
-        channels_last=channels_last,
-        progress=progress,
+        val_groups=data.patients_of(val_idx),
+        test_groups=data.patients_of(test_idx),
     )
-    check = torch.stack([evaluation(data.images[i]) for i in val_idx[:8]])
-    model_path, diff = export_checked(model, size, run_dir / MODEL_FILE, check, final.temperature)
-    print(
-        f"TorchScript export checked against eager on {len(check)} images: "
-        f"max |p difference| = {diff:.2e}"
-    )
-    from governance.registry import sha256_file
-
+    model_path, export_check = export_model(model, args, options, loaders, final)
     sha256 = sha256_file(model_path)
-    version = args.version or f"r50-{size}px-{stamp}-{sha256[:8]}"
+    size = args.input_size
+    version = args.version or f"r50-{size}px-{options.stamp}-{sha256[:8]}"
     summary = {
         "version": version,
-        "run_name": run_dir.name,
+        "run_name": options.run_dir.name,
         "architecture": "resnet50",
         "input_size": size,
         "sha256": sha256,
@@ -339,41 +623,35 @@ def train(args: argparse.Namespace, settings: Settings) -> RunResult:
         "training_args": training_args,
         "split_manifest_sha256": data.manifest_sha256,
         "data": data.report,
-        "export_check": {"max_abs_probability_diff": diff, "images": len(check)},
+        "export_check": export_check,
         "subgroups": subgroup_metrics(data, test_idx, final),
+        "study_metrics": study_metrics(data, val_idx, test_idx, final, args),
+        "preprocessing": preprocessing_record(size),
+        "provenance": provenance(size),
         "description": ("NON-CLINICAL " if args.synthetic is not None else "")
-        + f"ResNet-50 {size}px trained by cxr-triage train (run {run_dir.name})",
+        + f"ResNet-50 {size}px trained by cxr-triage train (run {options.run_dir.name})",
         "warnings": warnings,
     }
-    report.write_artifacts(run_dir, summary, final, data, val_idx, test_idx, warnings)
+    report.write_artifacts(options.run_dir, summary, final, data, val_idx, test_idx, warnings)
     registered = None
     if store is not None:
-        approved_by = args.approved_by or ("cxr-triage train" if args.activate else None)
-        model_version = register_run(
-            store,
-            run_dir,
-            version=version,
-            actor="cxr-triage train",
-            operating_point=args.operating_point if args.activate else None,
-            approved_by=approved_by,
-        )
-        registered = model_version.version
-        print(
-            f"registered model version {registered} (sha256 {sha256[:12]}...)"
-            + (
-                f", active with the {args.operating_point} policy"
-                if args.activate
-                else "; set a policy and activate it: cxr-triage policy set / model activate"
-            )
-        )
+        registered = register(store, args, options, version, sha256)
         store.dispose()
-    return RunResult(run_dir, summary, registered)
+    return RunResult(options.run_dir, summary, registered)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     check_args(args)  # before reading settings: a wrong path fails without side effects
     result = train(args, get_settings())
+    check = result.summary["export_check"]
+    print(
+        f"exported {result.run_dir / MODEL_FILE} ({check['precision']}): max |p served - p "
+        f"recorded| = {check['max_abs_probability_diff']:.2e} on {check['images']} images"
+    )
+    print(f"run folder: {result.run_dir} (report: report.html)")
+    if result.version:
+        print(f"registered model version {result.version}")
     test = result.summary.get("test_metrics") or {}
     auc = (test.get("overall") or {}).get("auc", {}).get("value")
     print(f"done: test AUC {auc:.4f}" if auc is not None else "done")

@@ -27,7 +27,7 @@ from governance.policies import (
 from governance.registry import activate_model, active_model, get_model, list_models
 from governance.registry import rollback_model as rollback_registry
 from governance.tokens import Identity, create_token, list_tokens, revoke_token
-from web.auth import RequireRole, client_address
+from web.auth import RequireRole, client_address, refuse
 from web.deps import StoreDep, read_store
 from web.schemas import (
     ErrorOut,
@@ -242,13 +242,27 @@ def get_tokens(store: StoreDep, _identity: Admin) -> list[TokenOut]:
     response_model=TokenCreatedOut,
     status_code=201,
     responses=CONFLICT,
-    summary="Create a token; the answer is the only time it is shown",
+    summary="Create a radiologist token; the answer is the only time it is shown (admin and "
+    "auditor tokens: `cxr-triage token create` on the store's machine)",
 )
 def post_token(
     request: Request, response: Response, store: StoreDep, identity: Admin, body: TokenIn
 ) -> TokenCreatedOut:
     address = client_address(request)
     response.headers["cache-control"] = "no-store"
+    if body.role != Role.RADIOLOGIST:
+        # Separation of duties: an admin must not mint admins (or the auditors who check them).
+        raise refuse(
+            store,
+            request,
+            403,
+            f"{body.role} tokens are created only with `cxr-triage token create` on the "
+            "store's machine; the web creates radiologist tokens",
+            reason="separation of duties",
+            token_prefix=identity.token_prefix,
+            roles=(Role.ADMIN,),
+            identity=identity,
+        )
 
     def work(session: Session) -> TokenCreatedOut:
         try:

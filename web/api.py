@@ -105,6 +105,13 @@ def get_worklist(
         raise HTTPException(
             status_code=422, detail="received_after needs a time zone (e.g. a trailing Z)"
         )
+    if received_after is not None:
+        try:
+            received_after = received_after.astimezone(dt.UTC)
+        except OverflowError:
+            raise HTTPException(
+                status_code=422, detail="received_after is outside the calendar"
+            ) from None
     if status:
         unknown = sorted(set(status) - set(STUDY_STATUSES))
         if unknown:

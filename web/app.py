@@ -14,6 +14,7 @@ shells, ``/static``, ``/login`` and ``/openapi.json`` are open too: they hold no
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,7 +31,9 @@ from cxr_triage import __version__
 from cxr_triage.settings import Settings
 from governance.db import Store
 from governance.errors import NotFound, StoreUnavailable
+from governance.web_sessions import SessionPolicy
 from web import admin, api, audit_api, health, login, metrics, monitoring, pages
+from web.throttle import AuthThrottle, RefusalAudit
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +106,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     if not isinstance(settings, Settings):
         raise TypeError(f"settings must be a Settings, got {type(settings).__name__}")
     owned = store is None
-    the_store = Store.from_url(settings.database_url) if store is None else store
+    the_store = Store.from_settings(settings) if store is None else store
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -126,6 +129,12 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.subgroup_min_studies = settings.subgroup_min_studies
     app.state.store = the_store
     app.state.broker_probe = health.BrokerProbe(settings)
+    app.state.session_policy = SessionPolicy(
+        idle=dt.timedelta(minutes=settings.web_session_idle_minutes),
+        absolute=dt.timedelta(hours=settings.web_session_max_hours),
+    )
+    app.state.auth_throttle = AuthThrottle(settings.web_auth_limit)
+    app.state.refusal_audit = RefusalAudit()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics.StoreCollector(the_store))
     app.state.metrics_registry = registry

@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session
 from governance import audit
 from governance.audit.query import AuditQuery, AuditRecord, parse_time, query_events
 from governance.audit.verify import verify_chain
+from governance.audit_key import read_anchors
 from governance.db import Store
+from governance.errors import ConfigError
 from governance.models import Role
 from governance.tokens import Identity
 from web.auth import RequireRole, client_address
@@ -102,7 +104,8 @@ def get_audit(
         str | None, Query(description="Only this outcome: success, refused or failure.")
     ] = None,
     before_id: Annotated[
-        int | None, Query(ge=1, description="Paging: only events older than this id.")
+        int | None,
+        Query(ge=1, le=2**31 - 1, description="Paging: only events older than this id."),
     ] = None,
 ) -> list[AuditRecord]:
     try:
@@ -143,9 +146,26 @@ def get_verify(
             "verification): catches deleted newest rows and rewritten trails."
         ),
     ] = None,
+    anchors: Annotated[
+        bool,
+        Query(
+            description="Also check every head anchored in this server's anchor file "
+            "(CXR_AUDIT_ANCHOR_FILE)."
+        ),
+    ] = False,
 ) -> dict[str, Any]:
+    anchored: list[tuple[int, str]] = []
+    if anchors:
+        path = request.app.state.settings.anchor_path
+        try:
+            anchored = read_anchors(path) if path.exists() else []
+        except ConfigError as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
     try:
-        result = read_store(store, lambda session: verify_chain(session, expect_head=expect_head))
+        result = read_store(
+            store,
+            lambda session: verify_chain(session, expect_head=expect_head, anchors=anchored),
+        )
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
     summary = result.to_dict()

@@ -1,14 +1,17 @@
 """Who is calling, and may they: API tokens, the login cookie, roles, CSRF, refusals audited.
 
 A request authenticates with ``Authorization: Bearer TOKEN`` (programs) or with the session
-cookie that ``/login`` sets (the pages): the cookie holds the token itself, HttpOnly and
-SameSite=Strict, Secure when the request came over HTTPS. A request that changes something
-with the cookie must also send the ``X-CSRF-Token`` header equal to the ``cxr_csrf`` cookie
-(double submit): another site can neither read that cookie nor set that header.
+cookie that ``/login`` sets (the pages): the cookie holds a server-side session's random id
+(:mod:`governance.web_sessions`), never the token, HttpOnly and SameSite=Strict, Secure when the
+request came over HTTPS; the session ends when idle, at its absolute expiry, at logout or when
+its token is revoked. A request that changes something with the cookie must also send the
+``X-CSRF-Token`` header equal to the ``cxr_csrf`` cookie (double submit): another site can
+neither read that cookie nor set that header.
 
-No token or a bad one is 401, the wrong role 403; every refusal is audited as a security
-alert (DICOM 110113) with the route template, the method, the role, the token's prefix
-(never the token) and the client's address.
+No token or a bad one is 401, the wrong role 403; past ``CXR_WEB_AUTH_LIMIT`` refusals a minute
+from one address, 429 (:mod:`web.throttle`). Refusals are audited as security alerts (DICOM
+110113) with the route template, the method, the role, the token's prefix (never the token),
+the client's address and a count: at most one event per address per minute.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from governance.db import Store
 from governance.tokens import Identity, authenticate, record_refusal
+from governance.web_sessions import SessionPolicy, authenticate_session
 from web.deps import StoreDep
+from web.throttle import AuthThrottle, RefusalAudit
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,8 @@ NO_TOKEN = (
     "(tokens come from `cxr-triage token create`)"
 )
 BAD_TOKEN = "token not accepted (unknown or revoked); log in again or ask an admin for a token"
+BAD_SESSION = "your sign-in has ended (expired, logged out or revoked); log in again at /login"
+TOO_MANY = "too many refused requests from this address; try again in {seconds} s"
 CSRF_MISSING = "missing or wrong X-CSRF-Token header for a cookie-authenticated change"
 
 
@@ -98,29 +105,39 @@ def refuse(
     roles: tuple[str, ...],
     identity: Identity | None = None,
     name: str | None = None,
+    method: str | None = None,
+    throttle: bool = False,
 ) -> HTTPException:
-    """Audit a refusal and return the HTTPException to raise.
+    """Audit a refusal (in aggregate) and return the HTTPException to raise.
 
     ``identity`` is the caller when the token was valid (wrong role, CSRF); ``name`` the token's
-    name when it is known but not valid (revoked).
+    name when it is known but not valid (revoked). With ``throttle`` the refusal counts towards
+    the address's limit, and past it the answer is 429 instead of ``status_code``.
     """
     route = route_template(request)
     address = client_address(request)
-    store.run(
-        lambda session: record_refusal(
-            session,
-            reason=reason,
-            route=route,
-            method=request.method,
-            token_prefix=token_prefix,
-            actor=identity.name if identity else name,
-            role=identity.role if identity else None,
-            required=roles,
-            actor_address=address,
-        ),
-        attempts=3,  # the request fails anyway when the store is down: answer it soon
+    headers = BEARER_CHALLENGE if status_code == 401 else None
+    if throttle:
+        limiter: AuthThrottle = request.app.state.auth_throttle
+        if limiter.hit(address):
+            seconds = limiter.retry_after(address)
+            status_code, message = 429, TOO_MANY.format(seconds=seconds)
+            reason = f"rate limited: {reason}"
+            headers = {"Retry-After": str(seconds)}
+    audited = audit_refusal(
+        store,
+        request,
+        reason=reason,
+        route=route,
+        method=method or request.method,
+        token_prefix=token_prefix,
+        actor=identity.name if identity else name,
+        role=identity.role if identity else None,
+        required=roles,
     )
-    logger.warning(
+    # Logged like the audit: once a minute per address, the rest only at debug level.
+    logger.log(
+        logging.WARNING if audited else logging.DEBUG,
         "refused %s %s from %s: %s (token %s)",
         request.method,
         route,
@@ -128,8 +145,57 @@ def refuse(
         reason,
         f"{token_prefix}..." if token_prefix else "none",
     )
-    headers = BEARER_CHALLENGE if status_code == 401 else None
     return HTTPException(status_code=status_code, detail=message, headers=headers)
+
+
+def audit_refusal(
+    store: Store,
+    request: Request,
+    *,
+    reason: str,
+    route: str,
+    method: str,
+    token_prefix: str | None,
+    actor: str | None = None,
+    role: str | None = None,
+    required: tuple[str, ...] = (),
+) -> int:
+    """Audit a refusal unless this address had one audited in the last minute (then it is
+    counted into the next event), so a flood adds at most one row a minute per address.
+
+    Returns how many refusals the event written stands for (0: none written now).
+    """
+    address = client_address(request)
+    aggregate: RefusalAudit = request.app.state.refusal_audit
+    count = aggregate.note(address)
+    if not count:
+        return 0
+    try:
+        store.run(
+            lambda session: record_refusal(
+                session,
+                reason=reason,
+                route=route,
+                method=method,
+                token_prefix=token_prefix,
+                actor=actor,
+                role=role,
+                required=required,
+                actor_address=address,
+                count=count,
+            ),
+            attempts=3,  # the request fails anyway when the store is down: answer it soon
+        )
+    except Exception:
+        aggregate.restore(address, count)  # counted into the next event instead
+        raise
+    return count
+
+
+def session_policy(request: Request) -> SessionPolicy:
+    """The application's web session lifetimes."""
+    policy: SessionPolicy = request.app.state.session_policy
+    return policy
 
 
 def authorize(request: Request, store: Store, roles: tuple[str, ...]) -> Identity:
@@ -149,19 +215,32 @@ def authorize(request: Request, store: Store, roles: tuple[str, ...]) -> Identit
     token, method = presented_token(request)
     if token is None:
         reason = "malformed authorization header" if method == "malformed" else "no token"
-        raise refuse(store, request, 401, NO_TOKEN, reason=reason, token_prefix=None, roles=roles)
-    check = authenticate(store, token, method=method, actor_address=client_address(request))
+        raise refuse(
+            store,
+            request,
+            401,
+            NO_TOKEN,
+            reason=reason,
+            token_prefix=None,
+            roles=roles,
+            throttle=True,
+        )
+    if method == "cookie":
+        check = authenticate_session(store, token, session_policy(request))
+    else:
+        check = authenticate(store, token, method=method, actor_address=client_address(request))
     identity = check.identity
     if identity is None:
         raise refuse(
             store,
             request,
             401,
-            BAD_TOKEN,
+            BAD_SESSION if method == "cookie" else BAD_TOKEN,
             reason=check.reason or "unknown token",
             token_prefix=check.token_prefix,
             roles=roles,
             name=check.name,
+            throttle=True,
         )
     if (
         method == "cookie"

@@ -1,8 +1,12 @@
 """``/login`` and ``/logout``: a person pastes their API token once and gets a session cookie.
 
-The cookie holds the token (HttpOnly, SameSite=Strict, Secure over HTTPS, no expiry: it ends
-with the browser session); logging out deletes it. The forms carry a CSRF value that must match
-the ``cxr_csrf`` cookie (double submit), so another site cannot log a user in or out.
+The cookie holds the random id of a server-side session (:mod:`governance.web_sessions`), never
+the token (HttpOnly, SameSite=Strict, Secure over HTTPS); the session ends when idle
+(``CXR_WEB_SESSION_IDLE_MINUTES``), at its absolute expiry (``CXR_WEB_SESSION_MAX_HOURS``), at
+logout, or when its token is revoked. Login attempts count towards the address's limit
+(``CXR_WEB_AUTH_LIMIT`` a minute, then 429) and refusals are audited in aggregate. The forms
+carry a CSRF value that must match the ``cxr_csrf`` cookie (double submit), so another site
+cannot log a user in or out.
 """
 
 from __future__ import annotations
@@ -15,19 +19,25 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
 
 from governance import audit
 from governance.db import Store
-from governance.tokens import Identity, check_token, record_authenticated, record_refusal
+from governance.tokens import Identity, check_token, record_authenticated
+from governance.web_sessions import end_session, start_session
 from web.auth import (
     CSRF_COOKIE,
     SESSION_COOKIE,
+    TOO_MANY,
+    audit_refusal,
     client_address,
     csrf_ok,
     safe_next,
+    session_policy,
 )
 from web.deps import StoreDep, read_store
 from web.pages import error_page, render
+from web.throttle import AuthThrottle
 
 logger = logging.getLogger(__name__)
 
@@ -81,23 +91,29 @@ def _refusal(
 ) -> None:
     address = client_address(request)
     path = request.url.path
-    store.run(
-        lambda session: record_refusal(
-            session,
-            reason=reason,
-            route=path,
-            method="POST",
-            token_prefix=prefix,
-            actor=name,
-            actor_address=address,
-        ),
-        attempts=3,  # the request fails anyway when the store is down: answer it soon
+    audited = audit_refusal(
+        store, request, reason=reason, route=path, method="POST", token_prefix=prefix, actor=name
     )
-    logger.warning("refused %s from %s: %s", path, address, reason)
+    logger.log(
+        logging.WARNING if audited else logging.DEBUG,
+        "refused %s from %s: %s",
+        path,
+        address,
+        reason,
+    )
 
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request, store: StoreDep) -> Response:
+    limiter: AuthThrottle = request.app.state.auth_throttle
+    address = client_address(request)
+    if limiter.hit(address):
+        # Refused before the form is read or the store asked: a flood costs neither.
+        _refusal(store, request, "rate limited: login", None)
+        seconds = limiter.retry_after(address)
+        limited = _login_page(request, "/", TOO_MANY.format(seconds=seconds) + ".", status_code=429)
+        limited.headers["retry-after"] = str(seconds)
+        return limited
     form = await _form(request)
     next_path = safe_next(form.get("next"))
     if not csrf_ok(request, form.get("csrf")):
@@ -118,16 +134,25 @@ async def login(request: Request, store: StoreDep) -> Response:
             "That token was not accepted (unknown or revoked).",
             status_code=401,
         )
-    address = client_address(request)
-    store.run(
-        lambda session: record_authenticated(
-            session, identity, method="login", actor_address=address
-        )
-    )
+    policy = session_policy(request)
+
+    def open_session(session: Session) -> str:
+        text = start_session(session, identity, policy, actor_address=address)
+        record_authenticated(session, identity, method="login", actor_address=address)
+        return text
+
+    session_text = store.run(open_session)
     logger.info("%s logged in as %s from %s", identity.name, identity.role, address)
     response = RedirectResponse(next_path, status_code=303)
     secure = _secure(request)
-    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=secure)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_text,
+        max_age=int(policy.absolute.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+    )
     # A new CSRF value for the new session.
     response.set_cookie(
         CSRF_COOKIE, secrets.token_urlsafe(24), httponly=False, samesite="strict", secure=secure
@@ -135,18 +160,22 @@ async def login(request: Request, store: StoreDep) -> Response:
     return response
 
 
-def _logout_event(store: Store, identity: Identity, address: str | None) -> None:
-    store.run(
-        lambda session: audit.record(
-            session,
-            actor=identity.name,
-            actor_address=address,
-            action=audit.Action.USER_LOGGED_OUT,
-            object_type="api_token",
-            object_uid=identity.name,
-            detail={"role": identity.role, "token_prefix": identity.token_prefix},
-        )
-    )
+def _logout(store: Store, session_text: str, address: str | None) -> Identity | None:
+    def work(session: Session) -> Identity | None:
+        identity = end_session(session, session_text, reason="logout")
+        if identity is not None:
+            audit.record(
+                session,
+                actor=identity.name,
+                actor_address=address,
+                action=audit.Action.USER_LOGGED_OUT,
+                object_type="api_token",
+                object_uid=identity.name,
+                detail={"role": identity.role, "token_prefix": identity.token_prefix},
+            )
+        return identity
+
+    return store.run(work)
 
 
 @router.post("/logout")
@@ -155,11 +184,9 @@ async def logout(request: Request, store: StoreDep) -> Response:
     if not csrf_ok(request, form.get("csrf")):
         _refusal(store, request, "csrf", None)
         return error_page(403, "The sign-out form had expired; reload the page and try again.")
-    token = request.cookies.get(SESSION_COOKIE)
-    if token:
-        check = read_store(store, lambda session: check_token(session, token))
-        if check.identity is not None:
-            _logout_event(store, check.identity, client_address(request))
+    session_text = request.cookies.get(SESSION_COOKIE)
+    if session_text:
+        _logout(store, session_text, client_address(request))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
     response.delete_cookie(CSRF_COOKIE, samesite="strict")

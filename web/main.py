@@ -47,7 +47,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
 
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port must be in 1-65535, got {port}")
-    store = Store.from_url(settings.database_url)
+    store = Store.from_settings(settings)
     try:
         check_store(store)
     except Exception:

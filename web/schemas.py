@@ -334,7 +334,7 @@ class TokenCreatedOut(TokenOut):
 
 class ChainProblemOut(BaseModel):
     event_id: int
-    kind: str = Field(description="edited, deleted, reordered or anchor.")
+    kind: str = Field(description="edited, deleted, reordered, anchor, unkeyed or key.")
     message: str
 
 
@@ -347,6 +347,8 @@ class AuditVerifyOut(BaseModel):
     head_hash: str
     anchor: str = Field(description="ID:HASH of the newest event: keep it outside the store.")
     anchor_checked: bool
+    anchors_checked: int = Field(0, description="Anchors checked (expect_head and the file).")
+    keyed_events: int = Field(0, description="Events hashed with the site's audit key (HMAC).")
     problem_count: int
     first_bad_id: int | None
     first_problem: str | None

@@ -129,13 +129,14 @@ def load_model(spec: ModelSpec, *, device: str = "auto", precision: str = "auto"
     Raises
     ------
     ModelIntegrityError
-        The file is missing or its checksum differs from the registry's.
+        The file is missing, its checksum differs from the registry's, or it was made with
+        a preprocessing this code does not implement.
     """
     if precision not in {"auto", "fp32", "bf16"}:
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     started = time.perf_counter()
     target = resolve_device(device)
-    base = load_scripted(spec.path, spec.sha256, target)
+    base = load_scripted(spec.path, spec.sha256, target, spec.input_size)
     fp32 = _prepare(base, target, torch.float32)
     chosen, dtype = fp32, torch.float32
     wants_low = precision == "bf16" or (
@@ -145,7 +146,9 @@ def load_model(spec: ModelSpec, *, device: str = "auto", precision: str = "auto"
         low_dtype = torch.bfloat16
         if target.type == "cuda" and not torch.cuda.is_bf16_supported():
             low_dtype = torch.float16
-        low = _prepare(load_scripted(spec.path, spec.sha256, target), target, low_dtype)
+        low = _prepare(
+            load_scripted(spec.path, spec.sha256, target, spec.input_size), target, low_dtype
+        )
         probe = (
             _probe_batch(spec.input_size).to(target).contiguous(memory_format=torch.channels_last)
         )

@@ -29,7 +29,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.from_url(settings.database_url)
+    store = Store.from_settings(settings)
     store.check_schema()
     store.dispose()
     configure_export(settings.syslog_url, audit_source_id=settings.ae_title)

@@ -1,7 +1,9 @@
-"""``cxr-triage predict FILE|DIR...``: score DICOM files offline, one JSON line per file.
+"""``cxr-triage predict FILE|DIR...``: score DICOM, JPEG and PNG files offline, one JSON line
+per file.
 
 Uses the active model version and the policy in force (or ``--model VERSION``), through the
-same selection, preprocessing and calibration as the worker. Nothing is written to the store.
+same selection (DICOM), preprocessing (:func:`worker.preprocess.prepare`) and calibration as the
+worker. Nothing is written to the store.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from cxr_triage.settings import get_settings
 from governance.db import Store
 from governance.errors import ConfigError, NoActiveModel
+from governance.models import utcnow
 from governance.policies import policy_in_force
 from governance.registry import active_model, get_model
-from governance.triage_results import decide
-from worker.inference import ModelCache, ModelSpec
+from governance.triage_results import ImageScore, decide
+from worker.inference import ModelCache, ModelSpec, calibrate, predict_logits
+from worker.preprocess import is_image_file, prepare
 from worker.triage import Candidate, score_images
 
 logger = logging.getLogger(__name__)
@@ -34,11 +40,14 @@ class _Tau:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxr-triage predict",
-        description="Score DICOM files offline with a registered model version and print one "
-        "JSON line per file: path, probability, logit, model_version, tau, flagged, or "
+        description="Score DICOM, JPEG and PNG files offline with a registered model version "
+        "and print one JSON line per file: path, probability, logit, model_version, tau, "
+        "flagged, or "
         "skipped_reason. Folders are searched recursively.",
     )
-    parser.add_argument("paths", nargs="+", metavar="FILE|DIR", help="DICOM files or folders")
+    parser.add_argument(
+        "paths", nargs="+", metavar="FILE|DIR", help="DICOM/JPEG/PNG files or folders"
+    )
     parser.add_argument(
         "--model", metavar="VERSION", help="model version (default: the active one)"
     )
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
     files = list(iter_files(args.paths))
-    store = Store.from_url(settings.database_url)
+    store = Store.from_settings(settings)
     store.check_schema()
     with store.read() as session:
         model = get_model(session, args.model) if args.model else active_model(session)
@@ -93,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     chunk = max(batch, 32)
     for start in range(0, len(files), chunk):
         part = files[start : start + chunk]
-        todo = [Candidate(i, path.name, str(path)) for i, path in enumerate(part)]
-        results = score_images(cache, spec, todo, batch_size=batch)
-        for result in sorted(results, key=lambda r: r.instance_id):
+        scores = score_files(cache, spec, part, batch)
+        for index, path in enumerate(part):
+            result = scores[index]
             line: dict[str, object] = {
-                "path": str(part[result.instance_id]),
+                "path": str(path),
                 "model_version": spec.version,
                 "tau": tau,
             }
@@ -112,3 +121,49 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
     return 0
+
+
+def score_files(
+    cache: ModelCache, spec: ModelSpec, paths: list[Path], batch_size: int
+) -> dict[int, ImageScore]:
+    """Scores by index in ``paths``: DICOM through the worker's selection and scoring, JPEG
+    and PNG (no header to select on) through the same preprocessing and calibration."""
+    images: list[int] = []
+    dicoms: list[int] = []
+    for index, path in enumerate(paths):
+        try:
+            (images if is_image_file(path) else dicoms).append(index)
+        except OSError:
+            dicoms.append(index)  # the DICOM path reports why it cannot be read
+    scores: dict[int, ImageScore] = {}
+    todo = [Candidate(i, paths[i].name, str(paths[i])) for i in dicoms]
+    for result in score_images(cache, spec, todo, batch_size=batch_size):
+        scores[result.instance_id] = result
+    for start in range(0, len(images), batch_size):
+        prepared = []
+        for index in images[start : start + batch_size]:
+            started = utcnow()
+            try:
+                prepared.append((index, prepare(paths[index], spec.input_size)))
+            except ValueError as exc:
+                scores[index] = ImageScore(
+                    index, paths[index].name, started, skipped_reason=str(exc)[:250]
+                )
+        if not prepared:
+            continue
+        logits = predict_logits(cache.get(spec), np.stack([p.input for _, p in prepared]))
+        inferred = utcnow()
+        for (index, image), logit, probability in zip(
+            prepared, logits, calibrate(logits, spec.temperature), strict=True
+        ):
+            scores[index] = ImageScore(
+                index,
+                paths[index].name,
+                image.started_at,
+                probability=float(probability),
+                logit=float(logit),
+                decoded_at=image.decoded_at,
+                preprocessed_at=image.preprocessed_at,
+                inferred_at=inferred,
+            )
+    return scores

@@ -1,43 +1,59 @@
-"""DICOM pixels to model input: the one preprocessing that training and serving share.
+"""Pixels to model input: the one preprocessing that training, serving and ``predict`` share.
 
-A model scores a DICOM file in production exactly as it was evaluated because both sides call
-:func:`preprocess` (DICOM) or :func:`preprocess_image` (a JPEG/PNG array), which compose the
-same small pure functions:
+:func:`prepare` is the entry point: a DICOM dataset, a DICOM/JPEG/PNG file or a gray array in,
+a :class:`Prepared` out (the model input, the [0, 1] image before standardisation, its
+statistics and the stage timestamps). It composes small pure functions:
 
-1. decode the stored values (``ds.pixel_array``; first frame of a multi-frame image);
-2. a Modality LUT Sequence or VOI LUT Sequence, where present, on the full-resolution values
-   (they are look-up tables indexed by stored value);
-3. resize to fit the model's input keeping the whole field of view (aspect ratio kept; the
-   linear steps below commute with resizing, and doing them on the small image is cheaper);
-4. Rescale Slope/Intercept (PS3.3 C.11.1.1.2);
-5. the VOI window (PS3.3 C.11.2.1.2: LINEAR, LINEAR_EXACT, SIGMOID) to [0, 1], or without one,
-   the 0.5th-99.5th percentile range to [0, 1];
-6. MONOCHROME1 inverted so that bone and consolidation are bright;
-7. centred on a black square canvas of the input size;
-8. three channels standardised with the ImageNet mean and standard deviation.
+1. decode (``ds.pixel_array``, first frame; a JPEG/PNG as luminance);
+2. source-specific steps to presentation values: a Modality LUT Sequence or Rescale
+   Slope/Intercept (PS3.3 C.11.1.1.2), then a VOI LUT Sequence or the VOI window (PS3.3
+   C.11.2.1.2: LINEAR, LINEAR_EXACT, SIGMOID) at full resolution, then MONOCHROME1 inverted so
+   that bone and consolidation are bright; a JPEG/PNG is already presentation values;
+3. resize to fit the model's input keeping the whole field of view (antialiased bilinear);
+4. the same final intensity normalisation for every source: the 0.5th-99.5th percentile range
+   to [0, 1], so a DICOM and the 8-bit JPEG rendered from it by its own window give the same
+   input up to quantisation;
+5. centred on a black square canvas of the input size;
+6. three channels standardised with the ImageNet mean and standard deviation.
 
-Every function takes and returns arrays, checks its arguments and does no I/O, so the same
-pixels in any photometric interpretation, bit depth, rescale or transfer syntax give the same
-input (up to quantisation).
+:data:`PREPROCESSING_VERSION` names this recipe; :func:`preprocessing_record` is what a model
+carries (TorchScript extra file, registry row) and :func:`check_preprocessing` refuses a model
+made with another recipe.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import inspect
 import logging
 import math
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image
+import pydicom
+from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from scipy.special import expit
 
+from governance.errors import ModelIntegrityError
+
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = np.array(MEAN, dtype=np.float32)
+IMAGENET_STD = np.array(STD, dtype=np.float32)
 PERCENTILES = (0.5, 99.5)
+# Version 2: one final normalisation (the percentile range) for every source, VOI window at
+# full resolution. Version 1 (no record in the model file) stretched only images without one.
+PREPROCESSING_VERSION = 2
+PREPROCESSING_FILE = "preprocessing.json"  # the TorchScript extra file that carries the record
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,19 +217,35 @@ def standardize(unit: np.ndarray) -> np.ndarray:
     return (x[None, :, :] - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
 
 
-def to_unit_image(pixels: np.ndarray, transform: PixelTransform, size: int) -> np.ndarray:
-    """Stored values to a ``size`` x ``size`` gray image in [0, 1] (steps 3-7 above)."""
-    small = resize_to_fit(pixels, size)
-    values = apply_rescale(small, transform.slope, transform.intercept)
-    if transform.window is not None:
-        unit = apply_window(
+def presentation_image(
+    pixels: np.ndarray,
+    transform: PixelTransform,
+    size: int,
+    percentiles: tuple[float, float] = PERCENTILES,
+) -> np.ndarray:
+    """Stored values to the resized [0, 1] image before padding (steps 2-4 above).
+
+    Rescale is linear, so without a window it runs on the resized image (cheaper); a window
+    is not, so it runs at full resolution, exactly as a viewer renders a JPEG from the file.
+    """
+    if transform.window is None:
+        values = apply_rescale(resize_to_fit(pixels, size), transform.slope, transform.intercept)
+        if transform.invert:
+            values = -values  # the percentile range below is invariant to the offset
+    else:
+        values = apply_rescale(pixels, transform.slope, transform.intercept)
+        values = apply_window(
             values, transform.window[0], transform.window[1], transform.voi_function
         )
-    else:
-        unit = scale_to_unit(values)
-    if transform.invert:
-        unit = invert(unit)
-    return pad_to_square(unit, size)
+        if transform.invert:
+            values = invert(values)
+        values = resize_to_fit(values, size)
+    return scale_to_unit(values, percentiles)
+
+
+def to_unit_image(pixels: np.ndarray, transform: PixelTransform, size: int) -> np.ndarray:
+    """Stored values to a ``size`` x ``size`` gray image in [0, 1] (steps 2-5 above)."""
+    return pad_to_square(presentation_image(pixels, transform, size), size)
 
 
 def pixel_transform(ds: Dataset) -> PixelTransform:
@@ -285,30 +317,181 @@ def decode(ds: Dataset) -> np.ndarray:
     return pixels
 
 
-def preprocess(ds: Dataset, size: int) -> np.ndarray:
-    """A DICOM dataset to the model's (3, size, size) float32 input.
+@dataclass(frozen=True, slots=True)
+class ImageStats:
+    """Statistics of the resized [0, 1] image before padding and standardisation."""
+
+    mean: float
+    std: float
+    fraction_at_0: float
+    fraction_at_1: float
+
+    @classmethod
+    def of(cls, unit: np.ndarray) -> ImageStats:
+        x = np.asarray(unit, dtype=np.float32)
+        if x.size == 0:
+            raise ValueError("an empty image has no statistics")
+        return cls(
+            float(x.mean()),
+            float(x.std()),
+            float(np.mean(x <= 0.0)),
+            float(np.mean(x >= 1.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What :func:`prepare` returns: the model input, the image before standardisation, its
+    statistics and when each stage ended (UTC)."""
+
+    input: np.ndarray  # (3, size, size) float32, ImageNet-standardised
+    unit: np.ndarray  # (size, size) float32 in [0, 1], padded
+    stats: ImageStats
+    started_at: dt.datetime
+    decoded_at: dt.datetime
+    preprocessed_at: dt.datetime
+
+    @property
+    def decode_seconds(self) -> float:
+        return (self.decoded_at - self.started_at).total_seconds()
+
+    @property
+    def preprocess_seconds(self) -> float:
+        return (self.preprocessed_at - self.decoded_at).total_seconds()
+
+
+Source = Dataset | str | Path | np.ndarray
+
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether a file starts as a JPEG or PNG (and not as DICOM Part 10)."""
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    return head[128:132] != b"DICM" and head.startswith(_IMAGE_MAGIC)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A JPEG/PNG as a 2-D array: colour becomes luminance (ITU-R BT.601), 16-bit PNGs keep
+    their values.
 
     Raises
     ------
     ValueError
-        ``size`` is not positive, or the pixel data cannot be decoded or interpreted.
+        The file cannot be read as an image or exceeds Pillow's decompression-bomb limit.
     """
-    if size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
+    try:
+        with Image.open(path) as image:
+            if image.mode in {"L", "I;16", "I", "F"}:
+                return np.asarray(image)
+            return np.asarray(image.convert("L"))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from None
+
+
+def read_source(source: Source) -> tuple[np.ndarray, PixelTransform]:
+    """Decoded pixels and the transform to presentation values, for any source.
+
+    A path is read as JPEG/PNG when it starts like one, else as DICOM.
+
+    Raises
+    ------
+    FileNotFoundError
+        A path that does not exist.
+    ValueError
+        The file or dataset cannot be read, decoded or interpreted.
+    """
+    if isinstance(source, np.ndarray):
+        return source, PixelTransform()
+    if isinstance(source, Dataset):
+        ds = source
+    elif is_image_file(source):
+        return read_image(source), PixelTransform()
+    else:
+        try:
+            ds = pydicom.dcmread(source)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # pydicom raises many types; one clear error for the caller
+            raise ValueError(f"cannot read DICOM file {source}: {type(exc).__name__}") from None
     transform = pixel_transform(ds)
-    pixels = decode(ds)
-    return standardize(to_unit_image(pixels, transform, size))
+    return decode(ds), transform
 
 
-def preprocess_image(gray: np.ndarray, size: int) -> np.ndarray:
-    """A gray image from a JPEG or PNG (H, W) to the model's (3, size, size) input.
+def prepare(source: Source, size: int) -> Prepared:
+    """The one preprocessing entry point: a DICOM dataset or file, a JPEG/PNG file or a gray
+    array to the model's input, with its statistics and stage timestamps.
 
-    Such an image carries no window, so it takes the percentile range, exactly as a DICOM
-    image without one does.
+    Raises
+    ------
+    FileNotFoundError
+        ``source`` is a path that does not exist.
+    ValueError
+        ``size`` is not positive, or the pixels cannot be read, decoded or interpreted.
     """
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
-    return standardize(to_unit_image(np.asarray(gray), PixelTransform(), size))
+    started = dt.datetime.now(dt.UTC)
+    pixels, transform = read_source(source)
+    decoded = dt.datetime.now(dt.UTC)
+    image = presentation_image(pixels, transform, size)
+    unit = pad_to_square(image, size)
+    return Prepared(
+        standardize(unit), unit, ImageStats.of(image), started, decoded, dt.datetime.now(dt.UTC)
+    )
+
+
+def preprocess(source: Source, size: int) -> np.ndarray:
+    """``prepare(source, size).input``: the model's (3, size, size) float32 input."""
+    return prepare(source, size).input
+
+
+def code_sha256() -> str:
+    """SHA-256 of this module's source: provenance of the preprocessing a model was made with."""
+    return hashlib.sha256(inspect.getsource(sys.modules[__name__]).encode()).hexdigest()
+
+
+def preprocessing_record(input_size: int) -> dict[str, Any]:
+    """The preprocessing a model carries: version, parameters and this code's hash."""
+    return {
+        "version": PREPROCESSING_VERSION,
+        "input_size": int(input_size),
+        "percentiles": list(PERCENTILES),
+        "mean": list(MEAN),
+        "std": list(STD),
+        "letterbox": "centred on a black square",
+        "resize": "bilinear, antialiased (reducing_gap 3), longer side to input_size",
+        "window": "VOI window at full resolution, then the percentile range for every source",
+        "code_sha256": code_sha256(),
+    }
+
+
+def check_preprocessing(recorded: Mapping[str, Any] | None, input_size: int) -> None:
+    """Refuse a model whose recorded preprocessing this code does not implement.
+
+    ``code_sha256`` is provenance only: the version and parameters decide.
+
+    Raises
+    ------
+    ModelIntegrityError
+        One line naming the first difference (or the missing record).
+    """
+    if not recorded:
+        raise ModelIntegrityError(
+            "the model carries no preprocessing record (made before preprocessing version "
+            f"{PREPROCESSING_VERSION}); retrain or re-export it with this code"
+        )
+    expected = preprocessing_record(input_size)
+    for key, value in expected.items():
+        if key == "code_sha256":
+            continue
+        if recorded.get(key) != value:
+            raise ModelIntegrityError(
+                f"the model's preprocessing differs from this code's: {key} is "
+                f"{recorded.get(key)!r} in the model, {value!r} here; retrain or use a "
+                "matching release"
+            )
 
 
 def _first_float(value: object) -> float | None:

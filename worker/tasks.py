@@ -48,7 +48,7 @@ def get_context(settings: Settings) -> WorkerContext:
 
             _context = WorkerContext(
                 settings=settings,
-                store=Store.from_url(settings.database_url),
+                store=Store.from_settings(settings),
                 models=ModelCache(device=settings.device, precision=settings.precision),
             )
         return _context

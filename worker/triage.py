@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from governance import triage_results
 from governance.db import Store
 from governance.models import StudyStatus, utcnow
-from governance.monitoring.features import InputFeatures
+from governance.monitoring.features import InputFeatures, header_features
 from governance.triage_results import (
     ImageScore,
     PendingImage,
@@ -36,7 +36,7 @@ from governance.triage_results import (
     TriagePlan,
 )
 from worker.inference import ModelCache, ModelSpec, calibrate, predict_logits
-from worker.preprocess import decode, pixel_transform, standardize, to_unit_image
+from worker.preprocess import Prepared, prepare
 from worker.selection import InstanceColumns, header_mismatch, row_skip_reason, skip_reason
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,20 @@ def _read(candidate: Candidate, started: dt.datetime) -> Dataset | ImageScore:
     return skipped(reason) if reason is not None else ds
 
 
+def _features(prepared: Prepared, ds: Dataset) -> InputFeatures:
+    """Monitoring's view of an image: the preprocessing entry point's statistics (before
+    padding and standardisation) and a few header values read with the pixels."""
+    stats = prepared.stats
+    header = header_features(ds)
+    return InputFeatures(
+        img_mean=stats.mean,
+        img_std=stats.std,
+        img_frac_zero=stats.fraction_at_0,
+        img_frac_one=stats.fraction_at_1,
+        **header,
+    )
+
+
 def _prepare_image(candidate: Candidate, size: int) -> tuple[ImageScore, np.ndarray | None]:
     """Read, check and preprocess one image; a failure becomes a skip reason, not an error."""
     started = utcnow()
@@ -86,11 +100,7 @@ def _prepare_image(candidate: Candidate, size: int) -> tuple[ImageScore, np.ndar
         return ds, None
     uid = candidate.sop_instance_uid
     try:
-        transform = pixel_transform(ds)
-        pixels = decode(ds)
-        decoded = utcnow()
-        unit = to_unit_image(pixels, transform, size)
-        tensor = standardize(unit)
+        prepared = prepare(ds, size)
     except (ValueError, RuntimeError) as exc:
         logger.warning("instance %s not decodable: %s", uid, exc)
         return ImageScore(candidate.instance_id, uid, started, skipped_reason=str(exc)[:250]), None
@@ -98,11 +108,11 @@ def _prepare_image(candidate: Candidate, size: int) -> tuple[ImageScore, np.ndar
         candidate.instance_id,
         uid,
         started,
-        decoded_at=decoded,
-        preprocessed_at=utcnow(),
-        monitoring=InputFeatures.measure(unit, ds),
+        decoded_at=prepared.decoded_at,
+        preprocessed_at=prepared.preprocessed_at,
+        monitoring=_features(prepared, ds),
     )
-    return score, tensor
+    return score, prepared.input
 
 
 def _score_batch(

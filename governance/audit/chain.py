@@ -2,9 +2,11 @@
 
 Events carry DICOM PS3.15 A.5.3 event codes where one fits; our own events (a study triaged, a
 flag set, an override, a policy changed, a model activated) carry none. The application only
-inserts rows; it never updates or deletes one, and triggers refuse both (migration 0002). Each
-row's hash covers its content and the previous row's hash (:meth:`AuditEvent.canonical`), so
-:func:`governance.audit.query.verify_chain` finds a row that was edited, deleted or reordered.
+inserts rows; it never updates or deletes one, and triggers refuse both (migration 0002); on
+PostgreSQL the services' role may not (migration 0004). Each row's hash covers its content and
+the previous row's hash (:meth:`AuditEvent.canonical`), keyed with the site's audit key
+(HMAC-SHA256, :mod:`governance.audit_key`) when the store has one, so
+:func:`governance.audit.verify.verify_chain` finds a row that was edited, deleted or reordered.
 
 Details hold UIDs, AE titles, versions and figures, never patient identifiers; where a patient
 must be linked, :func:`pseudonym` gives a keyed pseudonym of the Patient ID instead.
@@ -27,7 +29,8 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from governance.models import GENESIS_HASH, AuditEvent, utcnow
+from governance.db import AUDIT_ANCHORS_INFO, AUDIT_KEY_INFO
+from governance.models import GENESIS_HASH, HMAC_SCHEME, AuditEvent, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -196,9 +199,12 @@ def record(
         detail=detail or {},
         prev_hash=prev_hash,
     )
-    event.row_hash = event.compute_hash(prev_hash)
+    key = session.info.get(AUDIT_KEY_INFO)
+    event.hash_scheme = HMAC_SCHEME if key else None
+    event.row_hash = event.compute_hash(prev_hash, key or None)
     session.add(event)
     session.flush()
+    session.info[_HEAD_KEY] = (event.id, event.row_hash)
     if _export_sink is not None:
         session.info.setdefault(_PENDING_KEY, []).append(event_fields(event))
     return event
@@ -302,6 +308,7 @@ def _lock_chain(session: Session) -> None:
 ExportSink = Callable[[dict[str, Any]], object]
 
 _PENDING_KEY = "cxr_audit_pending_export"
+_HEAD_KEY = "cxr_audit_head"  # (id, hash) of the newest event this transaction wrote
 _export_sink: ExportSink | None = None
 
 
@@ -318,6 +325,10 @@ def set_export_sink(sink: ExportSink | None) -> ExportSink | None:
 
 @sa_event.listens_for(Session, "after_commit")
 def _export_committed(session: Session) -> None:
+    head = session.info.pop(_HEAD_KEY, None)
+    anchors = session.info.get(AUDIT_ANCHORS_INFO)
+    if head is not None and anchors is not None:
+        anchors.note(*head)
     pending = session.info.pop(_PENDING_KEY, None)
     sink = _export_sink
     if not pending or sink is None:
@@ -332,3 +343,4 @@ def _export_committed(session: Session) -> None:
 @sa_event.listens_for(Session, "after_rollback")
 def _forget_rolled_back(session: Session) -> None:
     session.info.pop(_PENDING_KEY, None)
+    session.info.pop(_HEAD_KEY, None)

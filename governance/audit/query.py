@@ -45,14 +45,17 @@ def parse_time(value: str, *, now: dt.datetime | None = None) -> dt.datetime:
     match = _RELATIVE.match(value)
     if match:
         amount, unit = float(match.group(1)), match.group(2)
-        return (now or dt.datetime.now(dt.UTC)) - dt.timedelta(**{_UNITS[unit]: amount})
+        try:
+            return (now or dt.datetime.now(dt.UTC)) - dt.timedelta(**{_UNITS[unit]: amount})
+        except OverflowError:
+            raise ValueError(f"time {value!r} is further back than the calendar goes") from None
     try:
         when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
+        return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
         raise ValueError(
             f"time {value!r} is neither ISO 8601 (2026-11-25T08:00Z) nor an age (24h, 7d)"
         ) from None
-    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
 
 
 @dataclass(frozen=True)

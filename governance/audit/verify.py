@@ -9,10 +9,13 @@ hash (:meth:`AuditEvent.canonical`). Walking the rows in id order finds
 - **reordered** rows: a row's ``prev_hash`` is not the hash of the row before it, with no gap
   (rows swapped or moved, or the row before it rewritten with a recomputed hash).
 
-What the chain alone cannot show is a deletion of the newest rows, or a trail rewritten from
-some row on with every later hash recomputed (the hashes carry no secret). Both are caught by an
-*anchor*: the head (``ID:HASH``) printed by an earlier verification or carried by the syslog
-export, kept outside the database and given back as ``expect_head``.
+Rows written with the site's audit key carry HMAC-SHA256 hashes (``hash_scheme``), which nobody
+without the key can recompute, so a trail rewritten and re-hashed from some row on no longer
+verifies; older unkeyed rows are checked with plain SHA-256, and an unkeyed row after a keyed
+one is reported. What the chain alone cannot show is a deletion of the newest rows (or a
+rewrite by someone holding the key). Both are caught by *anchors*: heads (``ID:HASH``) kept
+outside the database (the anchor file, the syslog export, an earlier verification), given back
+as ``anchors`` or ``expect_head``.
 
 The walk streams the rows in chunks (keyset on id), so memory stays flat for millions of rows.
 """
@@ -20,15 +23,17 @@ The walk streams the rows in chunks (keyset on id), so memory stays flat for mil
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from governance.models import GENESIS_HASH, AuditEvent
+from governance.db import AUDIT_KEY_INFO
+from governance.models import GENESIS_HASH, HMAC_SCHEME, AuditEvent
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ _COLUMNS = (
     AuditEvent.detail,
     AuditEvent.prev_hash,
     AuditEvent.row_hash,
+    AuditEvent.hash_scheme,
 )
 
 
@@ -57,8 +63,9 @@ class ChainProblem:
     event_id
         The first bad row: the edited or misplaced row, or the first missing id.
     kind
-        ``edited``, ``deleted``, ``reordered`` or ``anchor`` (the anchored head is missing or
-        differs: newest rows deleted, or the trail rewritten).
+        ``edited``, ``deleted``, ``reordered``, ``anchor`` (an anchored row is missing or
+        differs: newest rows deleted, or the trail rewritten), ``unkeyed`` (a row hashed
+        without the key after keyed rows began) or ``key`` (keyed rows and no key to check).
     message
         One line for a person.
     """
@@ -83,7 +90,11 @@ class VerifyResult:
     problem_count
         All problems found (problems may cascade after the first).
     anchor_checked
-        Whether an ``expect_head`` anchor was given and checked.
+        Whether an ``expect_head`` anchor or anchors were given and checked.
+    anchors_checked
+        How many anchors were checked (``expect_head`` and ``anchors``).
+    keyed_events
+        Rows hashed with the audit key (HMAC-SHA256).
     """
 
     events: int
@@ -92,6 +103,8 @@ class VerifyResult:
     problems: tuple[ChainProblem, ...]
     problem_count: int
     anchor_checked: bool
+    anchors_checked: int = 0
+    keyed_events: int = 0
 
     @property
     def ok(self) -> bool:
@@ -116,6 +129,8 @@ class VerifyResult:
             "head_hash": self.head_hash,
             "anchor": self.anchor,
             "anchor_checked": self.anchor_checked,
+            "anchors_checked": self.anchors_checked,
+            "keyed_events": self.keyed_events,
             "problem_count": self.problem_count,
             "first_bad_id": first.event_id if first else None,
             "first_problem": first.kind if first else None,
@@ -147,6 +162,8 @@ def verify_chain(
     session: Session,
     *,
     expect_head: str | None = None,
+    anchors: Sequence[tuple[int, str]] = (),
+    key: bytes | None = None,
     chunk_size: int = 5000,
     max_problems: int = 20,
 ) -> VerifyResult:
@@ -160,6 +177,12 @@ def verify_chain(
         An anchor kept outside the database, ``HASH`` or ``ID:HASH`` (a head printed by an
         earlier verification, or the hash of an exported event). The trail must still hold
         that row with that hash; this catches deleted newest rows and rewritten trails.
+    anchors
+        ``(event id, hash)`` pairs from the anchor file (:func:`governance.audit_key.read_anchors`):
+        each must still be in the trail with that hash.
+    key
+        The audit key that keyed rows were hashed with; default: the store's
+        (``Session.info``). Without it keyed rows are reported as unchecked (``key``).
     chunk_size
         Rows fetched per query.
     max_problems
@@ -180,8 +203,14 @@ def verify_chain(
     if max_problems < 1:
         raise ValueError(f"max_problems must be at least 1, got {max_problems}")
     anchor = parse_anchor(expect_head) if expect_head is not None else None
+    if key is None:
+        key = session.info.get(AUDIT_KEY_INFO)
+    anchored: dict[int, str] = {}
+    for anchored_id, anchored_hash in anchors:
+        anchored.setdefault(anchored_id, anchored_hash)
     found = _Findings(max_problems)
-    count = 0
+    count = keyed = unchecked = 0
+    keyed_since: int | None = None
     expected_prev, prev_id = GENESIS_HASH, 0
     anchor_seen: str | None = None  # the stored hash of the anchor's row, once walked past it
     for row in _rows(session, chunk_size):
@@ -208,8 +237,32 @@ def verify_chain(
                     f"reordered: event {row.id} does not follow {before} (prev_hash chain "
                     "broken: rows swapped or moved, or the row before rewritten)",
                 )
+        elif row.hash_scheme == HMAC_SCHEME:
+            keyed += 1
+            keyed_since = keyed_since or row.id
+            if key is None:
+                unchecked += 1
+            elif _hash(row, key) != row.row_hash:
+                found.add(
+                    row.id, "edited", f"edited: event {row.id}'s content does not match its hash"
+                )
+        elif row.hash_scheme is not None:
+            found.add(row.id, "edited", f"edited: event {row.id} has an unknown hash scheme")
+        elif keyed_since is not None:
+            found.add(
+                row.id,
+                "unkeyed",
+                f"rewritten: event {row.id} is hashed without the audit key, but keyed events "
+                f"began at event {keyed_since}",
+            )
         elif _hash(row) != row.row_hash:
             found.add(row.id, "edited", f"edited: event {row.id}'s content does not match its hash")
+        if row.id in anchored and anchored[row.id] != row.row_hash:
+            found.add(
+                row.id,
+                "anchor",
+                f"rewritten: event {row.id}'s hash is not the one anchored outside the store",
+            )
         if anchor is not None and anchor_seen is None:
             anchor_id, anchor_hash = anchor
             if row.id == anchor_id or (anchor_id is None and row.row_hash == anchor_hash):
@@ -218,13 +271,30 @@ def verify_chain(
         expected_prev, prev_id = row.row_hash, row.id
     if anchor is not None:
         _check_anchor(anchor, anchor_seen, prev_id, found)
+    beyond = [i for i in anchored if i > prev_id]
+    if beyond:
+        found.add(
+            prev_id + 1,
+            "anchor",
+            f"deleted: the trail ends at event {prev_id} but the anchor file names event "
+            f"{max(beyond)}: events {prev_id + 1} to {max(beyond)} (at least) were deleted",
+        )
+    if unchecked:
+        found.add(
+            keyed_since or 0,
+            "key",
+            f"{unchecked} keyed events cannot be checked without the audit key (CXR_AUDIT_KEY "
+            "or CXR_DATA_DIR/audit.key)",
+        )
     result = VerifyResult(
         events=count,
         head_id=prev_id or None,
         head_hash=expected_prev,
         problems=tuple(found.problems),
         problem_count=found.count,
-        anchor_checked=anchor is not None,
+        anchor_checked=anchor is not None or bool(anchored),
+        anchors_checked=len(anchored) + (anchor is not None),
+        keyed_events=keyed,
     )
     logger.log(
         logging.INFO if result.ok else logging.WARNING,
@@ -250,10 +320,13 @@ class _Findings:
             self.problems.append(ChainProblem(event_id, kind, message))
 
 
-def _hash(row: Any) -> str:
+def _hash(row: Any, key: bytes | None = None) -> str:
     # The frozen canonical form is AuditEvent.canonical; applied to a result row with the same
     # attribute names it spares building an ORM object per row.
-    return hashlib.sha256(AuditEvent.canonical(row, row.prev_hash)).hexdigest()
+    content = AuditEvent.canonical(row, row.prev_hash)
+    if key is None:
+        return hashlib.sha256(content).hexdigest()
+    return hmac.new(key, content, hashlib.sha256).hexdigest()
 
 
 def _check_anchor(

@@ -276,3 +276,31 @@ def test_audit_command_in_a_real_process(env: Store, database_url: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("audit trail intact: 3 events, head hash ")
+
+
+def test_verify_anchors_catches_a_rewrite_by_someone_without_the_key(
+    env: Store,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CXR_AUDIT_ANCHOR_INTERVAL_S", "0")
+    monkeypatch.setenv("CXR_AUDIT_KEY", "site-audit-key-0123456789")
+    get_settings.cache_clear()
+    keyed = Store.from_settings(get_settings())  # what every cxr-triage process opens
+    fill(keyed, 4)
+    keyed.dispose()
+    code, out, _ = run(capsys, "verify", "--anchors")
+    assert code == 0 and "anchor(s) found" in out
+    # Rewritten from the first row as if never keyed: the chain alone checks out again.
+    tampering.rewrite_from(database_url, 1, unkeyed=True, actor="mallory")
+    code, out, _ = run(capsys, "verify", "--anchors", "--format", "json")
+    assert code == 1
+    result = json.loads(out)
+    # fill() wrote its four events in one transaction: one anchor, at event 4.
+    assert (result["first_bad_id"], result["first_problem"]) == (4, "anchor")
+    bad = tmp_path / "bad.log"
+    bad.write_text("garbage\n")
+    code, _, err = run(capsys, "verify", "--anchors", str(bad))
+    assert code == 2 and err.count("\n") == 1 and "bad.log:1 is not an anchor" in err

@@ -17,6 +17,8 @@ naming the service and what is wrong:
   bind mounts exist in the repository;
 * secrets come from the environment with no default (``${VAR:?...}``) and ``.env.example``
   lists every variable the file needs;
+* least privilege: no cxr-triage service logs in to PostgreSQL as the superuser or as the
+  schema owner that migrates; every one has the pseudonym and audit keys;
 * the test PACS's Orthanc config points its "triage" modality at the gateway's AE title and
   port, is allowed to call the gateway, and loads the routing script that is mounted.
 """
@@ -210,6 +212,37 @@ def check_volumes(doc: Mapping[str, Any], root: Path) -> list[str]:
     spool = holder.get("CXR_SPOOL_DIR", {})
     if len(set(spool.values())) > 1:
         problems.append(f"gateway and workers keep the spool on different volumes: {spool}")
+    return problems
+
+
+def check_privileges(doc: Mapping[str, Any]) -> list[str]:
+    """Services log in as the application role; every one has the pseudonym and audit keys."""
+    from sqlalchemy.engine import make_url
+
+    problems = []
+    services = doc.get("services") or {}
+    postgres = as_dict((services.get("postgres") or {}).get("environment"))
+    superuser = str(postgres.get("POSTGRES_USER", "postgres"))
+    owners = set()
+    for service in services.values():
+        owner_url = as_dict(service.get("environment")).get("CXR_MIGRATION_DATABASE_URL")
+        if owner_url:
+            owners.add(make_url(str(owner_url)).username)
+    for name, service in services.items():
+        if role(service) is None:
+            continue
+        env = as_dict(service.get("environment"))
+        url = env.get("CXR_DATABASE_URL")
+        user = make_url(str(url)).username if url else None
+        if user == superuser:
+            problems.append(
+                f"{name}: CXR_DATABASE_URL logs in as the PostgreSQL superuser {user!r}"
+            )
+        elif user in owners:
+            problems.append(f"{name}: CXR_DATABASE_URL logs in as the schema owner {user!r}")
+        for key in ("CXR_PSEUDONYM_KEY", "CXR_AUDIT_KEY"):
+            if not env.get(key):
+                problems.append(f"{name}: {key} is not set (each container would make its own)")
     return problems
 
 
@@ -435,6 +468,7 @@ def check_project(
     problems += check_services(doc)
     problems += check_ports(doc)
     problems += check_volumes(doc, root)
+    problems += check_privileges(doc)
     problems += check_orthanc(doc, root)
     for ignore_file in (".dockerignore", ".gitignore"):
         path = root / ignore_file

@@ -52,7 +52,17 @@ def test_the_schema_is_the_compose_specification() -> None:
 
 def test_the_stack_has_the_services_and_profiles_the_issue_asks_for() -> None:
     env = parse_env_file(ENV_EXAMPLE)
-    env.update({"POSTGRES_PASSWORD": "p", "REDIS_PASSWORD": "r", "ORTHANC_PASSWORD": "o"})
+    env.update(
+        {
+            "POSTGRES_PASSWORD": "p",
+            "POSTGRES_OWNER_PASSWORD": "po",
+            "POSTGRES_APP_PASSWORD": "pa",
+            "REDIS_PASSWORD": "r",
+            "ORTHANC_PASSWORD": "o",
+            "CXR_PSEUDONYM_KEY": "k" * 32,
+            "CXR_AUDIT_KEY": "a" * 32,
+        }
+    )
     doc = load(COMPOSE, env)
     services = doc["services"]
     assert {
@@ -82,9 +92,18 @@ def test_the_stack_has_the_services_and_profiles_the_issue_asks_for() -> None:
     assert services["gateway"]["depends_on"]["migrate"]["condition"] == (
         "service_completed_successfully"
     )
-    # The broker and store URLs carry the passwords from the environment.
+    # The broker and store URLs carry the passwords from the environment; the services log in
+    # as the application role, the migrations as the owner, neither as the superuser.
     assert services["web"]["environment"]["CXR_BROKER_URL"] == "redis://:r@redis:6379/0"
-    assert ":p@postgres:5432/cxr" in services["web"]["environment"]["CXR_DATABASE_URL"]
+    web_url = services["web"]["environment"]["CXR_DATABASE_URL"]
+    assert web_url == "postgresql+psycopg://cxr_app:pa@postgres:5432/cxr"
+    owner_url = services["migrate"]["environment"]["CXR_MIGRATION_DATABASE_URL"]
+    assert owner_url == "postgresql+psycopg://cxr_owner:po@postgres:5432/cxr"
+    assert services["postgres"]["environment"]["POSTGRES_USER"] == "postgres"
+    for name in ("gateway", "worker", "web", "migrate"):
+        environment = services[name]["environment"]
+        assert environment["CXR_PSEUDONYM_KEY"] == "k" * 32, name
+        assert environment["CXR_AUDIT_KEY"] == "a" * 32, name
 
 
 def test_interpolation_follows_compose() -> None:
@@ -97,9 +116,23 @@ def test_interpolation_follows_compose() -> None:
     assert interpolate("${EMPTY?say so}", env) == ""
 
 
-def test_passwords_are_required_before_compose_starts() -> None:
-    with pytest.raises(MissingVariable, match="POSTGRES_PASSWORD"):
+def test_passwords_and_keys_are_required_before_compose_starts() -> None:
+    with pytest.raises(MissingVariable, match="POSTGRES_"):
         load(COMPOSE, parse_env_file(ENV_EXAMPLE))
+    full = {
+        "POSTGRES_PASSWORD": "p",
+        "POSTGRES_OWNER_PASSWORD": "po",
+        "POSTGRES_APP_PASSWORD": "pa",
+        "REDIS_PASSWORD": "r",
+        "ORTHANC_PASSWORD": "o",
+        "CXR_PSEUDONYM_KEY": "k" * 32,
+        "CXR_AUDIT_KEY": "a" * 32,
+    }
+    load(COMPOSE, full)
+    for key in ("CXR_PSEUDONYM_KEY", "CXR_AUDIT_KEY", "POSTGRES_APP_PASSWORD"):
+        # Compose refuses to start without it (a recreated gateway would start new pseudonyms).
+        with pytest.raises(MissingVariable, match=key):
+            load(COMPOSE, {**full, key: ""})
 
 
 BROKEN_COMPOSE = {
@@ -185,6 +218,26 @@ BROKEN_COMPOSE = {
     "key the Compose schema does not know": (
         lambda t: replace_once(t, "stop_grace_period: 30s", "stop_grace_perod: 30s"),
         "schema: services/gateway",
+    ),
+    "services log in as the superuser": (
+        lambda t: replace_once(
+            t,
+            "CXR_DATABASE_URL: postgresql+psycopg://cxr_app:",
+            "CXR_DATABASE_URL: postgresql+psycopg://postgres:",
+        ),
+        "web: CXR_DATABASE_URL logs in as the PostgreSQL superuser 'postgres'",
+    ),
+    "services log in as the schema owner": (
+        lambda t: replace_once(
+            t,
+            "CXR_DATABASE_URL: postgresql+psycopg://cxr_app:",
+            "CXR_DATABASE_URL: postgresql+psycopg://cxr_owner:",
+        ),
+        "web: CXR_DATABASE_URL logs in as the schema owner 'cxr_owner'",
+    ),
+    "pseudonym key left to each container": (
+        lambda t: "\n".join(line for line in t.splitlines() if "CXR_PSEUDONYM_KEY:" not in line),
+        "gateway: CXR_PSEUDONYM_KEY is not set",
     ),
     "the worker built from the slim target": (
         lambda t: replace_once(t, "    target: worker\n", "    target: slim\n"),

@@ -30,7 +30,7 @@ from tests.conftest import REDIS_URL, free_port
 from tests.deploy.compose_file import ROOT
 from tests.peers import storescu
 from tests.services import Service, Stack, settings_env, wait_until
-from training.synthetic import write_studies
+from training.synthetic.studies import write_studies
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

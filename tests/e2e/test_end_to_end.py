@@ -19,7 +19,7 @@ import pytest
 
 from cxr_triage.settings import Settings
 from tests.services import Service, Stack, wait_until
-from training.synthetic import write_studies
+from training.synthetic.studies import write_studies
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,7 +19,7 @@ from governance.models import Study, StudyStatus
 from governance.studies import ReceivedInstance, record_instance
 from governance.triage_results import mark_queued
 from tests.services import Service, TrainedModel, activate_trained, wait_until
-from training.synthetic import write_studies
+from training.synthetic.studies import write_studies
 from worker.celery_app import make_celery
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

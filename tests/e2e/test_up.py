@@ -26,7 +26,7 @@ from governance.db import Store
 from governance.models import Role
 from governance.tokens import create_token
 from tests.services import TrainedModel, activate_trained, settings_env, wait_until
-from training.synthetic import write_studies
+from training.synthetic.studies import write_studies
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

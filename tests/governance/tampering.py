@@ -67,8 +67,14 @@ def swap(url: str, first: int, second: int) -> None:
     as_admin(url, work)
 
 
-def rewrite_from(url: str, event_id: int, **values: Any) -> None:
-    """Edit one row and recompute every hash from it on: a chain that checks out on its own."""
+def rewrite_from(
+    url: str, event_id: int, *, key: bytes | None = None, unkeyed: bool = False, **values: Any
+) -> None:
+    """Edit one row and recompute every hash from it on: a chain that checks out on its own.
+
+    Hashes are recomputed with ``key`` (a guess: the real one is not in the database) or, with
+    ``unkeyed``, as plain SHA-256 rows (``hash_scheme`` cleared).
+    """
 
     def work(conn: Connection) -> None:
         session = Session(bind=conn)
@@ -80,7 +86,9 @@ def rewrite_from(url: str, event_id: int, **values: Any) -> None:
         prev = events[0].prev_hash
         for event in events:
             event.prev_hash = prev
-            event.row_hash = event.compute_hash(prev)
+            if unkeyed:
+                event.hash_scheme = None
+            event.row_hash = event.compute_hash(prev, None if unkeyed else key)
             prev = event.row_hash
         session.flush()
 

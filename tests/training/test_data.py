@@ -23,7 +23,7 @@ from training.data import (
     read_gray,
 )
 from training.prepare import load_data
-from worker.preprocess import preprocess, preprocess_image, standardize
+from worker.preprocess import preprocess, standardize
 
 
 def test_kaggle_reads_only_split_folders_and_skips_non_images(kaggle_dir: Path):
@@ -58,9 +58,7 @@ def test_rgb_jpeg_becomes_gray_and_cache_equals_serving(kaggle_dir: Path, tmp_pa
     chosen = [rgb[0], records[0], records[-1]]
     cache = build_cache(chosen, 48, tmp_path, progress=False)
     for row, record in zip(cache, chosen, strict=True):
-        np.testing.assert_array_equal(
-            standardize(row), preprocess_image(read_gray(record.path), 48)
-        )
+        np.testing.assert_array_equal(standardize(row), preprocess(read_gray(record.path), 48))
     again = build_cache(chosen, 48, tmp_path, progress=False)  # reused, not rebuilt
     assert isinstance(again, np.memmap) and len(list(tmp_path.glob("*.npy"))) == 1
 

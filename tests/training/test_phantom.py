@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from training import synthetic
-from training.phantom import (
+from training.synthetic import studies as synthetic
+from training.synthetic.phantom import (
     chest_radiograph,
     consolidation,
     frontal_radiograph,

@@ -7,7 +7,7 @@ import torch
 from torchvision.transforms import v2
 
 from training.presets import ClassificationPresetEval, ClassificationPresetTrain
-from worker.preprocess import PixelTransform, preprocess_image, standardize, to_unit_image
+from worker.preprocess import PixelTransform, preprocess, standardize, to_unit_image
 
 FLIPS = (v2.RandomHorizontalFlip, v2.RandomVerticalFlip)
 
@@ -43,5 +43,5 @@ def test_eval_pipeline_is_serving_preprocessing():
     gray = (np.random.default_rng(2).random((90, 70)) * 255).astype(np.uint8)
     unit = to_unit_image(gray, PixelTransform(), 64)
     out = ClassificationPresetEval()(unit)
-    np.testing.assert_array_equal(out.numpy(), preprocess_image(gray, 64))
+    np.testing.assert_array_equal(out.numpy(), preprocess(gray, 64))
     np.testing.assert_array_equal(out.numpy(), standardize(unit))

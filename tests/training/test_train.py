@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 
 from cxr_triage.settings import Settings
 from governance.db import Store
+from governance.errors import NotFound
 from governance.models import ModelStatus
 from governance.policies import policy_in_force
 from governance.registry import active_model, get_model, sha256_file
@@ -21,7 +23,7 @@ from training.data import read_gray
 from training.export import register_run
 from training.train import get_args_parser, train
 from worker.inference import ModelSpec, calibrate, load_model, predict_logits
-from worker.preprocess import preprocess_image
+from worker.preprocess import preprocess
 
 from .conftest import TRAIN_ARGS, make_store_settings
 
@@ -72,7 +74,9 @@ def test_run_writes_every_artifact(trained_run):
     assert "random initialisation" in page
     history = json.loads((trained_run.run_dir / "train_history.json").read_text())
     assert [row["epoch"] for row in history] == list(range(len(history)))
-    checkpoint = torch.load(trained_run.run_dir / "best.pth", weights_only=False)
+    best = torch.load(trained_run.run_dir / "best.pth", weights_only=True)
+    assert set(best) == {"model", "epoch", "val_auc"}  # weights only: no optimiser state
+    checkpoint = torch.load(trained_run.run_dir / "checkpoint.pth", weights_only=False)
     assert set(checkpoint) >= {"model", "optimizer", "lr_scheduler", "epoch", "args"}
     assert checkpoint["args"]["input_size"] == 64
 
@@ -179,7 +183,7 @@ def test_worker_gives_the_probability_training_evaluated(trained_run):
     loaded = load_model(spec, device="cpu", precision="fp32")
     with open(trained_run.run_dir / "predictions_test.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))[:12]
-    batch = np.stack([preprocess_image(read_gray(trained_run.data / r["name"]), 64) for r in rows])
+    batch = np.stack([preprocess(read_gray(trained_run.data / r["name"]), 64) for r in rows])
     served = calibrate(predict_logits(loaded, batch), spec.temperature)
     recorded = np.array([float(r["probability"]) for r in rows])
     np.testing.assert_allclose(served, recorded, atol=1e-5)
@@ -225,6 +229,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
         "0.25",
         "--patience",
         "9",
+        "--force",
     ]
     parser = get_args_parser()
     first = train(
@@ -254,7 +259,7 @@ def test_deployment_prevalence_is_folded_into_the_served_model(tmp_path):
     args = get_args_parser().parse_args([
         "--synthetic", "40", "--input-size", "32", "--batch-size", "8", "--workers", "0",
         "--epochs", "1", "--bootstrap", "0", "--no-progress", "--no-register", "--threads", "1",
-        "--val-fraction", "0.25", "--deployment-prevalence", "0.1",
+        "--val-fraction", "0.25", "--deployment-prevalence", "0.1", "--force",
         "--output-dir", str(tmp_path / "run")])  # fmt: skip
     summary = train(args, settings).summary
     calib = summary["calibration"]
@@ -285,7 +290,31 @@ def test_train_refuses_bad_arguments_in_one_line(tmp_path, capsys, monkeypatch):
     assert err.count("\n") == 0 and "does not exist" in err
     assert cli.run_command("train", ["--data", str(tmp_path), "--synthetic", "20"]) == 2
     assert "exactly one of" in capsys.readouterr().err
+    # Real images need ImageNet weights (never downloaded) or an explicit --random-init.
+    assert cli.run_command("train", ["--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--pretrained PATH" in err and "--random-init" in err
+    assert "resnet50-11ad3fa6.pth" in err
+    weights = tmp_path / "w.pth"
+    weights.touch()
+    args = ["--data", str(tmp_path), "--pretrained", str(weights), "--random-init"]
+    assert cli.run_command("train", args) == 2
+    assert "not both" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()  # nothing written for a refused command
+
+
+def test_a_tiny_validation_split_is_refused_unless_forced(caplog):
+    from governance.errors import ConfigError
+    from training.train import check_validation
+
+    with pytest.raises(ConfigError, match="fewer than 10 of a class.*--force"):
+        check_validation(np.array([0] * 30 + [1] * 3), force=False)
+    with pytest.raises(ConfigError, match="both classes"):
+        check_validation(np.array([0] * 30), force=True)
+    warnings = check_validation(np.array([0] * 30 + [1] * 3), force=True)
+    assert warnings and "--force" in warnings[0]
+    assert "FEWER THAN 10" in caplog.text
+    assert check_validation(np.array([0] * 10 + [1] * 10), force=False) == []
 
 
 @pytest.mark.slow
@@ -389,3 +418,80 @@ def test_policy_set_takes_tau_from_what_training_recorded(
         assert policy.tau == pytest.approx(recorded["tau"])
         assert policy.target_metric == recorded["criterion"]
         assert policy.validation == pytest.approx(recorded["validation"])
+
+
+def _val_probabilities(run_dir: Path) -> np.ndarray:
+    with open(run_dir / "predictions_val.csv", newline="") as fh:
+        return np.array([float(r["probability"]) for r in csv.DictReader(fh)])
+
+
+def test_calibration_and_taus_are_fitted_on_the_exported_files_scores(tmp_path):
+    """Validation is scored through the exported TorchScript at the serving precision: the
+    precision changes the recorded probabilities, and the export check compares the served
+    file with exactly those."""
+    settings = make_store_settings(tmp_path)
+    common = [
+        "--synthetic", "40", "--input-size", "32", "--batch-size", "8", "--workers", "0",
+        "--epochs", "1", "--bootstrap", "0", "--no-progress", "--no-register", "--threads", "1",
+        "--val-fraction", "0.25", "--force"]  # fmt: skip
+    parser = get_args_parser()
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        args = parser.parse_args(
+            [*common, "--serving-precision", precision, "--output-dir", str(tmp_path / precision)]
+        )
+        runs[precision] = train(args, settings).summary
+    fp32, bf16 = (_val_probabilities(tmp_path / p) for p in ("fp32", "bf16"))
+    assert len(fp32) == len(bf16) == runs["fp32"]["export_check"]["images"] == 8
+    assert np.max(np.abs(fp32 - bf16)) > 1e-6  # the same weights, scored as served
+    for precision, summary in runs.items():
+        check = summary["export_check"]
+        assert check["precision"] == precision
+        assert check["compared_with"] == "recorded validation probabilities"
+        assert check["max_abs_probability_diff"] < 2e-2
+    assert runs["fp32"]["export_check"]["max_abs_probability_diff"] < 1e-5
+    # The operating points were chosen on those served probabilities.
+    probs = _val_probabilities(tmp_path / "fp32")
+    taus = [p["tau"] for p in runs["fp32"]["operating_points"].values()]
+    assert all(np.isclose(probs, tau, atol=1e-6).any() or tau > probs.max() for tau in taus)
+    provenance = runs["fp32"]["provenance"]
+    assert provenance["torch"] == torch.__version__ and provenance["preprocessing_sha256"]
+    assert runs["fp32"]["preprocessing"]["version"] >= 2
+
+
+def test_model_register_copies_the_run_and_honours_every_flag(
+    trained_run, store, tmp_path, monkeypatch, capsys
+):
+    from cxr_triage import cli
+    from cxr_triage.settings import get_settings
+
+    monkeypatch.setenv("CXR_DATABASE_URL", store.engine.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("CXR_DATA_DIR", str(tmp_path / "data"))
+    run, sha = str(trained_run.run_dir), _summary(trained_run)["sha256"]
+    get_settings.cache_clear()
+    try:
+        refused = [
+            [run, "--version", "x1", "--sha256", "0" * 64],
+            [run, "--version", "x2", "--input-size", "64"],
+            [run, "--version", "x3", "--temperature", "2"],
+        ]
+        for args in refused:
+            assert cli.run_command("model", ["register", *args]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err and "\n" not in err, err
+        version = "copied-clinical"
+        argv = ["register", run, "--version", version, "--sha256", sha, "--clinical"]
+        assert cli.run_command("model", argv) == 0
+        model_path = get_settings().model_path
+    finally:
+        get_settings.cache_clear()
+    with store.read() as session:
+        model = get_model(session, version)
+        assert model.clinical is True and model.sha256 == sha
+        assert Path(model.path).parent == model_path.absolute()
+        assert Path(model.path).name == f"{version}.pt"
+        assert model.details["preprocessing"]["version"] >= 2
+        for name in ("x1", "x2", "x3"):
+            with pytest.raises(NotFound):  # nothing was registered
+                get_model(session, name)
+    assert sha256_file(Path(model.path)) == sha

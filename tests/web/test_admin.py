@@ -149,7 +149,7 @@ def test_tokens_are_created_listed_and_revoked_by_an_admin(
     assert all("token" not in t and "token_hash" not in t for t in listed)
     assert token not in admin.get("/api/tokens").text
 
-    again = admin.post("/api/tokens", json={"name": "night reader", "role": "auditor"})
+    again = admin.post("/api/tokens", json={"name": "night reader", "role": "radiologist"})
     assert again.status_code == 409
     assert admin.post("/api/tokens", json={"name": "x", "role": "superuser"}).status_code == 422
 

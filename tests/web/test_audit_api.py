@@ -8,8 +8,12 @@ import datetime as dt
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from governance.db import Store
-from tests.web.conftest import Scenario
+from cxr_triage.settings import Settings
+from governance.audit_key import AnchorFile
+from governance.db import Store, create_store_engine
+from tests.governance import tampering
+from tests.web.conftest import Scenario, bearer
+from web.app import create_app
 
 CONFIGURATION = {"model_registered", "policy_set", "model_activated"}
 
@@ -93,3 +97,23 @@ def test_query_by_time_code_and_outcome(auditor: TestClient, client: TestClient)
     assert future == []
     bad = auditor.get("/api/audit", params={"since": "yesterday-ish"})
     assert bad.status_code == 422 and "yesterday-ish" in bad.json()["detail"]
+
+
+def test_verify_with_the_servers_anchor_file(
+    store: Store, web_settings: Settings, database_url: str, tokens: dict[str, str]
+) -> None:
+    keyed = Store(
+        create_store_engine(database_url),
+        audit_key=b"site-key-" * 4,
+        anchors=AnchorFile(web_settings.anchor_path, 0),
+    )
+    with TestClient(create_app(web_settings, keyed)) as auditor:
+        auditor.headers.update(bearer(tokens["auditor"]))
+        auditor.get("/api/audit")  # audited: a keyed, anchored event
+        report = auditor.get("/api/audit/verify", params={"anchors": "true"}).json()
+        assert report["intact"] is True, report["problems"]
+        assert report["anchors_checked"] >= 1 and report["keyed_events"] >= 1
+        tampering.rewrite_from(database_url, 1, unkeyed=True, actor="mallory")
+        broken = auditor.get("/api/audit/verify", params={"anchors": "true"}).json()
+        assert broken["intact"] is False and broken["first_problem"] == "anchor"
+    keyed.dispose()

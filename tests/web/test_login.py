@@ -66,8 +66,9 @@ def test_a_cookie_change_needs_the_csrf_header(
     assert forged.status_code == 403 and "CSRF" in forged.json()["detail"]
     wrong = client.post(f"/api/studies/{uid}/acknowledge", headers={"X-CSRF-Token": "guess"})
     assert wrong.status_code == 403
+    # Audited once a minute per address: the second refusal waits to be counted into the next.
     refusals = [e for e in _events(store, "token_refused") if e.detail["reason"] == "csrf"]
-    assert len(refusals) == 2 and refusals[0].actor == "radiologist"
+    assert len(refusals) == 1 and refusals[0].actor == "radiologist"
     assert _events(store, "study_acknowledged") == []
     good = client.post(
         f"/api/studies/{uid}/acknowledge", headers={"X-CSRF-Token": client.cookies["cxr_csrf"]}

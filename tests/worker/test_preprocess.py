@@ -16,7 +16,7 @@ from worker.preprocess import (
     invert,
     pad_to_square,
     pixel_transform,
-    preprocess_image,
+    preprocess,
     resize_to_fit,
     scale_to_unit,
     standardize,
@@ -157,10 +157,31 @@ def test_pixel_transform_rejects_unknown_photometric() -> None:
         pixel_transform(_header(PhotometricInterpretation="CMYK"))
 
 
-def test_preprocess_image_shape_and_range() -> None:
+def test_preprocess_shape_and_range() -> None:
     gray = np.linspace(0, 255, 60 * 40).reshape(60, 40).astype(np.uint8)
-    out = preprocess_image(gray, 32)
+    out = preprocess(gray, 32)
     assert out.shape == (3, 32, 32) and out.dtype == np.float32
     low = float(((0 - IMAGENET_MEAN) / IMAGENET_STD).min())
     high = float(((1 - IMAGENET_MEAN) / IMAGENET_STD).max())
     assert low - 1e-5 <= out.min() and out.max() <= high + 1e-5
+
+
+def test_prepare_returns_input_unit_statistics_and_stage_times(tmp_path) -> None:
+    from PIL import Image
+
+    from worker.preprocess import prepare
+
+    gray = np.tile(np.linspace(0, 255, 40, dtype=np.float32), (20, 1)).astype(np.uint8)
+    path = tmp_path / "x.png"
+    Image.fromarray(gray, mode="L").save(path)
+    prepared = prepare(path, 40)
+    np.testing.assert_array_equal(prepared.input, standardize(prepared.unit))
+    np.testing.assert_array_equal(prepared.input, preprocess(gray, 40))
+    assert prepared.unit.shape == (40, 40)
+    stats = prepared.stats  # of the 20 x 40 image, not the black padding
+    assert 0.45 < stats.mean < 0.55 and stats.std > 0.25
+    assert stats.fraction_at_0 == pytest.approx(1 / 40) and stats.fraction_at_1 == pytest.approx(
+        1 / 40
+    )
+    assert prepared.started_at <= prepared.decoded_at <= prepared.preprocessed_at
+    assert prepared.decode_seconds >= 0 and prepared.preprocess_seconds >= 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.phantom import chest_radiograph, frontal_shape, sample_anatomy
+from training.synthetic.phantom import chest_radiograph, frontal_shape, sample_anatomy
 
 logger = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@
 :func:`to_stored` turns presentation values into what a detector would store (bit depth,
 MONOCHROME1 or MONOCHROME2, Rescale Slope/Intercept, a VOI window that matches the stored
 range) and :func:`pixel_transform_of` says how :mod:`worker.preprocess` reads them back, so
-in-memory training data (:func:`training.synthetic.synthetic_arrays`) takes the same path as a
-DICOM file at serving time. :func:`build_dataset` writes the IODs of CR Image Storage and
-Digital X-Ray Image Storage (For Presentation, For Processing), PS3.3 A.2 and A.26.
+in-memory training data (:func:`training.synthetic.studies.synthetic_arrays`) takes the same
+path as a DICOM file at serving time. :func:`build_dataset` writes the IODs of CR Image
+Storage and Digital X-Ray Image Storage (For Presentation, For Processing), PS3.3 A.2, A.26.
 
 Patient attributes are synthetic and obviously fake (``ZZFAKE^...``, ``FAKEPID...``); they
 exist so that tests can check they never reach a log.

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from training.dicom_writer import (
+from training.synthetic.dicom_writer import (
     SOP_CLASSES,
     TRANSFER_SYNTAXES,
     build_dataset,
@@ -34,8 +34,8 @@ from training.dicom_writer import (
     sample_patient,
     to_stored,
 )
-from training.kaggle_layout import write_kaggle_layout
-from training.phantom import chest_radiograph, frontal_shape, sample_anatomy
+from training.synthetic.kaggle_layout import write_kaggle_layout
+from training.synthetic.phantom import chest_radiograph, frontal_shape, sample_anatomy
 from worker.preprocess import to_unit_image
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def write_studies(
     lateral
         Also write a lateral view per study.
     transfer_syntax
-        A key of :data:`training.dicom_writer.TRANSFER_SYNTAXES`, or ``mixed`` to cycle
+        A key of :data:`training.synthetic.dicom_writer.TRANSFER_SYNTAXES`, or ``mixed`` to cycle
         through all of them.
     modalities
         Which of CR, DX, DX-PROCESSING to draw from.

@@ -1,0 +1,120 @@
+"""Per-address limits on logins and refusals, and refusals audited in aggregate.
+
+Whoever sends wrong tokens or floods ``/login`` must neither fill the audit trail (whose rows
+can never be deleted) nor keep the store busy. :class:`AuthThrottle` counts login attempts and
+refused requests per client address in a sliding minute; past ``limit`` the address is answered
+429 until its count falls. :class:`RefusalAudit` lets at most one refusal event per address per
+minute reach the trail, carrying how many refusals it stands for.
+
+Both keep at most ``max_addresses`` addresses (the least recently seen are forgotten), so a
+spray of source addresses cannot grow them without bound. State is per process: with several
+web processes each applies its own limit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+WINDOW_S = 60.0
+MAX_ADDRESSES = 10_000
+
+
+class AuthThrottle:
+    """At most ``limit`` login attempts and refusals per address in ``window_s`` seconds."""
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        window_s: float = WINDOW_S,
+        max_addresses: int = MAX_ADDRESSES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self.limit = limit
+        self.window_s = window_s
+        self.max_addresses = max_addresses
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        hits = self._hits.get(address)
+        if hits is None:
+            hits = deque(maxlen=self.limit + 1)
+            self._hits[address] = hits
+            while len(self._hits) > self.max_addresses:
+                self._hits.popitem(last=False)
+        else:
+            self._hits.move_to_end(address)
+        while hits and hits[0] <= now - self.window_s:
+            hits.popleft()
+        return hits
+
+    def blocked(self, address: str | None) -> bool:
+        """Whether ``address`` has used up its limit for now."""
+        with self._lock:
+            return len(self._recent(address or "-", self._clock())) >= self.limit
+
+    def hit(self, address: str | None) -> bool:
+        """Count one attempt or refusal; whether the address is now past its limit."""
+        with self._lock:
+            now = self._clock()
+            hits = self._recent(address or "-", now)
+            blocked = len(hits) >= self.limit
+            hits.append(now)
+            return blocked
+
+    def retry_after(self, address: str | None) -> int:
+        """Seconds until ``address`` may try again (at least 1)."""
+        with self._lock:
+            now = self._clock()
+            hits = self._recent(address or "-", now)
+            if len(hits) < self.limit:
+                return 1
+            return max(1, int(hits[-self.limit] + self.window_s - now) + 1)
+
+
+class RefusalAudit:
+    """Decides which refusals reach the audit trail: one per address per ``interval_s``."""
+
+    def __init__(
+        self,
+        *,
+        interval_s: float = WINDOW_S,
+        max_addresses: int = MAX_ADDRESSES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval_s = interval_s
+        self.max_addresses = max_addresses
+        self._clock = clock
+        self._lock = threading.Lock()
+        # address -> (time of its last audited refusal, refusals since then)
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def note(self, address: str | None) -> int:
+        """Count a refusal; the number to audit now (this one and those held back), or 0."""
+        key = address or "-"
+        with self._lock:
+            now = self._clock()
+            last, held = self._seen.pop(key, (float("-inf"), 0))
+            if now - last >= self.interval_s:
+                self._seen[key] = (now, 0)
+                count = held + 1
+            else:
+                self._seen[key] = (last, held + 1)
+                count = 0
+            while len(self._seen) > self.max_addresses:
+                self._seen.popitem(last=False)
+            return count
+
+    def restore(self, address: str | None, count: int) -> None:
+        """The event for ``count`` refusals was not written (store down): audit them next time."""
+        key = address or "-"
+        with self._lock:
+            _last, held = self._seen.pop(key, (float("-inf"), 0))
+            self._seen[key] = (float("-inf"), held + count)
