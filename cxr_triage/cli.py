@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "results.main",
         "run the results worker: SR/heatmap exports and flag notifications",
     ),
+    "beat": ("worker.beat", "run the scheduler: drift and recalibration jobs (Celery beat)"),
     "web": ("web.main", "run the web server: worklist, study pages, API, metrics"),
     "db": ("migrations.cli", "database schema: upgrade, current"),
     "predict": ("worker.predict", "score DICOM files offline; JSON lines on stdout"),
@@ -34,6 +35,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("cxr_triage.token_cli", "API tokens: create, list, revoke"),
     "audit": ("cxr_triage.audit_cli", "audit trail: query, verify"),
     "export": ("cxr_triage.export_cli", "result exports and notifications: list, retry"),
+    "monitor": ("cxr_triage.monitor_cli", "monitoring: drift, subgroup performance"),
+    "labels": ("cxr_triage.labels_cli", "reference labels: import a CSV file"),
+    "recalibrate": (
+        "cxr_triage.recalibrate_cli",
+        "recalibration jobs: run, list, show, approve, reject",
+    ),
 }
 
 # Commands that need an optional part of the install (cxr_triage.extras): checked before their

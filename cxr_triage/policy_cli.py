@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 from cxr_triage.settings import get_settings
 from governance.db import Store
 from governance.errors import ConfigError
-from governance.models import OperatingPoint, ThresholdPolicy
-from governance.policies import list_policies, set_policy_at_point
+from governance.models import OperatingPoint, PolicyMode, ThresholdPolicy
+from governance.policies import list_policies, set_mode, set_policy_at_point
 from governance.registry import get_model
 
 
@@ -40,6 +40,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     st.add_argument("--tau", type=float, help="threshold in [0, 1] (default: the model's own)")
     st.add_argument("--approved-by", required=True, help="who approved this policy")
     st.add_argument("--rationale", required=True, help="why this operating point and tau")
+    st.add_argument(
+        "--mode",
+        choices=PolicyMode.ALL,
+        default=PolicyMode.LIVE,
+        help="live (flags are priorities) or shadow (flags recorded and audited only)",
+    )
+    md = sub.add_parser(
+        "mode",
+        help="switch the policy in force between shadow and live",
+        description="Switch a model's policy in force between shadow (flags computed, stored, "
+        "audited and compared with final reads, never shown as priority, exported or notified) "
+        "and live. The switch is a new policy version, with who approved it and why (audited).",
+    )
+    md.add_argument("mode", choices=PolicyMode.ALL)
+    md.add_argument("--model", metavar="VERSION", required=True)
+    md.add_argument("--approved-by", required=True, help="who approved the switch")
+    md.add_argument("--reason", required=True, help="why (e.g. the sign-off of the silent period)")
     return parser
 
 
@@ -56,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             for p in policies:
                 print(
                     f"{p.model_version.version:<32} v{p.version:<3} {p.operating_point:<10} "
-                    f"tau={p.tau:.4f} approved_by={p.approved_by} "
+                    f"tau={p.tau:.4f} {p.mode} approved_by={p.approved_by} "
                     f"from={p.effective_from:%Y-%m-%d %H:%M}Z  {p.rationale}"
                 )
         return 0
@@ -71,10 +88,23 @@ def main(argv: list[str] | None = None) -> int:
                 rationale=args.rationale,
                 approved_by=args.approved_by,
                 actor=f"cli:{getpass.getuser()}",
+                mode=args.mode,
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
+    if args.action == "mode":
+        policy = store.run(
+            lambda s: set_mode(
+                s,
+                get_model(s, args.model),
+                args.mode,
+                approved_by=args.approved_by,
+                reason=args.reason,
+            )
+        )
+        print(f"policy v{policy.version} for {args.model}: {policy.mode}")
+        return 0
     policy = store.run(work)
     print(
         f"policy v{policy.version} for {args.model}: {policy.operating_point} tau={policy.tau:.4f}"

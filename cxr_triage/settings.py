@@ -245,6 +245,37 @@ class Settings(BaseSettings):
         "tcp://HOST:514 or tls://HOST:6514[?ca=FILE&cert=FILE&key=FILE]; empty: no export.",
     )
 
+    # Monitoring
+    drift_window_days: float = Field(
+        default=7.0, gt=0, description="Drift window: at most the last this many days."
+    )
+    drift_window_studies: int = Field(
+        default=500, ge=10, description="Drift window: at most the last this many studies."
+    )
+    drift_baseline_studies: int = Field(
+        default=500,
+        ge=10,
+        description="Production baseline: the first this many studies after activation "
+        "(unless an admin pins a period).",
+    )
+    drift_min_studies: int = Field(
+        default=100, ge=2, description="Windows with fewer studies say 'too few studies'."
+    )
+    drift_alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="Alert level of the BH-corrected drift p-values."
+    )
+    drift_interval_s: float = Field(
+        default=86_400.0, gt=0, description="How often beat runs the drift job (seconds)."
+    )
+    subgroup_min_studies: int = Field(
+        default=30, ge=2, description="Subgroups with fewer labelled studies say 'too few'."
+    )
+    recalibration_labels: int = Field(
+        default=200,
+        ge=20,
+        description="Labels a recalibration needs; beat starts one when this many new labels "
+        "have accumulated since the last.",
+    )
     audit_key: SecretStr | None = Field(
         default=None,
         description="Key (>= 16 characters) of the audit chain's HMAC, which the database does "

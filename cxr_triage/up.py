@@ -23,7 +23,7 @@ from cxr_triage.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-SERVICES = ("gateway", "worker", "web")
+SERVICES = ("gateway", "worker", "web", "beat")
 #: Started too when CXR_RESULTS_CONFIG names result destinations.
 RESULTS_SERVICE = "results-worker"
 STOP_GRACE_S = 20.0

@@ -94,6 +94,21 @@ def check_worker(settings: Settings, node: str | None, timeout: float = TIMEOUT_
     return None if alive else f"no worker {wanted} answered a ping within {timeout:g} s"
 
 
+def check_beat(settings: Settings, timeout: float = TIMEOUT_S) -> str | None:
+    """None when the broker the beat publishes to answers and its schedule file exists."""
+    from worker.celery_app import make_celery
+
+    app = make_celery(settings)
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception as exc:  # the broker is down: unhealthy, whatever the reason
+        return f"broker did not answer: {type(exc).__name__}"
+    if not any(settings.data_dir.glob("beat-schedule*")):
+        return f"no beat schedule under {settings.data_dir} (is beat running?)"
+    return None
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxr-healthcheck",
@@ -107,6 +122,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub.add_parser("web", parents=[common], help="GET /healthz on CXR_WEB_PORT")
     worker = sub.add_parser("worker", parents=[common], help="Celery ping on CXR_BROKER_URL")
     worker.add_argument("--node", help="worker node name (default: any worker on this host)")
+    sub.add_parser(
+        "beat", parents=[common], help="the broker answers and the beat schedule is kept"
+    )
     return parser
 
 
@@ -121,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.service == "web":
         problem = check_web(_local(settings.web_host), settings.web_port, args.timeout)
+    elif args.service == "beat":
+        problem = check_beat(settings, args.timeout)
     else:
         problem = check_worker(settings, args.node, args.timeout)
     print(f"{args.service}: {problem or 'healthy'}")

@@ -48,6 +48,14 @@ class StudyTriaged:
     policy_version: int | None
     flagged: bool
     previously_flagged: bool
+    # Decided under a shadow policy: the flag is recorded and audited, but export and
+    # notification must not act on it (and the worklist shows no priority).
+    shadow: bool = False
+
+    @property
+    def actionable(self) -> bool:
+        """A live flag: what export and notification act on."""
+        return self.flagged and not self.shadow
 
     @property
     def newly_flagged(self) -> bool:
@@ -72,6 +80,7 @@ class StudyTriaged:
             policy_version=row.policy_version,
             flagged=bool(row.flagged),
             previously_flagged=bool(row.previously_flagged),
+            shadow=bool(row.shadow),
         )
 
 
@@ -120,6 +129,7 @@ def emit_study_triaged(
     policy_version: int | None,
     flagged: bool,
     previously_flagged: bool,
+    shadow: bool = False,
 ) -> StudyTriaged:
     """Record the event in the current transaction and hand it to every subscriber."""
     row = TriageEvent(
@@ -134,6 +144,7 @@ def emit_study_triaged(
         policy_version=policy_version,
         flagged=flagged,
         previously_flagged=previously_flagged,
+        shadow=shadow,
     )
     session.add(row)
     session.flush()

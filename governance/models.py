@@ -29,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 UID = String(64)
@@ -201,8 +202,21 @@ class ThresholdPolicy(Base):
     approved_by: Mapped[str] = mapped_column(String(128))
     effective_from: Mapped[dt.datetime] = mapped_column(default=utcnow)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # "live" flags show as priority; "shadow" flags are computed, stored, audited and compared
+    # with final reads, but never shown as priority, exported or notified (go-live sign-off).
+    mode: Mapped[str] = mapped_column(String(8), default="live", server_default="live")
+    # A recalibration an admin approved: the study's probability is sigmoid(logit / temperature
+    # + logit_shift) instead of the model's own calibration. None keeps the model's.
+    temperature: Mapped[float | None] = mapped_column(Float)
+    logit_shift: Mapped[float | None] = mapped_column(Float)
 
     model_version: Mapped[ModelVersion] = relationship(back_populates="policies")
+
+
+class PolicyMode(enum.StrEnum):
+    LIVE = "live"
+    SHADOW = "shadow"
+    ALL = enum.nonmember((LIVE, SHADOW))
 
 
 class _ModelScore:
@@ -238,7 +252,10 @@ class StudyInference(_ModelScore, Base):
     """A study's triage by one model version: max over its frontal images, compared with tau."""
 
     __tablename__ = "study_inferences"
-    __table_args__ = (UniqueConstraint("study_id", "model_version_id"),)
+    __table_args__ = (
+        UniqueConstraint("study_id", "model_version_id"),
+        Index("ix_study_inferences_model_finished", "model_version_id", "finished_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
@@ -252,6 +269,8 @@ class StudyInference(_ModelScore, Base):
     started_at: Mapped[dt.datetime]
     finished_at: Mapped[dt.datetime]
     runs: Mapped[int] = mapped_column(Integer, default=1)
+    # Decided under a shadow policy: the flag is kept and audited but is not a priority.
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
 
     study: Mapped[Study] = relationship(foreign_keys=[study_id])
     model_version: Mapped[ModelVersion] = relationship()
@@ -283,6 +302,8 @@ class TriageEvent(Base):
     flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     previously_flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Under a shadow policy: consumers must not export or notify the flag.
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
 
 
 class DeliveryState:
@@ -423,6 +444,132 @@ class ApiToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[dt.datetime | None]
     last_used_at: Mapped[dt.datetime | None]
+
+
+class ImageFeature(Base):
+    """What monitoring keeps of one scored (or skipped) image: no pixels, no patient identifiers.
+
+    The score, statistics of the model input before ImageNet standardisation, and the header
+    features drift is measured on; age as a band, never a birth date.
+    """
+
+    __tablename__ = "image_features"
+    __table_args__ = (Index("ix_image_features_model_recorded", "model_version_id", "recorded_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_inference_id: Mapped[int] = mapped_column(
+        ForeignKey("image_inferences.id", ondelete="CASCADE"), unique=True
+    )
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    probability: Mapped[float | None] = mapped_column(Float)
+    img_mean: Mapped[float | None] = mapped_column(Float)
+    img_std: Mapped[float | None] = mapped_column(Float)
+    img_frac_zero: Mapped[float | None] = mapped_column(Float)
+    img_frac_one: Mapped[float | None] = mapped_column(Float)
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    view_position: Mapped[str | None] = mapped_column(String(16))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    pixel_spacing: Mapped[str | None] = mapped_column(String(16))
+    bits_stored: Mapped[str | None] = mapped_column(String(8))
+    photometric: Mapped[str | None] = mapped_column(String(16))
+    age_band: Mapped[str | None] = mapped_column(String(8))
+    sex: Mapped[str | None] = mapped_column(String(1))
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    recorded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DriftRun(Base):
+    """One drift run: its window, inputs and every test's result; one per window key."""
+
+    __tablename__ = "drift_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    # Idempotency: the scheduler's window ("beat:<model>:<period start>"); a second beat that
+    # tries the same window hits the unique constraint and does nothing.
+    window_key: Mapped[str] = mapped_column(String(128), unique=True)
+    trigger: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(24))
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]
+    window_start: Mapped[dt.datetime | None]
+    window_end: Mapped[dt.datetime | None]
+    n_studies: Mapped[int] = mapped_column(Integer, default=0)
+    psi: Mapped[float | None] = mapped_column(Float)
+    flag_rate: Mapped[float | None] = mapped_column(Float)
+    expected_flag_rate: Mapped[float | None] = mapped_column(Float)
+    alerted: Mapped[bool] = mapped_column(Boolean, default=False)
+    inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    results: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class DriftBaseline(Base):
+    """A production period an admin pinned as a model version's drift baseline."""
+
+    __tablename__ = "drift_baselines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    starts_at: Mapped[dt.datetime]
+    ends_at: Mapped[dt.datetime]
+    pinned_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class StudyLabel(Base):
+    """A reference label of a study imported from a file (final reads live on the study)."""
+
+    __tablename__ = "study_labels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), unique=True)
+    label: Mapped[bool] = mapped_column(Boolean)
+    subgroups: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    source: Mapped[str] = mapped_column(String(256))
+    imported_by: Mapped[str] = mapped_column(String(128))
+    imported_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class RecalibrationState:
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting-for-labels"
+    CANDIDATE = "candidate"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    ALL = (QUEUED, RUNNING, WAITING, CANDIDATE, APPROVED, REJECTED, FAILED)
+
+
+class RecalibrationJob(Base):
+    """A recalibration of a model version on labelled production: a candidate a person decides."""
+
+    __tablename__ = "recalibration_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    base_policy_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_policies.id"))
+    state: Mapped[str] = mapped_column(String(24))
+    trigger: Mapped[str] = mapped_column(String(32))
+    window_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    labels_used: Mapped[int] = mapped_column(Integer, default=0)
+    labels_needed: Mapped[int | None] = mapped_column(Integer)
+    message: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    candidate_temperature: Mapped[float | None] = mapped_column(Float)
+    candidate_logit_shift: Mapped[float | None] = mapped_column(Float)
+    candidate_tau: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decided_at: Mapped[dt.datetime | None]
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    new_policy_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_policies.id"))
 
 
 class WebSession(Base):

@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from governance import audit
-from governance.models import ModelVersion, OperatingPoint, ThresholdPolicy, utcnow
+from governance.errors import NoActiveModel
+from governance.models import ModelVersion, OperatingPoint, PolicyMode, ThresholdPolicy, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,12 @@ def set_policy(
     validation: dict[str, Any] | None = None,
     effective_from: dt.datetime | None = None,
     actor: str | None = None,
+    mode: str = PolicyMode.LIVE,
 ) -> ThresholdPolicy:
     """Add a new policy version for ``model``.
+
+    ``mode`` is ``live`` (flags are priorities) or ``shadow`` (flags are computed, stored,
+    audited and compared with final reads, but are not priorities, exported or notified).
 
     Raises
     ------
@@ -70,6 +75,8 @@ def set_policy(
         )
     if not (isinstance(tau, int | float) and math.isfinite(tau) and 0.0 <= tau <= 1.0):
         raise ValueError(f"tau must be a probability in [0, 1], got {tau!r}")
+    if mode not in PolicyMode.ALL:
+        raise ValueError(f"mode must be one of {', '.join(PolicyMode.ALL)}, got {mode!r}")
     if not rationale.strip():
         raise ValueError("rationale must not be empty")
     if not approved_by.strip():
@@ -89,6 +96,7 @@ def set_policy(
         rationale=rationale.strip(),
         approved_by=approved_by.strip(),
         effective_from=effective_from or utcnow(),
+        mode=mode,
     )
     session.add(policy)
     session.flush()
@@ -105,6 +113,7 @@ def set_policy(
             "tau": float(tau),
             "approved_by": policy.approved_by,
             "target_metric": target_metric,
+            "mode": mode,
         },
     )
     logger.info(
@@ -123,6 +132,7 @@ def set_policy_at_point(
     approved_by: str,
     effective_from: dt.datetime | None = None,
     actor: str | None = None,
+    mode: str = PolicyMode.LIVE,
 ) -> ThresholdPolicy:
     """Add a policy version for one of ``model``'s SOP operating points (what a person sets).
 
@@ -154,6 +164,7 @@ def set_policy_at_point(
         validation=recorded.get("validation", {}),
         effective_from=effective_from,
         actor=actor,
+        mode=mode,
     )
 
 
@@ -179,3 +190,41 @@ def list_policies(session: Session, model_version_id: int | None = None) -> list
     if model_version_id is not None:
         query = query.where(ThresholdPolicy.model_version_id == model_version_id)
     return list(session.scalars(query))
+
+
+def set_mode(
+    session: Session, model: ModelVersion, mode: str, *, approved_by: str, reason: str
+) -> ThresholdPolicy:
+    """Switch the policy in force between shadow and live: a new version, approved and audited.
+
+    Raises
+    ------
+    ValueError
+        ``mode`` is not live or shadow; ``reason`` is empty.
+    NoActiveModel
+        The model has no policy in force.
+    """
+    current = policy_in_force(session, model.id)
+    if current is None:
+        raise NoActiveModel(f"model {model.version} has no policy in force to switch")
+    policy = set_policy(
+        session,
+        model,
+        operating_point=current.operating_point,
+        tau=current.tau,
+        rationale=f"{current.mode} -> {mode}: {reason}",
+        approved_by=approved_by,
+        target_metric=current.target_metric,
+        validation=current.validation,
+        mode=mode,
+    )
+    policy.temperature, policy.logit_shift = current.temperature, current.logit_shift
+    audit.record(
+        session,
+        actor=approved_by,
+        action=audit.Action.POLICY_MODE_CHANGED,
+        object_type="threshold_policy",
+        object_uid=f"{model.version}/v{policy.version}",
+        detail={"from": current.mode, "to": mode, "reason": reason.strip()},
+    )
+    return policy

@@ -195,6 +195,10 @@ def activate_model(
         object_uid=version,
         detail={"sha256": model.sha256, "previous": previous.version if previous else None},
     )
+    # Every activation starts a recalibration job (it waits for labels until there are some).
+    from governance.recalibration import on_activation
+
+    on_activation(session, model)
     logger.info("activated model version %s", version)
     return model
 

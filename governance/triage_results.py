@@ -28,13 +28,16 @@ from governance.models import (
     ImageInference,
     Instance,
     ModelVersion,
+    PolicyMode,
     Study,
     StudyInference,
     StudyStatus,
     ThresholdPolicy,
     utcnow,
 )
+from governance.monitoring.features import InputFeatures, record_image_features
 from governance.policies import policy_in_force
+from governance.recalibration import policy_probability
 from governance.registry import active_model
 from governance.text import clip
 
@@ -75,6 +78,9 @@ class ImageScore:
     preprocessed_at: dt.datetime | None = None
     inferred_at: dt.datetime | None = None
     decode_path: str | None = None  # e.g. "full", "j2k-r3" (worker.decoders)
+    # Drift monitoring's view of the image (unit-image statistics before ImageNet
+    # standardisation, header values read with the pixels); not an ImageInference column.
+    monitoring: InputFeatures | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +95,7 @@ class Decision:
     priority: str  # the effective priority: a person's override stands
     images_scored: int
     images_skipped: int
+    shadow: bool = False  # decided under a shadow policy: the flag is never a priority
 
 
 def flags(probability: float | None, tau: float | None) -> bool:
@@ -113,18 +120,22 @@ def decide(
     scored = [s for s in scores if s.probability is not None]
     skipped = [s for s in scores if s.probability is None and s.skipped_reason]
     best = max(scored, key=lambda s: s.probability or 0.0) if scored else None
-    probability = best.probability if best else None
+    # An approved recalibration re-maps the best image's logit (monotone: the same image).
+    probability = policy_probability(policy, best.logit, best.probability) if best else None
     tau = policy.tau if policy is not None else None
     flagged = flags(probability, tau)
+    # A ThresholdPolicy also carries its mode and any approved recalibration.
+    shadow = getattr(policy, "mode", PolicyMode.LIVE) == PolicyMode.SHADOW
     return Decision(
         status=StudyStatus.TRIAGED if scored else StudyStatus.NO_FRONTAL,
         probability=probability,
         logit=best.logit if best else None,
         tau=tau,
         flagged=flagged,
-        priority=effective_priority(priority_override, flagged),
+        priority=effective_priority(priority_override, flagged and not shadow),
         images_scored=len(scored),
         images_skipped=len(skipped),
+        shadow=shadow,
     )
 
 
@@ -330,6 +341,12 @@ def record(
     if study is None:
         raise NotFound("study vanished during triage")
     _add_image_inferences(session, model, scores)
+    record_image_features(
+        session,
+        study_id=study.id,
+        model_version_id=model.id,
+        measured={s.instance_id: s.monitoring for s in scores},
+    )
     all_scores = _study_scores(session, study.id, model.id)
     policy = policy_in_force(session, model.id)
     decision = decide(all_scores, policy, priority_override=study.priority_override)
@@ -370,8 +387,11 @@ def _add_image_inferences(
     for s in scores:
         if s.instance_id in existing:
             continue  # a concurrent run of the same study got there first
-        columns = dataclasses.asdict(s)
-        del columns["sop_instance_uid"]
+        columns = {
+            f.name: getattr(s, f.name)
+            for f in dataclasses.fields(s)
+            if f.name not in ("sop_instance_uid", "monitoring")
+        }
         # A reason may quote header text: printable and cut to the column, never a DataError.
         columns["skipped_reason"] = clip(columns["skipped_reason"], ImageInference.skipped_reason)
         session.add(ImageInference(model_version_id=model.id, model_sha256=model.sha256, **columns))
@@ -416,6 +436,7 @@ def _upsert_study_inference(
     result.probability = decision.probability
     result.logit = decision.logit
     result.flagged = decision.flagged
+    result.shadow = decision.shadow
     result.images_scored = decision.images_scored
     result.images_skipped = decision.images_skipped
     result.queued_at = study.queued_at
@@ -441,6 +462,7 @@ def _audit_and_emit(
         "tau": decision.tau,
         "probability": decision.probability,
         "flagged": decision.flagged,
+        "shadow": decision.shadow,
         "images_scored": decision.images_scored,
         "images_skipped": decision.images_skipped,
     }
@@ -469,4 +491,5 @@ def _audit_and_emit(
         policy_version=result.policy_version,
         flagged=decision.flagged,
         previously_flagged=was_flagged,
+        shadow=decision.shadow,
     )

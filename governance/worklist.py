@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import Select, and_, case, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from governance.actions import Priority, effective_priority
@@ -26,6 +26,11 @@ from governance.registry import active_model
 
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def live_flag(result: StudyInference | None) -> bool:
+    """The model's flag as the worklist shows it: never one decided under a shadow policy."""
+    return bool(result is not None and result.flagged and not result.shadow)
 
 
 def _people(study: Study, model_flagged: bool) -> dict[str, Any]:
@@ -50,7 +55,8 @@ def _worklist_query() -> Select[Study, StudyInference, str, str]:
     is_priority = case(
         (Study.priority_override == Priority.PRIORITY, True),
         (Study.priority_override == Priority.ROUTINE, False),
-        else_=func.coalesce(StudyInference.flagged, False),
+        # A flag under a shadow policy is never a priority (go-live silent period).
+        else_=func.coalesce(and_(StudyInference.flagged, ~StudyInference.shadow), False),
     )
     rank = case((is_priority, 0), else_=1)
     # Priority studies by score, highest first (unscored ones after the scored); others by age.
@@ -110,11 +116,12 @@ def _row(
     operating_point: str | None,
     phi: bool = False,
 ) -> dict[str, Any]:
-    flagged = bool(result.flagged) if result else False
+    flagged = live_flag(result)
     return {
         **worklist_fields(study, phi),
         "study_instance_uid": study.study_instance_uid,
         "flagged": flagged,
+        "shadow_flagged": bool(result and result.flagged and result.shadow),
         "score": result.probability if result else None,
         "tau": result.tau if result else None,
         "model_version": version,
@@ -221,7 +228,8 @@ def study_detail(session: Session, study_uid: str, *, phi: bool = False) -> dict
         "study_instance_uid": study.study_instance_uid,
         "status": study.status,
         "status_detail": study.status_detail,
-        "flagged": bool(result.flagged) if result else False,
+        "flagged": live_flag(result),
+        "shadow_flagged": bool(result and result.flagged and result.shadow),
         "score": result.probability if result else None,
         "logit": result.logit if result else None,
         "tau": result.tau if result else None,
@@ -231,7 +239,7 @@ def study_detail(session: Session, study_uid: str, *, phi: bool = False) -> dict
         "operating_point": policy.operating_point if policy else None,
         "images_scored": result.images_scored if result else 0,
         "images_skipped": result.images_skipped if result else 0,
-        **_people(study, bool(result.flagged) if result else False),
+        **_people(study, live_flag(result)),
         "patient_sex": study.patient_sex,
         "patient_age_years": study.patient_age_years,
         "timestamps": {

@@ -142,6 +142,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CXR_WEB_PORT": str(settings.web_port),
         "CXR_DEVICE": settings.device,
         "CXR_PRECISION": settings.precision,
+        "CXR_DRIFT_INTERVAL_S": str(settings.drift_interval_s),
+        "CXR_DRIFT_WINDOW_STUDIES": str(settings.drift_window_studies),
+        "CXR_DRIFT_BASELINE_STUDIES": str(settings.drift_baseline_studies),
+        "CXR_RECALIBRATION_LABELS": str(settings.recalibration_labels),
     }
     if settings.heatmaps:
         values["CXR_HEATMAPS"] = "true"

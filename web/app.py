@@ -32,7 +32,7 @@ from cxr_triage.settings import Settings
 from governance.db import Store
 from governance.errors import NotFound, StoreUnavailable
 from governance.web_sessions import SessionPolicy
-from web import admin, api, audit_api, health, login, metrics, pages
+from web import admin, api, audit_api, health, login, metrics, monitoring, pages
 from web.throttle import AuthThrottle, RefusalAudit
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.subgroup_min_studies = settings.subgroup_min_studies
     app.state.store = the_store
     app.state.broker_probe = health.BrokerProbe(settings)
     app.state.session_policy = SessionPolicy(
@@ -180,6 +181,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(admin.router)
     app.include_router(audit_api.router)
+    app.include_router(monitoring.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")

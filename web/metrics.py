@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from governance.db import Store
 from governance.errors import StoreUnavailable
 from governance.models import ImageInference, Instance, Study, StudyInference
+from governance.monitoring.overview import drift_gauges
 from governance.policies import policy_in_force
 from governance.registry import active_model
 from web.deps import read_store
@@ -115,6 +116,7 @@ def store_snapshot(session: Session) -> dict[str, Any]:
         "latency_count": int(count),
         "latency_sum": float(total),
         "latency_recent": recent,
+        "drift": drift_gauges(session),
         "model": None
         if model is None
         else {
@@ -150,6 +152,27 @@ class StoreCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from self._families(snapshot)
+        yield from self._drift(snapshot.get("drift", []))
+
+    @staticmethod
+    def _drift(gauges: list[tuple[str, str, str, float, bool]]) -> Iterator[Metric]:
+        effect = GaugeMetricFamily(
+            f"{PREFIX}_drift_effect",
+            "Effect size of each drift test in the latest run of the active model version "
+            "(PSI, KS D, Cramer's V, flag-rate difference, CUSUM statistic).",
+            labels=["model_version", "feature", "test"],
+        )
+        alert = GaugeMetricFamily(
+            f"{PREFIX}_drift_alert",
+            "1 where a feature alerted in the latest drift run (BH-corrected p below alpha and "
+            "effect above its floor, or the CUSUM crossed its limit).",
+            labels=["model_version", "feature", "test"],
+        )
+        for version, feature, test, size, alerted in gauges:
+            effect.add_metric([version, feature, test], float(size))
+            alert.add_metric([version, feature, test], 1.0 if alerted else 0.0)
+        yield effect
+        yield alert
 
     @staticmethod
     def _families(snap: dict[str, Any]) -> Iterator[Metric]:

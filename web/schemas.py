@@ -88,6 +88,10 @@ class WorklistEntry(WorklistFields, PeopleFields):
 
     study_instance_uid: str
     flagged: bool = Field(description="The model's flag (same as model_flagged).")
+    shadow_flagged: bool = Field(
+        default=False,
+        description="Flagged under a shadow policy: recorded and audited, never a priority.",
+    )
     score: float | None = Field(
         description="Calibrated probability of pneumonia (max over frontal images)."
     )
@@ -150,6 +154,7 @@ class StudyDetail(WorklistFields, PeopleFields):
     status: str
     status_detail: str | None
     flagged: bool
+    shadow_flagged: bool = False
     score: float | None
     logit: float | None
     tau: float | None

@@ -85,7 +85,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
-        imports=("worker.tasks",),
+        imports=("worker.tasks", "worker.monitoring_tasks"),
     )
     app.cxr_settings = settings  # type: ignore[attr-defined]
     return app

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from governance import triage_results
 from governance.db import Store
 from governance.models import StudyStatus, utcnow
+from governance.monitoring.features import InputFeatures, header_features
 from governance.text import clip
 from governance.triage_results import (
     ImageScore,
@@ -38,7 +39,7 @@ from governance.triage_results import (
 from worker.inference import ModelCache, ModelSpec, calibrate, predict_logits
 from worker.limits import ImageLimits, content_skip_reason, header_skip_reason
 from worker.pipeline import DEFAULT_WORKERS, prefetch
-from worker.preprocess import prepare
+from worker.preprocess import Prepared, prepare
 from worker.selection import InstanceColumns, header_mismatch, row_skip_reason, skip_reason
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,20 @@ def _read(candidate: Candidate, started: dt.datetime, limits: ImageLimits) -> Da
     reason = header_mismatch(ds, candidate.row) if candidate.row is not None else None
     reason = reason or skip_reason(ds) or header_skip_reason(ds, limits)
     return skipped(clip(reason, SKIP_REASON_LIMIT) or "") if reason is not None else ds
+
+
+def _features(prepared: Prepared, ds: Dataset) -> InputFeatures:
+    """Monitoring's view of an image: the preprocessing entry point's statistics (before
+    padding and standardisation) and a few header values read with the pixels."""
+    stats = prepared.stats
+    header = header_features(ds)
+    return InputFeatures(
+        img_mean=stats.mean,
+        img_std=stats.std,
+        img_frac_zero=stats.fraction_at_0,
+        img_frac_one=stats.fraction_at_1,
+        **header,
+    )
 
 
 def _prepare_image(
@@ -127,6 +142,7 @@ def _prepare(
         decoded_at=prepared.decoded_at,
         preprocessed_at=prepared.preprocessed_at,
         decode_path=prepared.decode_path,
+        monitoring=_features(prepared, ds),
     )
     return score, prepared.input
 

@@ -66,6 +66,12 @@ class Action(enum.StrEnum):
     MODEL_REGISTERED = "model_registered"
     NOTIFICATION_SENT = "notification_sent"  # a flag notification to a RIS or webhook
     DELIVERY_RETRIED = "delivery_retried"  # a person asked to retry a parked export
+    DRIFT_ALERT = "drift_alert"
+    LABELS_IMPORTED = "labels_imported"
+    RECALIBRATION_STARTED = "recalibration_started"
+    RECALIBRATION_APPROVED = "recalibration_approved"  # creates a policy version
+    RECALIBRATION_REJECTED = "recalibration_rejected"
+    POLICY_MODE_CHANGED = "policy_mode_changed"  # shadow <-> live, approved by a person
 
 
 class Outcome(enum.StrEnum):

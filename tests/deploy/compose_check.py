@@ -115,7 +115,7 @@ def check_services(doc: Mapping[str, Any]) -> list[str]:
             if key.startswith("CXR_") and key not in settings
         ]
         kind = str(command[0]) if command else ""
-        if kind in {"gateway", "worker", "web"}:
+        if kind in {"gateway", "worker", "web", "beat"}:
             if test[:2] != ["CMD", "cxr-healthcheck"] or test[2:3] != [kind]:
                 problems.append(f"{name}: health check must be `cxr-healthcheck {kind}`")
             elif problem := parse_args(health_parser, [str(part) for part in test[2:]]):

@@ -142,10 +142,10 @@ BROKEN_COMPOSE = {
     ),
     "new service with an invented command": (
         add_service(
-            '  beat:\n    <<: *cxr-service\n    command: ["beat"]\n'
+            '  scheduler:\n    <<: *cxr-service\n    command: ["scheduler"]\n'
             '    healthcheck:\n      test: ["CMD", "true"]\n'
         ),
-        "beat: `cxr-triage beat` is not a cxr-triage subcommand",
+        "scheduler: `cxr-triage scheduler` is not a cxr-triage subcommand",
     ),
     "option the subcommand does not have": (
         lambda t: replace_once(t, '["worker", "--name", "gpu0@%h"]', '["worker", "--gpus", "2"]'),

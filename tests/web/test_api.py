@@ -15,7 +15,7 @@ WORKLIST_FIELDS = {
     "operating_point", "status", "received_at", "last_received_at", "queued_at", "triaged_at",
     "model_flagged", "priority", "priority_override", "override_reason", "overridden_by",
     "overridden_at", "acknowledged_by", "acknowledged_at", "final_read", "final_read_by",
-    "final_read_at",
+    "final_read_at", "shadow_flagged",
     # worklist fields (null unless CXR_WORKLIST_PHI) and the viewer link
     "accession_number", "study_date", "study_description", "age_band", "sex", "viewer_url",
 }  # fmt: skip

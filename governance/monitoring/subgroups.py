@@ -1,0 +1,56 @@
+"""Subgroup performance of a model version from the store: labelled studies -> the table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from governance.errors import NoActiveModel
+from governance.monitoring.labels import labelled
+from governance.monitoring.performance import by_subgroup, parse_targets
+from governance.policies import policy_in_force
+from governance.registry import active_model, get_model
+
+
+def subgroup_report(
+    session: Session,
+    *,
+    model_version: str | None = None,
+    min_count: int = 30,
+    bootstrap: int = 300,
+) -> dict[str, Any]:
+    """Overall and per-subgroup performance of a model version (the active one by default).
+
+    Raises
+    ------
+    NoActiveModel
+        No version is named and none is active.
+    """
+    model = get_model(session, model_version) if model_version else active_model(session)
+    if model is None:
+        raise NoActiveModel("no active model version (cxr-triage model activate)")
+    policy = policy_in_force(session, model.id)
+    targets = parse_targets(policy.target_metric if policy else None)
+    data = labelled(session, model.id)
+    rows = (
+        by_subgroup(
+            data.labels,
+            data.flags,
+            data.scores,
+            data.attributes,
+            targets=targets,
+            min_count=min_count,
+            bootstrap=bootstrap,
+        )  # fmt: skip
+        if data.n
+        else []
+    )
+    return {
+        "model_version": model.version,
+        "policy_version": policy.version if policy else None,
+        "targets": targets,
+        "labelled": data.n,
+        "min_count": min_count,
+        "subgroups": [r.as_dict() for r in rows],
+    }
