@@ -56,6 +56,10 @@ def notify_wanted(event: TriageEvent) -> bool:
 def targets(
     config: ResultsConfig, event: TriageEvent, max_attempts: int
 ) -> list[deliveries.Target]:
+    if event.shadow:
+        # Decided under a shadow policy (go-live sign-off): kept, audited and compared with
+        # final reads, but nothing leaves the system.
+        return []
     found = [
         deliveries.Target(d.name, kind, max_attempts)
         for d in config.dicom

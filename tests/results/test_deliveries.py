@@ -123,3 +123,33 @@ def test_export_cli_lists_and_retries(make_settings, make_database_url, result_s
     assert "Traceback" not in wrong.stderr
     assert cli("--help").returncode == 0
     store.dispose()
+
+
+def test_nothing_leaves_for_a_shadow_decision() -> None:
+    """Shadow mode (go-live sign-off): the flag is kept and audited, never exported or sent."""
+    from results.config import parse
+    from results.delivery import targets
+
+    config = parse(
+        {
+            "dicom": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 4242}},
+            "webhook": {"ris": {"url": "http://127.0.0.1:9/hook", "secret": "s" * 32}},
+            "hl7": {"ris-hl7": {"host": "127.0.0.1", "port": 2575}},
+        }
+    )
+
+    def event(*, shadow: bool) -> TriageEvent:
+        return TriageEvent(
+            study_id=1,
+            study_instance_uid="1.2.3",
+            status="triaged",
+            probability=0.9,
+            tau=0.5,
+            flagged=True,
+            previously_flagged=False,
+            shadow=shadow,
+        )
+
+    live = {(t.destination, t.kind) for t in targets(config, event(shadow=False), 3)}
+    assert live == {("pacs", "sr"), ("ris", "webhook"), ("ris-hl7", "hl7")}
+    assert targets(config, event(shadow=True), 3) == []
