@@ -70,6 +70,17 @@ def _store(
     sop_class_uid = str(request.AffectedSOPClassUID or "")
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
     source = Path(event.dataset_path)
+    refusal = spool.refusal(source.stat().st_size)
+    if refusal is not None:
+        # Before the disk is full: the peer keeps the instance and sends it again later.
+        logger.warning(
+            "C-STORE of SOP Instance %s from %s refused: %s -> %s",
+            _printable_uid(sop_instance_uid),
+            _peer(event),
+            refusal,
+            status.describe(status.OUT_OF_RESOURCES),
+        )
+        return _status(status.OUT_OF_RESOURCES, "spool at its high-water mark")
     try:
         header = read_header(
             source,

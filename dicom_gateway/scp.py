@@ -25,6 +25,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from cxr_triage.settings import Settings
 from dicom_gateway import handlers, incoming
 from dicom_gateway.assembly import StudyAssembly
+from dicom_gateway.retention import prune_spool
 from dicom_gateway.spool import Spool
 from governance.db import Store
 from governance.errors import ConfigError, StoreUnavailable
@@ -89,6 +90,8 @@ class Gateway:
         The producer app from :func:`worker.celery_app.make_celery`.
     sweep_interval_s
         How often the store is asked for studies that were received but never queued.
+    retention_interval_s
+        How often spool retention runs (default ``settings.spool_prune_interval_s``).
     """
 
     def __init__(
@@ -98,10 +101,20 @@ class Gateway:
         celery_app: Celery,
         *,
         sweep_interval_s: float = 30.0,
+        retention_interval_s: float | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.spool = Spool(settings.spool_path)
+        self.spool = Spool(
+            settings.spool_path,
+            min_free_bytes=int(settings.spool_min_free_gb * 2**30),
+            max_bytes=int(settings.spool_max_gb * 2**30),
+        )
+        self.retention_interval_s = (
+            settings.spool_prune_interval_s
+            if retention_interval_s is None
+            else retention_interval_s
+        )
         self.pseudonym_key = load_key(settings)
         self.assembly = StudyAssembly(
             store,
@@ -198,11 +211,32 @@ class Gateway:
         ]
 
     def _sweep_incoming(self) -> None:
+        """The janitor: abandoned incoming files, and spool retention."""
         stale_s = max(_STALE_INCOMING_MIN_S, 2 * self.settings.network_timeout_s)
-        while not self._janitor_stop.wait(min(stale_s / 2, 60.0)):
-            removed = self.spool.sweep_incoming(older_than_s=stale_s)
-            if removed:
-                logger.info("removed %d abandoned incoming files", removed)
+        tick = min(stale_s / 2, 60.0, self.retention_interval_s)
+        next_incoming = time.monotonic() + min(stale_s / 2, 60.0)
+        next_retention = time.monotonic() + min(self.retention_interval_s, 5.0)
+        while not self._janitor_stop.wait(tick):
+            now = time.monotonic()
+            if now >= next_incoming:
+                next_incoming = now + min(stale_s / 2, 60.0)
+                removed = self.spool.sweep_incoming(older_than_s=stale_s)
+                if removed:
+                    logger.info("removed %d abandoned incoming files", removed)
+            if now >= next_retention:
+                next_retention = now + self.retention_interval_s
+                self.run_retention()
+
+    def run_retention(self) -> None:
+        """One spool retention run (logged, never raised: the janitor must go on)."""
+        try:
+            prune_spool(self.store, self.spool, self.settings.spool_retention_h)
+        except StoreUnavailable as exc:
+            logger.warning("spool retention skipped: %s", exc)
+        except Exception:
+            logger.exception("spool retention failed")
+        if self.spool.max_bytes:
+            self.spool.measure()
 
     def stop(self) -> None:
         """Stop accepting, let open associations finish briefly, abort the rest, queue leftovers."""

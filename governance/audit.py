@@ -60,6 +60,8 @@ class Action:
     STUDY_ACKNOWLEDGED = "study_acknowledged"
     FINAL_READ_RECORDED = "final_read_recorded"
     MODEL_REGISTERED = "model_registered"
+    SPOOL_PRUNED = "spool_pruned"  # one event per retention run, with counts
+    STUDIES_REQUEUED = "studies_requeued"  # by the reconciler (counts) or a person (UIDs)
 
 
 class Outcome:

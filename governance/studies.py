@@ -88,6 +88,7 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
     instance.calling_ae = item.calling_ae
     instance.peer_address = item.peer_address
     instance.received_at = now
+    instance.pruned_at = None  # a resent instance brings its file back
     session.flush()
     return instance, replaced
 
