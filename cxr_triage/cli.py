@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "policy": ("cxr_triage.policy_cli", "threshold policies: list, set"),
     "token": ("cxr_triage.token_cli", "API tokens: create, list, revoke"),
     "audit": ("cxr_triage.audit_cli", "audit trail: query, verify"),
+    "study": ("cxr_triage.study_cli", "studies: list (e.g. --status failed), retry"),
 }
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
