@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         description="A study queued this long ago and still not triaged is queued again (its "
         "message may have died with a worker; triage is idempotent, so a duplicate costs little).",
     )
+    sweep_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often the gateway asks the store for studies to queue: never queued "
+        "(broker down, crash), stale (message lost), or found by the reconciler.",
+    )
     spool_retention_h: float = Field(
         default=72.0,
         ge=0,
