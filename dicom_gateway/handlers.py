@@ -7,7 +7,8 @@ durable in the spool and its row has committed in the store (DESIGN.md).
 Orphans: when the store does not take the row, the placed file is removed before 0xA700 goes
 out, so the spool holds no file the store does not know. A crash between placement and commit
 can still leave one; the peer got no Success and sends the instance again, which replaces the
-file at the same path and records it. No recovery scan adopts such files.
+file at the same path and records it; a file still without a row when the gateway next starts
+is removed then (``Gateway.remove_orphans``), never adopted.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from pydicom import config as pydicom_config
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import select
 
 from cxr_triage.settings import Settings
 from dicom_gateway import handlers, incoming
@@ -29,6 +30,7 @@ from dicom_gateway.retention import prune_spool
 from dicom_gateway.spool import Spool
 from governance.db import Store
 from governance.errors import ConfigError, StoreUnavailable
+from governance.models import Instance
 from governance.pseudonyms import load_key
 
 logger = logging.getLogger(__name__)
@@ -152,6 +154,7 @@ class Gateway:
             raise RuntimeError("the gateway is already running")
         self.spool.prepare()
         check_store(self.store)
+        self.remove_orphans()
         _config.STORE_RECV_CHUNKED_DATASET = True
         # pynetdicom writes each received data set with NamedTemporaryFile() in tempfile's
         # folder; inside the spool the final placement is a rename on one filesystem.
@@ -194,6 +197,30 @@ class Gateway:
             self.settings.max_pdu,
             self.spool.root,
         )
+
+    def remove_orphans(self) -> int:
+        """Remove spool files the store has no row for; before listening, so none is in flight.
+
+        Such a file was placed by a gateway that died before its row committed: the peer was
+        never answered Success for it, keeps the instance and sends it again. Cleaned, not
+        adopted: adopting would record an instance nobody was told we hold.
+        """
+        files = self.spool.study_files()
+        if not files:
+            return 0
+        with self.store.read() as session:
+            known = set(session.scalars(select(Instance.path).where(Instance.pruned_at.is_(None))))
+        orphans = [path for path in files if str(path) not in known]
+        for path in orphans:
+            self.spool.discard(path)
+        if orphans:
+            self.spool.remove_empty_folders({path.parent for path in orphans})
+            logger.warning(
+                "removed %d spool files the store has no record of (a crash between placing "
+                "and recording them; their senders were not answered Success)",
+                len(orphans),
+            )
+        return len(orphans)
 
     def _handlers(self) -> list[Any]:
         allowed = list(self.settings.allowed_calling_aes)

@@ -218,6 +218,21 @@ class Spool:
         self._account(-info.st_size)
         return info.st_size
 
+    def study_files(self) -> list[Path]:
+        """Every placed instance file (``<study>/<sop>.dcm``), for the start-up orphan check."""
+        files: list[Path] = []
+        try:
+            folders = [e for e in os.scandir(self.root) if e.is_dir() and e.name != INCOMING]
+        except OSError as exc:
+            logger.warning("cannot list %s: %s", self.root, exc.strerror or exc)
+            return files
+        for folder in folders:
+            try:
+                files += [Path(f.path) for f in os.scandir(folder.path) if f.name.endswith(".dcm")]
+            except OSError:
+                continue
+        return files
+
     def remove_empty_folders(self, folders: set[Path]) -> None:
         """Remove study folders left empty by retention (a later instance recreates one)."""
         for folder in folders:

@@ -8,6 +8,7 @@ that other tests use are never stopped, restarted or flushed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -195,10 +196,8 @@ class PgCluster:
 
     def destroy(self) -> None:
         if self.running():
-            try:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
                 self.stop("immediate")
-            except (RuntimeError, subprocess.TimeoutExpired):
-                pass
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -333,9 +332,7 @@ def _count(session: object, ledger: Ledger, model: ModelVersion | None) -> Count
     stored = sum(
         1
         for study in acked_studies
-        if all(
-            uid in rows for uid in ledger.acknowledged if ledger.sent[uid] == study
-        )
+        if all(uid in rows for uid in ledger.acknowledged if ledger.sent[uid] == study)
     )
     fully_acked = {
         study
@@ -384,9 +381,7 @@ def _triage_history(
         return {}, {}
     seen: dict[str, int] = {}
     events: Iterable[AuditEvent] = session.scalars(
-        select(AuditEvent)
-        .where(AuditEvent.action == Action.STUDY_TRIAGED)
-        .order_by(AuditEvent.id)
+        select(AuditEvent).where(AuditEvent.action == Action.STUDY_TRIAGED).order_by(AuditEvent.id)
     )
     for event in events:
         detail = event.detail or {}
