@@ -22,7 +22,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from sqlalchemy.exc import IntegrityError
 
-from dicom_gateway import status
+from dicom_gateway import incoming, status
 from dicom_gateway.assembly import StudyAssembly
 from dicom_gateway.header import InstanceHeader, InstanceRejected, is_valid_uid, read_header
 from dicom_gateway.spool import Spool
@@ -71,6 +71,14 @@ def _store(
     sop_class_uid = str(request.AffectedSOPClassUID or "")
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
     source = Path(event.dataset_path)
+    if incoming.take_failure(source):
+        logger.error(
+            "C-STORE of SOP Instance %s from %s: the spool's disk is full -> %s",
+            _printable_uid(sop_instance_uid),
+            _peer(event),
+            status.describe(status.OUT_OF_RESOURCES),
+        )
+        return _status(status.OUT_OF_RESOURCES, "spool disk full")
     refusal = spool.refusal(source.stat().st_size)
     if refusal is not None:
         # Before the disk is full: the peer keeps the instance and sends it again later.
