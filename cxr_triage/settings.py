@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         description="A study queued this long ago and still not triaged is queued again (its "
         "message may have died with a worker; triage is idempotent, so a duplicate costs little).",
     )
+    reconcile_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Automatic requeues of a study not triaged (each waiting twice as long as "
+        "the last, from CXR_REQUEUE_AFTER_S) before the reconciler parks it as failed.",
+    )
     sweep_interval_s: float = Field(
         default=30.0,
         gt=0,

@@ -124,6 +124,7 @@ class Gateway:
             stable_age_s=settings.stable_age_s,
             sweep_interval_s=sweep_interval_s,
             requeue_after_s=settings.requeue_after_s,
+            max_attempts=settings.reconcile_max_attempts,
         )
         self.ae = make_ae(settings)
         self._server: ThreadedAssociationServer | None = None

@@ -138,6 +138,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CXR_STABLE_AGE_S": str(settings.stable_age_s),
         "CXR_REQUEUE_AFTER_S": str(settings.requeue_after_s),
         "CXR_SWEEP_INTERVAL_S": str(settings.sweep_interval_s),
+        "CXR_RECONCILE_MAX_ATTEMPTS": str(settings.reconcile_max_attempts),
         "CXR_SPOOL_RETENTION_H": str(settings.spool_retention_h),
         "CXR_SPOOL_PRUNE_INTERVAL_S": str(settings.spool_prune_interval_s),
         "CXR_SPOOL_MIN_FREE_GB": str(settings.spool_min_free_gb),
