@@ -266,6 +266,7 @@ def _persist(
     study.status = StudyStatus.TRIAGED if scored else StudyStatus.NO_FRONTAL
     study.status_detail = None if scored else "no frontal chest radiograph to score"
     study.triaged_at = now
+    study.reconcile_attempts = 0
     detail = {
         "model_version": spec.version,
         "model_sha256": spec.sha256,
@@ -367,6 +368,13 @@ def triage_study(
             )
             if existing is not None:
                 logger.info("study %s: nothing new for model %s", study_uid, plan.spec.version)
+                # A resent instance or a duplicate message set it queued: it is up to date.
+                _set_status(
+                    store,
+                    plan.study_id,
+                    StudyStatus.TRIAGED if existing.images_scored else StudyStatus.NO_FRONTAL,
+                    None if existing.images_scored else "no frontal chest radiograph to score",
+                )
                 return TriageOutcome(
                     study_uid,
                     StudyStatus.TRIAGED if existing.images_scored else StudyStatus.NO_FRONTAL,
