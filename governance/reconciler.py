@@ -7,7 +7,8 @@ Three kinds, each only once ``grace`` has passed since the study was last queued
 - **not triaged**: received, queued or waiting for a model (with one active now), or triaged
   with an instance the active version has not scored, and no message sent since the grace
   began: the message was lost (broker flushed or restarted without persistence, a crash
-  between receipt and queueing);
+  between receipt and queueing). While workers are busy, only once a study queued after it has
+  been started (a long queue is not a lost message);
 - **worker gone**: ``triaging`` for longer than the grace: its worker died mid-study (the
   broker redelivers too, later; triage is idempotent);
 - **failed**: ``failed`` with a cause that may be gone (model file back, memory freed, a worker
@@ -26,8 +27,9 @@ import datetime as dt
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
 from governance import audit
@@ -112,16 +114,19 @@ def reconcile(
         return result  # nothing can be triaged; NO_MODEL studies wait for an activation
     cutoff = now - grace
     last_touched = Study.queued_at.is_(None) | (Study.queued_at <= cutoff)
+    lost = _message_lost(session, cutoff)
     waiting = and_(
         Study.status.in_([StudyStatus.RECEIVED, StudyStatus.QUEUED, StudyStatus.NO_MODEL]),
         Study.last_received_at <= cutoff,
         last_touched,
+        lost,
         pending_for(model.id),  # type: ignore[arg-type]
     )
     new_instance = and_(
         Study.status.in_([StudyStatus.TRIAGED, StudyStatus.NO_FRONTAL]),
         Study.last_received_at <= cutoff,
         last_touched,
+        lost,
         exists().where(
             StudyInference.study_id == Study.id, StudyInference.model_version_id == model.id
         ),
@@ -173,6 +178,25 @@ def reconcile(
             len(result.gave_up),
         )
     return result
+
+
+def _message_lost(session: Session, cutoff: dt.datetime) -> Any:
+    """SQL: the study's message is presumably lost, not just waiting in a long queue.
+
+    Messages are taken roughly in the order they were queued. While the workers are triaging
+    (a triage finished within the grace), a study's message counts as lost only once a study
+    queued after it has been started: the line has passed it. When nothing finished within the
+    grace, the line is not moving (messages lost, or no worker running) and every stale study
+    counts.
+    """
+    moving = session.scalar(select(exists().where(StudyInference.finished_at > cutoff)))
+    if not moving:
+        return true()
+    later = aliased(StudyInference)
+    return or_(
+        Study.queued_at.is_(None),
+        exists().where(later.queued_at > Study.queued_at, later.started_at >= Study.queued_at),
+    )
 
 
 def _kind(status: str) -> str:

@@ -66,6 +66,7 @@ def triage(
     at: dt.datetime = DAY_AGO,
     status: str = StudyStatus.TRIAGED,
     skip: set[str] = frozenset(),  # type: ignore[assignment]
+    queued_at: dt.datetime | None = None,
 ) -> None:
     """Record a triage by ``model_id`` as the worker would (no model run needed here)."""
 
@@ -91,6 +92,7 @@ def triage(
                 probability=0.2,
                 started_at=at,
                 finished_at=at,
+                queued_at=queued_at,
             )
         )
         study.status = status

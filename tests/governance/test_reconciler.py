@@ -139,3 +139,20 @@ def test_nothing_is_queued_without_an_active_model(store: Store, tmp_path: Path)
     receive(store, spool, "1.3.10", "1.3.10.1")
     set_study(store, "1.3.10", status=StudyStatus.NO_MODEL, queued_at=DAY_AGO)
     assert run(store, utcnow()) == {}
+
+
+def test_a_long_queue_is_not_a_lost_message(store: Store, tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    active = model(store, tmp_path, "v1")
+    now = utcnow()
+    # The workers are busy: a study queued two hours ago finished a minute ago.
+    receive(store, spool, "1.3.11", "1.3.11.1", at=now - 3 * HOUR)
+    triage(store, "1.3.11", active, at=now - dt.timedelta(minutes=1), queued_at=now - 2 * HOUR)
+    # Queued after it, still waiting in line: not lost, whatever the grace says.
+    receive(store, spool, "1.3.12", "1.3.12.1", at=now - 3 * HOUR)
+    store.run(lambda s: mark_queued(s, ["1.3.12"], at=now - 1.5 * HOUR))
+    assert run(store, now) == {}
+    # Once a study queued after it has been started, the line has passed it: lost.
+    receive(store, spool, "1.3.13", "1.3.13.1", at=now - 3 * HOUR)
+    triage(store, "1.3.13", active, at=now - dt.timedelta(seconds=30), queued_at=now - HOUR)
+    assert run(store, now) == {"1.3.12": Kind.NOT_TRIAGED}
