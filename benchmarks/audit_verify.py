@@ -35,7 +35,7 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 VERIFY = """
 import json, resource, sys, time
 from governance.db import Store
-from governance.audit_verify import verify_chain
+from governance.audit.verify import verify_chain
 store = Store.from_url(sys.argv[1])
 start = time.perf_counter()
 with store.read() as session:

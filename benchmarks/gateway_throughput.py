@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
 DCMTK = Path("/usr/bin")  # pynetdicom installs Python apps of the same names in the venv
-CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+CR_IMAGE_STORAGE = ComputedRadiographyImageStorage
 
 
 def get_args_parser() -> argparse.ArgumentParser:

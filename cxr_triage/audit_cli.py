@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from cxr_triage.settings import get_settings
 from governance.audit import Action, Outcome, record, record_audit_use
-from governance.audit_query import (
+from governance.audit.query import (
     AuditQuery,
     AuditRecord,
     add_decided_by,
@@ -22,7 +22,7 @@ from governance.audit_query import (
     parse_time,
     query_events,
 )
-from governance.audit_verify import VerifyResult, parse_anchor, verify_chain
+from governance.audit.verify import VerifyResult, parse_anchor, verify_chain
 from governance.db import Store
 from governance.errors import StoreUnavailable
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--since must be before --until")
     settings = get_settings()
     store = _open_store(settings.database_url)
-    from governance.syslog_export import configure_export
+    from governance.audit.export import configure_export
 
     exporter = configure_export(settings.syslog_url)
     actor = args.user or f"cli:{getpass.getuser()}"
@@ -166,14 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _open_store(url: str) -> Store:
-    from migrations import check_current
-
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        # The schema check would otherwise announce Alembic's context on every query.
-        logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     store = Store.from_url(url)
     store.check_schema()
-    check_current(store.engine)
     return store
 
 

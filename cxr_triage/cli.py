@@ -32,6 +32,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("cxr_triage.study_cli", "studies: list (e.g. --status failed), retry"),
 }
 
+# Commands that need an optional part of the install (cxr_triage.extras): checked before their
+# module is imported, so a slim install (gateway, web, store) answers in one line. `up` checks
+# for the worker extra itself, only when it is asked to run a worker.
+NEEDS_EXTRA: dict[str, str] = {
+    "worker": "worker",
+    "predict": "worker",
+    "synth": "train",
+    "train": "train",
+    "evaluate": "train",
+    "demo": "train",
+}
+
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -100,12 +112,25 @@ def run_command(name: str, argv: list[str]) -> int:
     """Run one subcommand, turning the errors a person can fix into one line."""
     from pydantic import ValidationError
 
+    from cxr_triage.extras import MissingExtra, extra_providing, require
     from governance.errors import TriageError
 
     try:
+        if name in NEEDS_EXTRA:
+            require(NEEDS_EXTRA[name])
         result = _load(name)(argv)
     except KeyboardInterrupt:
         return 130
+    except MissingExtra as exc:
+        print(f"cxr-triage {name}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        # An import deep inside a command that the table above does not foresee.
+        extra = extra_providing(exc.name or "")
+        if extra is None:
+            raise
+        print(f"cxr-triage {name}: {MissingExtra(extra, exc.name or '')}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ()))

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from cxr_triage.extras import require
 from cxr_triage.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if "worker" in args.only:
+        # A slim install (no torch) can still run `up --only gateway web`.
+        require("worker")
     settings = get_settings()
     prepare_store(settings)
     supervisor = Supervisor(

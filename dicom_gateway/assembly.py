@@ -27,7 +27,8 @@ from governance.db import Store
 from governance.errors import StoreUnavailable
 from governance.models import utcnow
 from governance.reconciler import reconcile
-from governance.studies import mark_queued, studies_awaiting_queue
+from governance.studies import studies_awaiting_queue
+from governance.triage_results import mark_queued
 from worker.celery_app import queue_study
 
 logger = logging.getLogger(__name__)

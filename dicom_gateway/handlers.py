@@ -13,6 +13,7 @@ is removed then (``Gateway.remove_orphans``), never adopted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, cast
@@ -24,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dicom_gateway import incoming, status
 from dicom_gateway.assembly import StudyAssembly
-from dicom_gateway.header import InstanceHeader, InstanceRejected, is_valid_uid, read_header
+from dicom_gateway.header import InstanceRejected, is_valid_uid, read_header
 from dicom_gateway.spool import Spool
 from governance import audit
 from governance.audit import Action
@@ -120,7 +121,9 @@ def _store(
         return _status(status.OUT_OF_RESOURCES, "spool full or not writable")
 
     requestor = event.assoc.requestor
-    item = _received(header, target, requestor.ae_title, requestor.address)
+    item = dataclasses.replace(
+        header, path=str(target), calling_ae=requestor.ae_title, peer_address=requestor.address
+    )
     try:
         replaced = _record(store, item)
     except StoreUnavailable as exc:
@@ -152,29 +155,6 @@ def _store(
         header.transfer_syntax_uid,
     )
     return status.SUCCESS
-
-
-def _received(
-    header: InstanceHeader, path: Path, calling_ae: str, address: str | None
-) -> ReceivedInstance:
-    return ReceivedInstance(
-        study_instance_uid=header.study_instance_uid,
-        series_instance_uid=header.series_instance_uid,
-        sop_instance_uid=header.sop_instance_uid,
-        sop_class_uid=header.sop_class_uid,
-        transfer_syntax_uid=header.transfer_syntax_uid,
-        path=str(path),
-        size_bytes=header.size_bytes,
-        calling_ae=calling_ae,
-        peer_address=address,
-        modality=header.modality,
-        view_position=header.view_position,
-        body_part=header.body_part,
-        manufacturer=header.manufacturer,
-        patient_sex=header.patient_sex,
-        patient_age_years=header.patient_age_years,
-        patient_pseudonym=header.patient_pseudonym,
-    )
 
 
 def _record(store: Store, item: ReceivedInstance) -> str | None:

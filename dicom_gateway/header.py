@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +24,7 @@ from pydicom.uid import UID
 
 from dicom_gateway import status
 from governance.audit import pseudonym
+from governance.studies import ReceivedInstance
 
 logger = logging.getLogger(__name__)
 
@@ -69,25 +69,6 @@ class InstanceRejected(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceHeader:
-    """The header attributes of one received instance that the gateway keeps."""
-
-    study_instance_uid: str
-    series_instance_uid: str | None
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    size_bytes: int
-    modality: str | None
-    view_position: str | None
-    body_part: str | None
-    manufacturer: str | None
-    patient_sex: str | None
-    patient_age_years: int | None
-    patient_pseudonym: str | None = None
-
-
 def is_valid_uid(value: object) -> bool:
     """Whether ``value`` is a UID that is safe to use as a file or folder name.
 
@@ -122,8 +103,11 @@ def read_header(
     affected_sop_class_uid: str,
     affected_sop_instance_uid: str,
     pseudonym_key: bytes | None = None,
-) -> InstanceHeader:
+) -> ReceivedInstance:
     """Read and check the header of a received Part-10 file, without its pixel data.
+
+    Returns the instance as the store records it, at ``path``; the caller sets the spool path
+    and the calling peer (``dataclasses.replace``) once it has placed the file.
 
     Parameters
     ----------
@@ -182,13 +166,15 @@ def read_header(
     patient_pseudonym = (
         pseudonym(patient_id, pseudonym_key) if pseudonym_key and patient_id else None
     )
-    return InstanceHeader(
+    return ReceivedInstance(
         study_instance_uid=study_uid,
         series_instance_uid=series_uid if is_valid_uid(series_uid) else None,
         sop_instance_uid=sop_instance_uid,
         sop_class_uid=sop_class_uid,
         transfer_syntax_uid=str(transfer_syntax),
+        path=str(path),
         size_bytes=size,
+        calling_ae="",
         modality=_text(ds, "Modality", 16),
         view_position=_text(ds, "ViewPosition", 16),
         body_part=_text(ds, "BodyPartExamined", 64),

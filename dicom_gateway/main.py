@@ -12,8 +12,8 @@ from kombu.utils.url import maybe_sanitize_url
 
 from cxr_triage.settings import Settings, get_settings
 from dicom_gateway.scp import Gateway
+from governance.audit.export import configure_export
 from governance.db import Store
-from governance.syslog_export import configure_export
 from worker.celery_app import make_celery
 
 logger = logging.getLogger(__name__)

@@ -13,6 +13,7 @@ text that a radiologist typed: they go to the audit trail, never to the process 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -27,12 +28,12 @@ from governance.models import AuditEvent, ModelVersion, Study, StudyInference, u
 logger = logging.getLogger(__name__)
 
 
-class Priority:
+class Priority(enum.StrEnum):
     """Worklist priorities: read first, or in the order received."""
 
     PRIORITY = "priority"
     ROUTINE = "routine"
-    ALL = (PRIORITY, ROUTINE)
+    ALL = enum.nonmember((PRIORITY, ROUTINE))
 
 
 MAX_REASON = 1000

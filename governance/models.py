@@ -7,6 +7,7 @@ attributes kept are sex and age in years, for subgroup monitoring.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import hashlib
 import json
 from typing import Any
@@ -70,7 +71,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON}
 
 
-class StudyStatus:
+class StudyStatus(enum.StrEnum):
     RECEIVED = "received"
     QUEUED = "queued"
     TRIAGING = "triaging"
@@ -144,7 +145,7 @@ class Instance(Base):
     study: Mapped[Study] = relationship(back_populates="instances")
 
 
-class ModelStatus:
+class ModelStatus(enum.StrEnum):
     REGISTERED = "registered"
     ACTIVE = "active"
     RETIRED = "retired"
@@ -172,11 +173,11 @@ class ModelVersion(Base):
     )
 
 
-class OperatingPoint:
+class OperatingPoint(enum.StrEnum):
     TRIAGE = "triage"
     BALANCED = "balanced"
     PRECISION = "precision"
-    ALL = (TRIAGE, BALANCED, PRECISION)
+    ALL = enum.nonmember((TRIAGE, BALANCED, PRECISION))
 
 
 class ThresholdPolicy(Base):
@@ -301,8 +302,8 @@ class AuditEvent(Base):
     def canonical(self, prev_hash: str) -> bytes:
         """The bytes the row's hash covers: its id, content and the previous row's hash.
 
-        Frozen: changing this breaks every existing chain (the migration that chained
-        existing rows uses it too).
+        Frozen: changing this breaks every existing chain (migration 0002, which chained
+        existing rows, keeps its own copy).
         """
         content = {
             "id": self.id,
@@ -328,11 +329,11 @@ class AuditEvent(Base):
 GENESIS_HASH = "0" * 64
 
 
-class Role:
+class Role(enum.StrEnum):
     RADIOLOGIST = "radiologist"
     ADMIN = "admin"
     AUDITOR = "auditor"
-    ALL = (RADIOLOGIST, ADMIN, AUDITOR)
+    ALL = enum.nonmember((RADIOLOGIST, ADMIN, AUDITOR))
 
 
 class ApiToken(Base):

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 #: Which operating point, chosen on validation and recorded with a model version, each SOP
 #: operating point takes its tau from (training records them under these names).
-SOP_CRITERIA = {
+SOP_CRITERIA: dict[str, str] = {
     OperatingPoint.TRIAGE: "target_sensitivity",
     OperatingPoint.BALANCED: "youden",
     OperatingPoint.PRECISION: "target_specificity",

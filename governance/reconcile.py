@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from governance import audit
+from governance import audit, triage_results
 from governance.errors import NotFound
 from governance.models import Study, StudyStatus, utcnow
 
@@ -93,8 +93,8 @@ def prepare_retry(
 ) -> list[str]:
     """Mark studies queued again for a person's retry and audit it (one event); their UIDs.
 
-    Either ``study_uids`` (each must exist; any status but one being triaged right now is
-    retried) or ``failed=True`` (the FAILED studies, oldest first, at most ``limit``). The
+    Either ``study_uids`` (each must exist; a study being triaged keeps that status until its
+    worker records it) or ``failed=True`` (the FAILED studies, oldest first, at most ``limit``). The
     caller sends one message per returned UID after the transaction commits.
 
     Raises
@@ -131,15 +131,12 @@ def prepare_retry(
         )
     if not studies:
         return []
-    now = utcnow()
     previous: dict[str, int] = {}
     for study in studies:
         previous[study.status] = previous.get(study.status, 0) + 1
-        study.status = StudyStatus.QUEUED
-        study.status_detail = None
-        study.queued_at = now
         study.reconcile_attempts = 0
     uids = [study.study_instance_uid for study in studies]
+    triage_results.mark_queued(session, uids, utcnow())
     audit.record(
         session,
         actor=actor,

@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import and_, exists, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
-from governance import audit
+from governance import audit, triage_results
 from governance.models import ImageInference, Instance, Study, StudyInference, StudyStatus, utcnow
 from governance.registry import active_model
 
@@ -148,10 +148,11 @@ def reconcile(
             continue  # backing off: a long queue is not a lost message
         if attempts >= max_attempts:
             if kind != Kind.FAILED:
-                study.status = StudyStatus.FAILED
-                study.status_detail = (
+                triage_results.fail(
+                    session,
+                    study.study_instance_uid,
                     f"not triaged after {attempts} automatic requeues; "
-                    "check the workers, then `cxr-triage study retry`"
+                    "check the workers, then `cxr-triage study retry`",
                 )
                 result.gave_up.append(study.study_instance_uid)
             continue  # a person's turn: `cxr-triage study retry`

@@ -37,6 +37,22 @@ class ReceivedInstance:
     received_at: dt.datetime | None = None
 
 
+# The columns of an Instance row that come from a ReceivedInstance as they are.
+_HEADER_COLUMNS = (
+    "sop_class_uid",
+    "series_instance_uid",
+    "transfer_syntax_uid",
+    "path",
+    "size_bytes",
+    "modality",
+    "view_position",
+    "body_part",
+    "manufacturer",
+    "calling_ae",
+    "peer_address",
+)
+
+
 def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance, str | None]:
     """Record a received instance and its study; a resent SOP Instance replaces the older copy.
 
@@ -76,36 +92,12 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
         if instance.path != item.path:
             replaced = instance.path
         instance.study_id = study.id
-    instance.sop_class_uid = item.sop_class_uid
-    instance.series_instance_uid = item.series_instance_uid
-    instance.transfer_syntax_uid = item.transfer_syntax_uid
-    instance.path = item.path
-    instance.size_bytes = item.size_bytes
-    instance.modality = item.modality
-    instance.view_position = item.view_position
-    instance.body_part = item.body_part
-    instance.manufacturer = item.manufacturer
-    instance.calling_ae = item.calling_ae
-    instance.peer_address = item.peer_address
+    for column in _HEADER_COLUMNS:
+        setattr(instance, column, getattr(item, column))
     instance.received_at = now
     instance.pruned_at = None  # a resent instance brings its file back
     session.flush()
     return instance, replaced
-
-
-def mark_queued(session: Session, study_uids: list[str], at: dt.datetime | None = None) -> None:
-    """Note that these studies were handed to the broker."""
-    when = at or utcnow()
-    for study in session.scalars(select(Study).where(Study.study_instance_uid.in_(study_uids))):
-        study.queued_at = when
-        if study.status in (
-            StudyStatus.RECEIVED,
-            StudyStatus.TRIAGED,
-            StudyStatus.NO_FRONTAL,
-            StudyStatus.FAILED,
-            StudyStatus.NO_MODEL,
-        ):
-            study.status = StudyStatus.QUEUED
 
 
 def studies_awaiting_queue(
@@ -134,8 +126,3 @@ def studies_awaiting_queue(
             )
         )
     return list(session.scalars(select(Study.study_instance_uid).where(or_(*conditions))))
-
-
-def instance_count(session: Session, study_uid: str) -> int:
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-    return len(study.instances) if study else 0

@@ -1,7 +1,8 @@
 """Alembic revisions of the store: the only way its schema changes.
 
-``upgrade(url)`` brings a store to the newest revision (``cxr-triage db upgrade``);
-``check_current(store)`` tells a server process whether it may start on a store.
+``upgrade(url)`` brings a store to the newest revision (``cxr-triage db upgrade``). Whether a
+process may start on a store is :meth:`governance.db.Store.check_schema` alone (against
+``governance.db.SCHEMA_REVISION``, which a test holds equal to the head revision here).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from governance.errors import SchemaOutOfDate, StoreUnavailable
+from governance.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +56,3 @@ def current_revision(engine: Engine) -> str | None:
         raise StoreUnavailable(
             f"the store did not answer: {str(exc.orig).splitlines()[0]}"
         ) from exc
-
-
-def check_current(engine: Engine) -> None:
-    """Raise SchemaOutOfDate unless the store is at the newest revision."""
-    current = current_revision(engine)
-    head = head_revision()
-    if current != head:
-        raise SchemaOutOfDate(
-            f"the store is at schema revision {current or 'none'}, this code needs {head}: "
-            "run `cxr-triage db upgrade`"
-        )

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from cxr_triage.extras import EXTRAS, missing_modules
 from cxr_triage.settings import Settings
 from governance.db import Store, create_store_engine
 
@@ -126,3 +127,14 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
     return make
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip, with the reason, the tests marked ``worker`` or ``train`` whose extra is missing."""
+    missing = {extra: missing_modules(extra) for extra in EXTRAS}
+    for item in items:
+        for extra, modules in missing.items():
+            if modules and item.get_closest_marker(extra) is not None:
+                reason = f"needs the {extra!r} extra ({', '.join(modules)} not installed)"
+                item.add_marker(pytest.mark.skip(reason=reason))
+                break

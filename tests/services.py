@@ -22,6 +22,7 @@ from governance.db import Store
 from governance.models import ModelVersion
 from governance.policies import set_policy
 from governance.registry import activate_model, get_model, register_model
+from tests.extras import needs_extra
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class TrainedModel:
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     """Train the NON-CLINICAL demo model once (a minute or two on the CPU) in a scratch store."""
+    needs_extra("train")
     from migrations import upgrade
     from training.demo import ensure_demo_model
 

@@ -28,7 +28,7 @@ from governance.registry import activate_model, active_model, get_model, list_mo
 from governance.registry import rollback_model as rollback_registry
 from governance.tokens import Identity, create_token, list_tokens, revoke_token
 from web.auth import RequireRole, client_address
-from web.deps import get_store, read_store
+from web.deps import StoreDep, read_store
 from web.schemas import (
     ErrorOut,
     ModelOut,
@@ -54,7 +54,6 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 
 router = APIRouter(prefix="/api", tags=["admin"], responses=REFUSALS)
 
-StoreDep = Annotated[Store, Depends(get_store)]
 Admin = Annotated[Identity, Depends(RequireRole(Role.ADMIN))]
 
 

@@ -22,7 +22,7 @@ from governance.db import Store
 from governance.models import Role
 from governance.tokens import Identity
 from web.auth import RequireRole, client_address
-from web.deps import get_store, read_store
+from web.deps import StoreDep, read_store
 from web.schemas import (
     STUDY_STATUSES,
     ClearOverrideIn,
@@ -49,7 +49,6 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 router = APIRouter(prefix="/api", tags=["radiologist"], responses=REFUSALS)
 
-StoreDep = Annotated[Store, Depends(get_store)]
 Radiologist = Annotated[Identity, Depends(RequireRole(Role.RADIOLOGIST))]
 AnyRole = Annotated[Identity, Depends(RequireRole(*Role.ALL))]
 StudyUid = Annotated[str, Path(description="Study Instance UID")]

@@ -13,13 +13,13 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy.orm import Session
 
 from governance import audit
-from governance.audit_query import AuditQuery, AuditRecord, parse_time, query_events
-from governance.audit_verify import verify_chain
+from governance.audit.query import AuditQuery, AuditRecord, parse_time, query_events
+from governance.audit.verify import verify_chain
 from governance.db import Store
 from governance.models import Role
 from governance.tokens import Identity
 from web.auth import RequireRole, client_address
-from web.deps import get_store, read_store
+from web.deps import StoreDep, read_store
 from web.schemas import AuditEventOut, AuditVerifyOut, ErrorOut
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
 
 router = APIRouter(prefix="/api/audit", tags=["auditor"], responses=REFUSALS)
 
-StoreDep = Annotated[Store, Depends(get_store)]
 Auditor = Annotated[Identity, Depends(RequireRole(Role.AUDITOR))]
 
 

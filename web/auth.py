@@ -23,7 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from governance.db import Store
 from governance.tokens import Identity, authenticate, record_refusal
-from web.deps import get_store
+from web.deps import StoreDep
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class RequireRole:
     def __call__(
         self,
         request: Request,
-        store: Annotated[Store, Depends(get_store)],
+        store: StoreDep,
         _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER_SCHEME)],
     ) -> Identity:
         return authorize(request, store, self.roles)

@@ -6,9 +6,9 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from cxr_triage.settings import Settings
@@ -56,3 +56,6 @@ def get_settings(request: Request) -> Settings:
     """The settings the application was built with (a FastAPI dependency)."""
     settings: Settings = request.app.state.settings
     return settings
+
+
+StoreDep = Annotated[Store, Depends(get_store)]

@@ -13,7 +13,7 @@ import secrets
 from typing import Annotated
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from governance import audit
@@ -26,14 +26,13 @@ from web.auth import (
     csrf_ok,
     safe_next,
 )
-from web.deps import get_store, read_store
+from web.deps import StoreDep, read_store
 from web.pages import error_page, render
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(include_in_schema=False)
 
-StoreDep = Annotated[Store, Depends(get_store)]
 
 MAX_FORM_BYTES = 8192
 

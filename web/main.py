@@ -6,9 +6,9 @@ import argparse
 import logging
 
 from cxr_triage.settings import Settings, get_settings
+from governance.audit.export import configure_export
 from governance.db import Store
 from governance.errors import ConfigError
-from governance.syslog_export import configure_export
 
 logger = logging.getLogger(__name__)
 

@@ -18,25 +18,22 @@ from pathlib import Path
 from string import Template
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from governance.db import Store
 from governance.models import Role, Study
 from governance.registry import active_model
 from web.auth import authorize, login_url
-from web.deps import get_store, read_store
+from web.deps import StoreDep, read_store
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 router = APIRouter(include_in_schema=False)
-
-StoreDep = Annotated[Store, Depends(get_store)]
 
 
 @functools.cache

@@ -10,7 +10,6 @@ import logging
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import OperationalError as KombuOperationalError
 
 from cxr_triage.settings import Settings
 
@@ -26,8 +25,6 @@ PUBLISH_RETRY_POLICY = {
     "interval_step": 0.2,
     "interval_max": 0.5,
 }
-
-BrokerUnavailable = KombuOperationalError
 
 REDIS_VISIBILITY_TIMEOUT_S = 300
 
@@ -91,7 +88,7 @@ def queue_study(app: Celery, study_uid: str) -> None:
 
     Raises
     ------
-    BrokerUnavailable
+    kombu.exceptions.OperationalError
         The broker did not take the message.
     """
     app.send_task(TRIAGE_STUDY, args=[study_uid], queue=app.conf.task_default_queue)

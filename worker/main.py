@@ -7,8 +7,8 @@ import logging
 import socket
 
 from cxr_triage.settings import get_settings
+from governance.audit.export import configure_export
 from governance.db import Store
-from governance.syslog_export import configure_export
 from worker.celery_app import make_celery
 
 logger = logging.getLogger(__name__)

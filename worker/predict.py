@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from cxr_triage.settings import get_settings
@@ -18,10 +19,16 @@ from governance.db import Store
 from governance.errors import ConfigError, NoActiveModel
 from governance.policies import policy_in_force
 from governance.registry import active_model, get_model
+from governance.triage_results import decide
 from worker.inference import ModelCache, ModelSpec
-from worker.triage import score_images
+from worker.triage import Candidate, score_images
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tau:
+    tau: float
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -77,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = policy_in_force(session, model.id)
         spec = ModelSpec.of(model)
         tau = policy.tau if policy else None
+        policy_tau = _Tau(tau) if tau is not None else None
     store.dispose()
     cache = ModelCache(device=settings.device, precision=settings.precision)
     batch = args.batch_size or settings.batch_size
@@ -85,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     chunk = max(batch, 32)
     for start in range(0, len(files), chunk):
         part = files[start : start + chunk]
-        todo = [(i, path.name, str(path)) for i, path in enumerate(part)]
+        todo = [Candidate(i, path.name, str(path)) for i, path in enumerate(part)]
         results = score_images(cache, spec, todo, batch_size=batch)
         for result in sorted(results, key=lambda r: r.instance_id):
             line: dict[str, object] = {
@@ -99,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 line.update(
                     probability=round(result.probability, 6),
                     logit=round(float(result.logit or 0.0), 6),
-                    flagged=bool(tau is not None and result.probability >= tau),
+                    flagged=decide([result], policy_tau).flagged,
                 )
             sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()

@@ -15,9 +15,9 @@ from celery import Task, shared_task
 from celery.signals import worker_ready
 
 from cxr_triage.settings import Settings
+from governance import triage_results
 from governance.db import Store
 from governance.errors import ModelIntegrityError, NotFound, StoreUnavailable
-from governance.models import Study, StudyStatus
 from worker.celery_app import TRIAGE_STUDY
 
 if TYPE_CHECKING:
@@ -88,16 +88,8 @@ def triage_study_task(self: Task, study_uid: str) -> dict[str, Any] | None:
 
 
 def _mark_failed(store: Store, study_uid: str, detail: str) -> None:
-    from sqlalchemy import select
-
-    def work(session: Any) -> None:
-        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-        if study is not None:
-            study.status = StudyStatus.FAILED
-            study.status_detail = detail[:500]
-
     try:
-        store.run(work)
+        store.run(lambda session: triage_results.fail(session, study_uid, detail))
     except StoreUnavailable:
         logger.error("study %s: could not record the failure, store unavailable", study_uid)
 

@@ -14,11 +14,14 @@ Create Date: 2026-11-25
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.orm import Session
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -48,23 +51,60 @@ SQLITE_TRIGGERS = (
 )
 
 
-def _chain_existing_rows() -> None:
-    from governance.models import GENESIS_HASH, AuditEvent
+GENESIS_HASH = "0" * 64
+AUDIT_EVENTS = sa.table(
+    "audit_events",
+    sa.column("id", sa.Integer),
+    sa.column("occurred_at", UTC),
+    sa.column("actor", sa.String),
+    sa.column("actor_address", sa.String),
+    sa.column("action", sa.String),
+    sa.column("event_code", sa.String),
+    sa.column("object_type", sa.String),
+    sa.column("object_uid", sa.String),
+    sa.column("outcome", sa.String),
+    sa.column("detail", sa.JSON),
+    sa.column("prev_hash", sa.String),
+    sa.column("row_hash", sa.String),
+)
 
+
+def _row_hash(row: sa.Row[Any], prev_hash: str) -> str:
+    """A frozen copy of ``AuditEvent.canonical``/``compute_hash`` as of this revision."""
+    occurred = row.occurred_at
+    if occurred.tzinfo is None:  # SQLite keeps UTC without its offset
+        occurred = occurred.replace(tzinfo=dt.UTC)
+    content = {
+        "id": row.id,
+        "occurred_at": occurred.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "actor": row.actor,
+        "actor_address": row.actor_address,
+        "action": row.action,
+        "event_code": row.event_code,
+        "object_type": row.object_type,
+        "object_uid": row.object_uid,
+        "outcome": row.outcome,
+        "detail": row.detail or {},
+        "prev_hash": prev_hash,
+    }
+    canonical = json.dumps(
+        content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    ).encode("utf-8")
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _chain_existing_rows() -> None:
     bind = op.get_bind()
-    table = sa.table(
-        "audit_events", sa.column("id", sa.Integer), sa.column("prev_hash"), sa.column("row_hash")
-    )
-    session = Session(bind=bind)
     prev = GENESIS_HASH
-    events = session.scalars(sa.select(AuditEvent).order_by(AuditEvent.id)).all()
-    for event in events:
-        digest = event.compute_hash(prev)
+    rows = bind.execute(sa.select(AUDIT_EVENTS).order_by(AUDIT_EVENTS.c.id)).all()
+    for row in rows:
+        digest = _row_hash(row, prev)
         bind.execute(
-            table.update().where(table.c.id == event.id).values(prev_hash=prev, row_hash=digest)
+            AUDIT_EVENTS.update()
+            .where(AUDIT_EVENTS.c.id == row.id)
+            .values(prev_hash=prev, row_hash=digest)
         )
         prev = digest
-    session.expunge_all()
 
 
 def upgrade() -> None:

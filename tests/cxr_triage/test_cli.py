@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cxr_triage.cli import COMMANDS, main
+from cxr_triage.cli import COMMANDS, NEEDS_EXTRA, main
+from cxr_triage.extras import extra_providing, missing_modules
 
 
 def run_cli(
@@ -36,6 +37,8 @@ def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_command_has_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if name in NEEDS_EXTRA and missing_modules(NEEDS_EXTRA[name]):
+        pytest.skip(f"needs the {NEEDS_EXTRA[name]!r} extra (the base-install job checks the line)")
     with pytest.raises(SystemExit) as exit_info:
         main([name, "--help"])
     assert exit_info.value.code == 0
@@ -62,9 +65,11 @@ def test_unknown_command_is_one_line(capsys: pytest.CaptureFixture[str]) -> None
         (["gateway"], {"CXR_DICOM_PORT": "eleven"}, "CXR_DICOM_PORT"),
         (["gateway"], {"CXR_AE_TITLE": "A" * 20}, "CXR_AE_TITLE"),
         (["web"], {"CXR_DEVICE": "tpu"}, "CXR_DEVICE"),
-        (["predict", "/no/such/file.dcm"], {}, "/no/such/file.dcm"),
+        pytest.param(
+            ["predict", "/no/such/file.dcm"], {}, "/no/such/file.dcm", marks=pytest.mark.worker
+        ),
         (["model", "show", "v404"], {}, "no model version 'v404'"),
-        (["worker"], {}, "cxr-triage db upgrade"),
+        pytest.param(["worker"], {}, "cxr-triage db upgrade", marks=pytest.mark.worker),
     ],
 )
 def test_mistakes_end_in_one_clear_line(
@@ -78,3 +83,51 @@ def test_mistakes_end_in_one_clear_line(
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"cxr-triage {args[0]}: ") and expected in last
+
+
+# What a slim install (no torch) answers for each command that needs an extra. Blocking an
+# import with None in sys.modules is Python's own way to make it fail; the base-install job of
+# scripts/test also runs these where torch is really missing.
+BLOCKED = ("torch", "torchvision", "sklearn", "matplotlib", "tqdm")
+BLOCK = f"import sys\nfor m in {BLOCKED!r}: sys.modules[m] = None\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (["predict", "x.dcm"], "worker"),
+        (["worker", "--help"], "worker"),
+        (["train", "--help"], "train"),
+        (["evaluate", "--help"], "train"),
+        (["synth", "--out", "x"], "train"),
+        (["demo"], "train"),
+        (["up"], "worker"),
+    ],
+)
+def test_a_command_that_needs_a_missing_extra_says_which_in_one_line(
+    tmp_path: Path, args: list[str], extra: str
+) -> None:
+    code = BLOCK + f"from cxr_triage.cli import main\nsys.exit(main({args!r}))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
+    env["CXR_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"cxr-triage {args[0]}: needs the {extra!r} extra "
+        f"({'torch'} is not installed): pip install 'cxr-triage[{extra}]'"
+    )
+    assert not (tmp_path / "data").exists()  # refused before it touched anything
+
+
+def test_a_missing_module_names_the_smallest_extra_that_installs_it() -> None:
+    assert extra_providing("torch.nn") == "worker"
+    assert extra_providing("PIL.Image") == "worker"
+    assert extra_providing("sklearn.metrics") == "train"
+    assert extra_providing("numpy") is None  # base: a broken install, not a missing extra

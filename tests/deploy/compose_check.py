@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -294,30 +295,106 @@ def check_orthanc(doc: Mapping[str, Any], root: Path) -> list[str]:
     return problems
 
 
-def check_dockerfile(text: str, root: Path) -> list[str]:
-    """Multi-stage, non-root, torch variant by build argument, versions that match the project."""
-    import tomllib
+# The Dockerfile's runtime targets and which services run each: a slim image without torch for
+# everything that never imports it (DESIGN.md), the worker image with PyTorch for the workers.
+SLIM_ROLES = {"gateway", "web", "db", "beat", "model", "policy", "token", "audit"}
+WORKER_ROLES = {"worker"}
+TARGET_OF_ROLE = {**{r: "slim" for r in SLIM_ROLES}, **{r: "worker" for r in WORKER_ROLES}}
 
+
+def dockerfile_stages(text: str) -> dict[str, str]:
+    """Each named stage of a Dockerfile and its text (``FROM ... AS name`` to the next FROM)."""
+    stages = {}
+    for block in re.split(r"^(?=FROM )", text, flags=re.MULTILINE):
+        match = re.match(r"FROM \S+ AS (\S+)", block)
+        if match:
+            stages[match.group(1)] = block
+    return stages
+
+
+def pip_installs(text: str) -> list[str]:
+    """Each ``pip install`` command of a Dockerfile's RUN lines, continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [
+        command.strip()
+        for line in re.findall(r"^RUN (.*)$", joined, re.MULTILINE)
+        for command in re.split(r"&&|;", line)
+        if "pip install" in command
+    ]
+
+
+def constraint_pins(root: Path) -> dict[str, str]:
+    """``name -> version`` of constraints.txt (names lower-case)."""
+    text = (root / "constraints.txt").read_text()
+    return {
+        name.lower(): version
+        for name, version in re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)$", text, re.MULTILINE)
+    }
+
+
+def check_targets(doc: Mapping[str, Any], dockerfile: str) -> list[str]:
+    """Each cxr-triage service builds the target of its role; one image name per target."""
+    problems = []
+    stages = dockerfile_stages(dockerfile)
+    images: dict[str, tuple[str, str]] = {}
+    for name, service in (doc.get("services") or {}).items():
+        if not is_cxr_service(service):
+            continue
+        build = service.get("build")
+        target = build.get("target") if isinstance(build, dict) else None
+        kind = role(service)
+        wanted = TARGET_OF_ROLE.get(kind or "")
+        if target is None:
+            problems.append(f"{name}: build must name a Dockerfile target (slim or worker)")
+            continue
+        if target not in stages:
+            problems.append(f"{name}: build target {target!r} is not a stage of the Dockerfile")
+        if wanted and target != wanted:
+            problems.append(
+                f"{name}: `cxr-triage {kind}` must run the {wanted!r} image, not {target!r}"
+            )
+        image = str(service.get("image", ""))
+        if image in images and images[image][0] != target:
+            problems.append(
+                f"{name}: image {image!r} is also built from target {images[image][0]!r} "
+                f"by {images[image][1]}"
+            )
+        images.setdefault(image, (target, name))
+    return problems
+
+
+def check_dockerfile(text: str, root: Path) -> list[str]:
+    """Multi-stage with a slim and a worker target, non-root, torch only in the worker image, by
+    a build argument that names its variant, versions that match constraints.txt."""
     problems = []
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
-    pins = dict(
-        re.findall(
-            r"^(torch|torchvision)==(\S+)$", "\n".join(project["dependencies"]), re.MULTILINE
-        )
-    )
+    pins = constraint_pins(root)
+    stages = dockerfile_stages(text)
+    for target in ("slim", "worker"):
+        if target not in stages:
+            problems.append(f"Dockerfile: no {target!r} target (FROM ... AS {target})")
+            continue
+        users = re.findall(r"^USER (\S+)", stages[target], re.MULTILINE)
+        if not users or users[-1].split(":")[0] in {"root", "0"}:
+            problems.append(f"Dockerfile: the {target} target must run as a non-root USER")
+    for source in re.findall(r"COPY --from=(\S+)", stages.get("slim", "")):
+        for line in pip_installs(stages.get(source, "")):
+            if re.search(r"\btorch|\[[^]]*\b(worker|train|all)\b|download\.pytorch\.org", line):
+                problems.append(
+                    f"Dockerfile: the slim image copies from {source}, which installs "
+                    f"torch: {line!r}"
+                )
+    for line in pip_installs(text):
+        if "-c constraints.txt" not in line:
+            problems.append(f"Dockerfile: {line!r} installs without -c constraints.txt")
     args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.MULTILINE))
-    stages = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
-    if len(stages) < 2:
-        problems.append("Dockerfile: not multi-stage")
-    users = re.findall(r"^USER (\S+)", stages[-1] if stages else "", re.MULTILINE)
-    if not users or users[-1].split(":")[0] in {"root", "0"}:
-        problems.append("Dockerfile: the final stage must run as a non-root USER")
     if "TORCH_VARIANT" not in args or "download.pytorch.org/whl/${TORCH_VARIANT}" not in text:
         problems.append("Dockerfile: torch must come from the index that ARG TORCH_VARIANT names")
     for name, arg in (("torch", "TORCH_VERSION"), ("torchvision", "TORCHVISION_VERSION")):
         if args.get(arg) != pins.get(name):
             problems.append(
-                f"Dockerfile: {arg}={args.get(arg)} but pyproject pins {name}=={pins.get(name)}"
+                f"Dockerfile: {arg}={args.get(arg)} but constraints.txt pins "
+                f"{name}=={pins.get(name)}"
             )
     if args.get("VERSION") != project["version"]:
         problems.append(
@@ -365,4 +442,5 @@ def check_project(
             problems.append(f"{ignore_file} must list .env (it holds the passwords)")
     docker = dockerfile if dockerfile is not None else (root / "Dockerfile").read_text()
     problems += check_dockerfile(docker, root)
+    problems += check_targets(doc, docker)
     return problems

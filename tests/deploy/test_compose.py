@@ -71,6 +71,12 @@ def test_the_stack_has_the_services_and_profiles_the_issue_asks_for() -> None:
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
     assert services["migrate"]["command"] == ["db", "upgrade"]
+    # A slim image (no torch) for gateway, web and migrate; PyTorch only in the workers' image.
+    for name in ("migrate", "gateway", "web"):
+        assert services[name]["build"]["target"] == "slim"
+    for name in ("worker", "worker-cpu"):
+        assert services[name]["build"]["target"] == "worker"
+        assert services[name]["image"] != services["gateway"]["image"]
     redis = " ".join(services["redis"]["command"])
     assert "--appendonly yes" in redis and "--maxmemory-policy noeviction" in redis
     assert services["gateway"]["depends_on"]["migrate"]["condition"] == (
@@ -180,6 +186,30 @@ BROKEN_COMPOSE = {
         lambda t: replace_once(t, "stop_grace_period: 30s", "stop_grace_perod: 30s"),
         "schema: services/gateway",
     ),
+    "the worker built from the slim target": (
+        lambda t: replace_once(t, "    target: worker\n", "    target: slim\n"),
+        "worker: `cxr-triage worker` must run the 'worker' image, not 'slim'",
+    ),
+    "the gateway on the worker image": (
+        lambda t: replace_once(
+            t,
+            '    command: ["gateway"]\n',
+            '    command: ["gateway"]\n    build: { context: ., target: worker }\n',
+        ),
+        "gateway: `cxr-triage gateway` must run the 'slim' image, not 'worker'",
+    ),
+    "a target the Dockerfile lacks": (
+        lambda t: replace_once(t, "    target: slim\n", "    target: runtime\n"),
+        "build target 'runtime' is not a stage of the Dockerfile",
+    ),
+    "one image name for both targets": (
+        lambda t: replace_once(
+            t,
+            "${TRIAGE_WORKER_IMAGE:-cxr-triage-worker:0.1.0}",
+            "${TRIAGE_IMAGE:-cxr-triage:0.1.0}",
+        ),
+        "is also built from target",
+    ),
     "Orthanc routes to another AE title": (
         lambda t: replace_once(
             t, "TRIAGE_AE_TITLE: ${CXR_AE_TITLE:-CXRTRIAGE}", "TRIAGE_AE_TITLE: OTHER"
@@ -222,25 +252,48 @@ def test_a_broken_env_example_is_caught(case: str) -> None:
 
 
 BROKEN_DOCKERFILE = {
-    "runs as root": (
-        lambda t: replace_once(t, "USER cxr:cxr", "USER root"),
-        "the final stage must run as a non-root USER",
+    "the worker runs as root": (
+        lambda t: t[::-1].replace("USER cxr:cxr"[::-1], "USER root"[::-1], 1)[::-1],
+        "the worker target must run as a non-root USER",
+    ),
+    "the slim image runs as root": (
+        lambda t: t.replace("USER cxr:cxr", "USER 0", 1),
+        "the slim target must run as a non-root USER",
+    ),
+    "no slim target": (
+        lambda t: t.replace(" AS slim\n", " AS small\n"),
+        "Dockerfile: no 'slim' target",
+    ),
+    "torch in the slim image": (
+        lambda t: replace_once(
+            t,
+            "RUN pip install -c constraints.txt . \\",
+            'RUN pip install -c constraints.txt ".[worker]" \\',
+        ),
+        "the slim image copies from slim-build, which installs torch",
+    ),
+    "an install without the constraints": (
+        lambda t: replace_once(
+            t,
+            'pip install -c constraints.txt ".[${WORKER_EXTRAS}]"',
+            'pip install ".[${WORKER_EXTRAS}]"',
+        ),
+        "installs without -c constraints.txt",
     ),
     "torch variant hard-coded": (
         lambda t: replace_once(t, "whl/${TORCH_VARIANT}", "whl/cpu"),
         "ARG TORCH_VARIANT",
     ),
     "version label out of date": (
-        lambda t: replace_once(t, "ARG VERSION=0.1.0", "ARG VERSION=0.0.9"),
+        lambda t: t.replace("ARG VERSION=0.1.0", "ARG VERSION=0.0.9"),
         "VERSION=0.0.9 but the project is",
     ),
     "torch pin out of date": (
         lambda t: replace_once(t, "ARG TORCH_VERSION=2.14.1", "ARG TORCH_VERSION=2.13.0"),
-        "TORCH_VERSION=2.13.0 but pyproject pins torch==2.14.1",
+        "TORCH_VERSION=2.13.0 but constraints.txt pins torch==2.14.1",
     ),
     "weights baked in": (
-        lambda t: replace_once(
-            t,
+        lambda t: t.replace(
             "COPY migrations ./migrations",
             "COPY migrations ./migrations\nCOPY runs/model.pt ./model.pt",
         ),
@@ -262,6 +315,7 @@ def copy_project(tmp_path: Path) -> Path:
         ".env.example",
         "Dockerfile",
         "pyproject.toml",
+        "constraints.txt",
         ".dockerignore",
         ".gitignore",
     ):

@@ -13,18 +13,21 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     UID,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
     RLELossless,
+    SecondaryCaptureImageStorage,
     generate_uid,
 )
 
-CR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
-DX_PRESENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")
-SECONDARY_CAPTURE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.7")
+CR_IMAGE_STORAGE = ComputedRadiographyImageStorage
+DX_PRESENTATION_STORAGE = DigitalXRayImageStorageForPresentation
+SECONDARY_CAPTURE_STORAGE = SecondaryCaptureImageStorage
 
 #: Transfer syntaxes the tests send, compressed ones included.
 TEST_SYNTAXES = (

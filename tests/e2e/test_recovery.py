@@ -16,7 +16,8 @@ from cxr_triage.up import prepare_store
 from dicom_gateway.scp import Gateway
 from governance.db import Store
 from governance.models import Study, StudyStatus
-from governance.studies import ReceivedInstance, mark_queued, record_instance
+from governance.studies import ReceivedInstance, record_instance
+from governance.triage_results import mark_queued
 from tests.services import Service, TrainedModel, activate_trained, wait_until
 from training.synthetic import write_studies
 from worker.celery_app import make_celery

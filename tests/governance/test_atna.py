@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from governance import audit
-from governance.atna import BOM, SD_ID, format_message
+from governance.audit.atna import BOM, SD_ID, format_message
+from governance.audit.export import SyslogExporter, configure_export, parse_syslog_url
 from governance.db import Store
 from governance.errors import ConfigError
-from governance.syslog_export import SyslogExporter, configure_export, parse_syslog_url
 from tests.conftest import free_port
 
 STUDY = "1.2.826.0.1.3680043.10.999.65"

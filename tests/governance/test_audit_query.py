@@ -11,7 +11,7 @@ import pytest
 
 from governance import audit
 from governance.audit import Action
-from governance.audit_query import AuditQuery, iter_events, parse_time, query_events
+from governance.audit.query import AuditQuery, iter_events, parse_time, query_events
 from governance.db import Store
 from governance.policies import set_policy
 from governance.registry import activate_model, get_model, register_model

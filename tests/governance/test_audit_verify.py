@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from governance import audit
-from governance.audit_verify import parse_anchor, verify_chain
+from governance.audit.verify import parse_anchor, verify_chain
 from governance.db import Store, create_store_engine
 from governance.models import GENESIS_HASH, AuditEvent
 from tests.governance import tampering

@@ -13,7 +13,7 @@ from governance.audit import Action
 from governance.db import Store
 from governance.models import AuditEvent, Instance, Study, StudyStatus, utcnow
 from governance.reconciler import Kind, reconcile
-from governance.studies import mark_queued
+from governance.triage_results import mark_queued
 from tests.governance.builders import DAY_AGO, model, receive, triage
 
 HOUR = dt.timedelta(hours=1)

@@ -30,7 +30,7 @@ from tests.conftest import REDIS_URL
 from tests.web.conftest import bearer, make_tokens
 from web.app import create_app
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.worker]
 
 INPUT_SIZE = 32
 PHI = ("Doe^Jane", "PID-123456")  # what tests.worker.builders writes into every file

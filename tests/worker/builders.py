@@ -6,9 +6,12 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-from worker.selection import CR_IMAGE_STORAGE, DX_FOR_PRESENTATION
+from pydicom.uid import (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
 
 def radiograph(
@@ -27,7 +30,11 @@ def radiograph(
     stored = np.round(img * 4095).astype(np.uint16)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    sop_class = CR_IMAGE_STORAGE if modality == "CR" else DX_FOR_PRESENTATION
+    sop_class = (
+        ComputedRadiographyImageStorage
+        if modality == "CR"
+        else DigitalXRayImageStorageForPresentation
+    )
     ds.file_meta.MediaStorageSOPClassUID = sop_class
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

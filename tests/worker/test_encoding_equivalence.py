@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -25,7 +26,6 @@ from pydicom.uid import (
 )
 
 from worker.preprocess import preprocess
-from worker.selection import CR_IMAGE_STORAGE
 
 SIZE = 64
 
@@ -53,10 +53,10 @@ def make_ds(
 ) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+    ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = syntax if syntax != "compress" else ExplicitVRLittleEndian
-    ds.SOPClassUID = CR_IMAGE_STORAGE
+    ds.SOPClassUID = ComputedRadiographyImageStorage
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()

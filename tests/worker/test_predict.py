@@ -16,7 +16,7 @@ from governance.db import Store
 from governance.models import ModelVersion
 from tests.worker.builders import radiograph, write
 from worker.inference import ModelCache
-from worker.triage import score_images
+from worker.triage import Candidate, score_images
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -52,5 +52,5 @@ def test_predict_prints_a_json_line_per_file(
     from worker.inference import ModelSpec
 
     spec = ModelSpec.of(model)
-    [worker_result] = score_images(spec_cache, spec, [(0, "pa", str(frontal))])
+    [worker_result] = score_images(spec_cache, spec, [Candidate(0, "pa", str(frontal))])
     assert scored["probability"] == pytest.approx(worker_result.probability, abs=1e-6)

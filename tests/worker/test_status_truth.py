@@ -19,7 +19,8 @@ from governance.models import ModelVersion, Study, StudyStatus, TriageEvent, utc
 from governance.policies import set_policy
 from governance.reconciler import Kind, reconcile
 from governance.registry import activate_model, register_model
-from governance.studies import mark_queued, studies_awaiting_queue
+from governance.studies import studies_awaiting_queue
+from governance.triage_results import mark_queued
 from tests.worker.conftest import INPUT_SIZE
 from tests.worker.test_triage import add_image, receive
 from worker.inference import ModelCache

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 from sqlalchemy import func, select
 
 from governance.db import Store
@@ -27,13 +27,21 @@ from worker.triage import triage_study
 
 
 def receive(
-    store: Store, path: Path, ds_uid: str, sop_uid: str, view: str, body: str, modality: str = "CR"
+    store: Store,
+    path: Path,
+    ds_uid: str,
+    sop_uid: str,
+    view: str,
+    body: str,
+    modality: str = "CR",
+    sop_class_uid: str = ComputedRadiographyImageStorage,
+    series_uid: str | None = None,
 ) -> None:
     item = ReceivedInstance(
         study_instance_uid=ds_uid,
-        series_instance_uid=None,
+        series_instance_uid=series_uid,
         sop_instance_uid=sop_uid,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        sop_class_uid=sop_class_uid,
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         path=str(path),
         size_bytes=path.stat().st_size,
@@ -57,7 +65,7 @@ def add_image(
 ) -> str:
     ds = radiograph(study_uid=study_uid, view=view, body_part=body, modality=modality, seed=seed)
     path = write(ds, tmp_path / study_uid / f"{ds.SOPInstanceUID}.dcm")
-    receive(store, path, study_uid, ds.SOPInstanceUID, view, body, modality)
+    receive(store, path, study_uid, ds.SOPInstanceUID, view, body, modality, ds.SOPClassUID)
     return str(ds.SOPInstanceUID)
 
 

@@ -17,7 +17,7 @@ Each committed audit event becomes one syslog message (DICOM PS3.15 A.6/A.7):
 
 Detail keys that name patient identifiers are never exported (:func:`governance.audit.record`
 refuses them in the first place). Transports and the background queue are in
-:mod:`governance.syslog_export`.
+:mod:`governance.audit.export`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import xml.etree.ElementTree as ET
 from importlib import metadata
 from typing import Any
 
-from governance.audit import CODE_MEANINGS, Action, Outcome, is_phi_key
+from governance.audit.chain import CODE_MEANINGS, Action, Outcome, is_phi_key
 
 SD_ID = "cxrAudit@32473"
 MSGID = "DICOM+RFC3881"

@@ -1,21 +1,22 @@
-"""The audit trail: who did what to which object, when, and how it ended.
+"""The audit trail's append-only hash chain: who did what to which object, when, how it ended.
 
 Events carry DICOM PS3.15 A.5.3 event codes where one fits; our own events (a study triaged, a
 flag set, an override, a policy changed, a model activated) carry none. The application only
 inserts rows; it never updates or deletes one, and triggers refuse both (migration 0002). Each
 row's hash covers its content and the previous row's hash (:meth:`AuditEvent.canonical`), so
-:func:`governance.audit_query.verify_chain` finds a row that was edited, deleted or reordered.
+:func:`governance.audit.query.verify_chain` finds a row that was edited, deleted or reordered.
 
 Details hold UIDs, AE titles, versions and figures, never patient identifiers; where a patient
 must be linked, :func:`pseudonym` gives a keyed pseudonym of the Patient ID instead.
 
-An export sink (the ATNA syslog exporter of :mod:`governance.atna`) receives each event once its
-transaction has committed; an event rolled back with its transaction is never exported.
+An export sink (the ATNA syslog exporter of :mod:`governance.audit.export`) receives each event
+once its transaction has committed; an event rolled back with its transaction is never exported.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import hashlib
 import hmac
 import logging
@@ -31,7 +32,7 @@ from governance.models import GENESIS_HASH, AuditEvent, utcnow
 logger = logging.getLogger(__name__)
 
 
-class Action:
+class Action(enum.StrEnum):
     """Audit actions; the DICOM event code (PS3.15 A.5.3) where one fits."""
 
     # DICOM-coded events
@@ -64,13 +65,13 @@ class Action:
     STUDIES_REQUEUED = "studies_requeued"  # by the reconciler (counts) or a person (UIDs)
 
 
-class Outcome:
+class Outcome(enum.StrEnum):
     """Outcomes an event is recorded with (``AuditEvent.outcome``)."""
 
     SUCCESS = "success"
     REFUSED = "refused"  # a peer, token or request was turned away
     FAILURE = "failure"  # the action was attempted and failed
-    ALL = (SUCCESS, REFUSED, FAILURE)
+    ALL = enum.nonmember((SUCCESS, REFUSED, FAILURE))
 
 
 # DICOM PS3.16 CID 400 "Audit Event ID" meanings of the codes we use.
@@ -84,7 +85,7 @@ CODE_MEANINGS = {
     "110114": "User Authentication",
 }
 
-EVENT_CODES = {
+EVENT_CODES: dict[str, str] = {
     Action.INSTANCES_RECEIVED: "110104",
     Action.INSTANCES_EXPORTED: "110104",
     Action.STUDY_VIEWED: "110103",

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from governance.audit import TRIAGE_ACTIONS, Action, event_fields
+from governance.audit.chain import TRIAGE_ACTIONS, Action, event_fields
 from governance.models import AuditEvent, ModelVersion, ThresholdPolicy
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")

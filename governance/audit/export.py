@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from governance import audit
-from governance.atna import format_message
+from governance.audit import chain
+from governance.audit.atna import format_message
 from governance.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -314,17 +314,12 @@ def configure_export(
             parse_syslog_url(url), audit_source_id=audit_source_id, queue_size=queue_size
         )
     previous, _current = _current, exporter
-    audit.set_export_sink(exporter.submit if exporter is not None else None)
+    chain.set_export_sink(exporter.submit if exporter is not None else None)
     if previous is not None:
         previous.close(timeout=1.0)
     if exporter is not None:
         logger.info("exporting audit events to %s", exporter.target)
     return exporter
-
-
-def current_exporter() -> SyslogExporter | None:
-    """The exporter :func:`configure_export` installed, if any (for metrics)."""
-    return _current
 
 
 def _restart_in_child() -> None:
