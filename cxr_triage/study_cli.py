@@ -83,7 +83,9 @@ def _list(store: Store, status: str | None, limit: int, as_json: bool) -> int:
 def _retry(
     store: Store, settings: Settings, study_uids: list[str] | None, failed: bool, limit: int
 ) -> int:
-    from worker.celery_app import BrokerUnavailable, make_celery, queue_study
+    from kombu.exceptions import OperationalError
+
+    from worker.celery_app import make_celery, queue_study
 
     actor = f"cli:{getpass.getuser()}"
     uids = store.run(
@@ -100,7 +102,7 @@ def _retry(
         for uid in uids:
             queue_study(app, uid)
             sent += 1
-    except BrokerUnavailable as exc:
+    except (OperationalError, OSError) as exc:  # kombu's, or a socket error of its own
         print(
             f"cxr-triage study: the broker did not take the messages ({exc}); {sent} of "
             f"{len(uids)} sent. The rest are marked queued: the gateway queues them again "
