@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cxr_triage.recalibrate_cli",
         "recalibration jobs: run, list, show, approve, reject",
     ),
+    "study": ("cxr_triage.study_cli", "studies: list (e.g. --status failed), retry"),
 }
 
 # Commands that need an optional part of the install (cxr_triage.extras): checked before their

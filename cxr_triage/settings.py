@@ -137,6 +137,38 @@ class Settings(BaseSettings):
         description="A study queued this long ago and still not triaged is queued again (its "
         "message may have died with a worker; triage is idempotent, so a duplicate costs little).",
     )
+    reconcile_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Automatic requeues of a study not triaged (each waiting twice as long as "
+        "the last, from CXR_REQUEUE_AFTER_S) before the reconciler parks it as failed.",
+    )
+    sweep_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often the gateway asks the store for studies to queue: never queued "
+        "(broker down, crash), stale (message lost), or found by the reconciler.",
+    )
+    spool_retention_h: float = Field(
+        default=72.0,
+        ge=0,
+        description="Hours a received file stays in the spool after its study was triaged by "
+        "the active model version (0: removed at the next retention run). Rows stay.",
+    )
+    spool_prune_interval_s: float = Field(
+        default=300.0, gt=0, description="How often the gateway runs spool retention."
+    )
+    spool_min_free_gb: float = Field(
+        default=1.0,
+        ge=0,
+        description="High-water mark: below this much free space on the spool's filesystem "
+        "the gateway answers C-STORE with 0xA700 (out of resources); 0: no floor.",
+    )
+    spool_max_gb: float = Field(
+        default=0.0,
+        ge=0,
+        description="High-water mark: the spool's files may take at most this much; 0: no cap.",
+    )
 
     # Worker
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Inference device.")

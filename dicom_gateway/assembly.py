@@ -26,6 +26,7 @@ from governance.audit import Action
 from governance.db import Store
 from governance.errors import StoreRejected, StoreUnavailable
 from governance.models import AuditEvent, utcnow
+from governance.reconciler import reconcile
 from governance.studies import studies_awaiting_queue
 from governance.text import clip
 from governance.triage_results import mark_queued
@@ -65,7 +66,10 @@ class StudyAssembly:
         How often the store is asked for studies that were never queued (the first time at
         start).
     requeue_after_s
-        A study queued longer ago than this and still not triaged is queued again.
+        The reconciler's grace: a study queued (or received) longer ago than this and still
+        not triaged by the active model is queued again, with backoff.
+    max_attempts
+        Automatic requeues of a study before the reconciler parks it as failed.
     send
         ``send(app, study_uid)``; :func:`worker.celery_app.queue_study` unless a caller needs
         another way to queue.
@@ -79,6 +83,7 @@ class StudyAssembly:
         stable_age_s: float,
         sweep_interval_s: float = 30.0,
         requeue_after_s: float = 900.0,
+        max_attempts: int = 5,
         send: Callable[[Celery, str], None] = queue_study,
     ) -> None:
         if stable_age_s <= 0:
@@ -90,6 +95,7 @@ class StudyAssembly:
         self.stable_age_s = stable_age_s
         self.sweep_interval_s = sweep_interval_s
         self.requeue_after_s = requeue_after_s
+        self.max_attempts = max_attempts
         self._send_fn = send
         self._tick_s = min(stable_age_s / 4, 0.5)
         self._lock = threading.Lock()
@@ -204,10 +210,16 @@ class StudyAssembly:
             return [self._arrivals.pop(key) for key in ready]
 
     def _sweep_store(self, cutoff: dt.datetime) -> None:
+        """Queue what the store knows and no message covers: studies never queued (broker
+        down, a crash), and what the reconciler finds (lost messages, dead workers, failures
+        whose cause may be gone)."""
+        grace = dt.timedelta(seconds=self.requeue_after_s)
         try:
-            stale = utcnow() - dt.timedelta(seconds=self.requeue_after_s)
             with self.store.read() as session:
-                found = studies_awaiting_queue(session, cutoff, stale_before=stale)
+                found = studies_awaiting_queue(session, cutoff)
+            reconciled = self.store.run(
+                lambda session: reconcile(session, grace=grace, max_attempts=self.max_attempts)
+            )
         except (StoreUnavailable, StoreRejected) as exc:
             logger.warning("cannot look for unqueued studies: %s", exc)
             return
@@ -215,12 +227,9 @@ class StudyAssembly:
             busy = {study for (_, study) in self._arrivals}
         new = [uid for uid in found if uid not in self._to_send and uid not in busy]
         if new:
-            logger.info(
-                "found %d studies to queue (never queued, or queued %.0f s ago and not triaged)",
-                len(new),
-                self.requeue_after_s,
-            )
-        for uid in new:
+            logger.info("found %d studies never queued", len(new))
+        again = [uid for uid in reconciled.requeue if uid not in self._to_send and uid not in busy]
+        for uid in new + again:
             self._to_send[uid] = None
 
     def _write_audits(self) -> None:

@@ -7,7 +7,8 @@ durable in the spool and its row has committed in the store (DESIGN.md).
 Orphans: when the store does not take the row, the placed file is removed before 0xA700 goes
 out, so the spool holds no file the store does not know. A crash between placement and commit
 can still leave one; the peer got no Success and sends the instance again, which replaces the
-file at the same path and records it. No recovery scan adopts such files.
+file at the same path and records it; a file still without a row when the gateway next starts
+is removed then (``Gateway.remove_orphans``), never adopted.
 """
 
 from __future__ import annotations
@@ -100,6 +101,25 @@ def _store(
     sop_class_uid = str(request.AffectedSOPClassUID or "")
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
     source = Path(event.dataset_path)
+    if incoming.take_failure(source):
+        logger.error(
+            "C-STORE of SOP Instance %s from %s: the spool's disk is full -> %s",
+            clip_uid(sop_instance_uid),
+            _peer(event),
+            status.describe(status.OUT_OF_RESOURCES),
+        )
+        return _status(status.OUT_OF_RESOURCES, "spool disk full")
+    refusal = spool.refusal(source.stat().st_size)
+    if refusal is not None:
+        # Before the disk is full: the peer keeps the instance and sends it again later.
+        logger.warning(
+            "C-STORE of SOP Instance %s from %s refused: %s -> %s",
+            clip_uid(sop_instance_uid),
+            _peer(event),
+            refusal,
+            status.describe(status.OUT_OF_RESOURCES),
+        )
+        return _status(status.OUT_OF_RESOURCES, "spool at its high-water mark")
     try:
         _check_request(event, source, sop_class_uid, policy)
         header = read_header(

@@ -21,6 +21,7 @@ still go to ``tempfile.tempdir``, which the gateway also points at the incoming 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -76,12 +77,28 @@ def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
 
 _start_writeback = _load_sync_file_range()
 
+# Paths of incoming files whose writing failed (disk full): the C-STORE handler takes the path
+# out and answers 0xA700. Bounded: a path the handler never asked about is dropped first.
+_FAILED: dict[str, None] = {}
+_FAILED_LOCK = threading.Lock()
+_MAX_FAILED = 1024
+
+
+def take_failure(path: str | Path) -> bool:
+    """Whether writing the incoming file at ``path`` failed (asked once per file)."""
+    with _FAILED_LOCK:
+        return _FAILED.pop(str(path), False) is None
+
 
 class IncomingFile:
     """A temporary file for one received data set, written back to disk as it grows.
 
     It offers what pynetdicom uses of a ``NamedTemporaryFile``: ``name``, ``write``,
     ``file.flush()`` and ``close()``; it is not deleted on close (pynetdicom unlinks it).
+
+    When the disk is full a write fails: the file is removed at once (nothing half-written
+    stays in the spool), the rest of the transfer is read and dropped, and the handler answers
+    0xA700 (:func:`take_failure`) instead of the association dying with an exception.
     """
 
     def __init__(self, folder: Path, max_bytes: int | None = None) -> None:
@@ -93,6 +110,7 @@ class IncomingFile:
         self._max_bytes = max_bytes
         self._received = 0
         self.oversize = False
+        self._failed = False
 
     @property
     def file(self) -> IncomingFile:
@@ -100,12 +118,29 @@ class IncomingFile:
 
     def write(self, data: bytes) -> int:
         self._received += len(data)
-        if self.oversize:
+        if self.oversize or self._failed:
             return len(data)
         if self._max_bytes is not None and self._received > self._max_bytes:
             self._drop()
             return len(data)
-        return self._stream.write(data)
+        try:
+            return self._stream.write(data)
+        except OSError as exc:
+            self._fail(exc)
+            return len(data)
+
+    def _fail(self, exc: OSError) -> None:
+        self._failed = True
+        logger.error("cannot write a received data set to %s: %s", self.name, exc.strerror or exc)
+        # The buffered bytes that did not fit are dropped with the file.
+        with contextlib.suppress(OSError):
+            self._stream.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.name)
+        with _FAILED_LOCK:
+            while len(_FAILED) >= _MAX_FAILED:
+                del _FAILED[next(iter(_FAILED))]
+            _FAILED[self.name] = None
 
     def _drop(self) -> None:
         """Empty the file and write nothing more: the data set is over its limit."""
@@ -120,16 +155,25 @@ class IncomingFile:
         )
 
     def flush(self) -> None:
-        if self.oversize:
+        if self.oversize or self._failed:
             return
-        self._stream.flush()
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            self._fail(exc)
+            return
         end = self._stream.tell()
         if _start_writeback is not None and end - self._written_back >= WRITEBACK_BYTES:
             _start_writeback(self._fd, self._written_back, end - self._written_back)
             self._written_back = end
 
     def close(self) -> None:
-        self._stream.close()
+        if self._failed:
+            return
+        try:
+            self._stream.close()
+        except OSError as exc:  # the last buffered bytes did not fit
+            self._fail(exc)
 
     def __enter__(self) -> IncomingFile:
         return self

@@ -32,7 +32,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         epilog=(
             "Settings (environment or .env): CXR_AE_TITLE, CXR_DICOM_HOST, CXR_DICOM_PORT, "
             "CXR_ALLOWED_CALLING_AES (comma-separated; empty accepts all), CXR_MAX_PDU, "
-            "CXR_STABLE_AGE_S, CXR_NETWORK_TIMEOUT_S, CXR_SPOOL_DIR, CXR_DATABASE_URL, "
+            "CXR_STABLE_AGE_S, CXR_NETWORK_TIMEOUT_S, CXR_REQUEUE_AFTER_S, CXR_SWEEP_INTERVAL_S, "
+            "CXR_SPOOL_DIR, CXR_SPOOL_RETENTION_H, CXR_SPOOL_PRUNE_INTERVAL_S, "
+            "CXR_SPOOL_MIN_FREE_GB, CXR_SPOOL_MAX_GB, CXR_DATABASE_URL, "
             "CXR_BROKER_URL, CXR_QUEUE, CXR_DATA_DIR. The store must be initialised with "
             "`cxr-triage db upgrade`."
         ),
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     store = Store.from_settings(settings)
     configure_export(settings.syslog_url, audit_source_id=settings.ae_title)
     celery_app = make_celery(settings)
-    gateway = Gateway(settings, store, celery_app)
+    gateway = Gateway(settings, store, celery_app, sweep_interval_s=settings.sweep_interval_s)
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

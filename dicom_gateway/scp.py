@@ -27,14 +27,17 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy import select
 
 from cxr_triage.settings import Settings
 from dicom_gateway import handlers, incoming, limits
 from dicom_gateway.assembly import StudyAssembly
 from dicom_gateway.handlers import ReceivePolicy
+from dicom_gateway.retention import prune_spool
 from dicom_gateway.spool import Spool
 from governance.db import Store
-from governance.errors import ConfigError, StoreUnavailable
+from governance.errors import ConfigError, StoreRejected, StoreUnavailable
+from governance.models import Instance
 from governance.pseudonyms import load_key
 
 logger = logging.getLogger(__name__)
@@ -128,6 +131,8 @@ class Gateway:
         How often the store is asked for studies that were received but never queued.
     refusal_window_s
         Refused associations are audited at most once per peer per this many seconds.
+    retention_interval_s
+        How often spool retention runs (default ``settings.spool_prune_interval_s``).
     """
 
     def __init__(
@@ -138,10 +143,20 @@ class Gateway:
         *,
         sweep_interval_s: float = 30.0,
         refusal_window_s: float = 60.0,
+        retention_interval_s: float | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.spool = Spool(settings.spool_path)
+        self.spool = Spool(
+            settings.spool_path,
+            min_free_bytes=int(settings.spool_min_free_gb * 2**30),
+            max_bytes=int(settings.spool_max_gb * 2**30),
+        )
+        self.retention_interval_s = (
+            settings.spool_prune_interval_s
+            if retention_interval_s is None
+            else retention_interval_s
+        )
         self.pseudonym_key = load_key(settings)
         self.assembly = StudyAssembly(
             store,
@@ -149,6 +164,7 @@ class Gateway:
             stable_age_s=settings.stable_age_s,
             sweep_interval_s=sweep_interval_s,
             requeue_after_s=settings.requeue_after_s,
+            max_attempts=settings.reconcile_max_attempts,
         )
         self.ae = make_ae(settings)
         self.ssl_context = make_ssl_context(settings)
@@ -188,6 +204,7 @@ class Gateway:
             raise RuntimeError("the gateway is already running")
         self.spool.prepare()
         check_store(self.store)
+        self.remove_orphans()
         _config.STORE_RECV_CHUNKED_DATASET = True
         # pynetdicom writes each received data set with NamedTemporaryFile() in tempfile's
         # folder; inside the spool the final placement is a rename on one filesystem.
@@ -246,6 +263,30 @@ class Gateway:
     def _refused(self, address: str, actor: str | None, reason: str) -> None:
         self.refusals.note(address, actor=actor, reason=reason)
 
+    def remove_orphans(self) -> int:
+        """Remove spool files the store has no row for; before listening, so none is in flight.
+
+        Such a file was placed by a gateway that died before its row committed: the peer was
+        never answered Success for it, keeps the instance and sends it again. Cleaned, not
+        adopted: adopting would record an instance nobody was told we hold.
+        """
+        files = self.spool.study_files()
+        if not files:
+            return 0
+        with self.store.read() as session:
+            known = set(session.scalars(select(Instance.path).where(Instance.pruned_at.is_(None))))
+        orphans = [path for path in files if str(path) not in known]
+        for path in orphans:
+            self.spool.discard(path)
+        if orphans:
+            self.spool.remove_empty_folders({path.parent for path in orphans})
+            logger.warning(
+                "removed %d spool files the store has no record of (a crash between placing "
+                "and recording them; their senders were not answered Success)",
+                len(orphans),
+            )
+        return len(orphans)
+
     def _handlers(self) -> list[Any]:
         allowed = list(self.settings.allowed_calling_aes)
         return [
@@ -270,12 +311,33 @@ class Gateway:
         ]
 
     def _sweep_incoming(self) -> None:
+        """The janitor: abandoned incoming files, and spool retention."""
         stale_s = max(_STALE_INCOMING_MIN_S, 2 * self.settings.network_timeout_s)
-        while not self._janitor_stop.wait(min(stale_s / 2, 60.0)):
-            removed = self.spool.sweep_incoming(older_than_s=stale_s)
-            incoming.forget_missing_oversize()
-            if removed:
-                logger.info("removed %d abandoned incoming files", removed)
+        tick = min(stale_s / 2, 60.0, self.retention_interval_s)
+        next_incoming = time.monotonic() + min(stale_s / 2, 60.0)
+        next_retention = time.monotonic() + min(self.retention_interval_s, 5.0)
+        while not self._janitor_stop.wait(tick):
+            now = time.monotonic()
+            if now >= next_incoming:
+                next_incoming = now + min(stale_s / 2, 60.0)
+                removed = self.spool.sweep_incoming(older_than_s=stale_s)
+                incoming.forget_missing_oversize()
+                if removed:
+                    logger.info("removed %d abandoned incoming files", removed)
+            if now >= next_retention:
+                next_retention = now + self.retention_interval_s
+                self.run_retention()
+
+    def run_retention(self) -> None:
+        """One spool retention run (logged, never raised: the janitor must go on)."""
+        try:
+            prune_spool(self.store, self.spool, self.settings.spool_retention_h)
+        except (StoreUnavailable, StoreRejected) as exc:
+            logger.warning("spool retention skipped: %s", exc)
+        except Exception:
+            logger.exception("spool retention failed")
+        if self.spool.max_bytes:
+            self.spool.measure()
 
     def stop(self) -> None:
         """Stop accepting, let open associations finish briefly, abort the rest, queue leftovers."""

@@ -121,6 +121,9 @@ class Study(Base):
     # Triage task deliveries since the last one that finished: one that keeps killing its
     # worker (a decoder crash, the OOM killer) is parked as failed instead of looping.
     deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # How often the reconciler queued the study again without it being triaged; bounded, and
+    # reset by a triage or by a person's retry.
+    reconcile_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     instances: Mapped[list[Instance]] = relationship(
         back_populates="study", order_by="Instance.id", cascade="all, delete-orphan"
@@ -146,6 +149,9 @@ class Instance(Base):
     calling_ae: Mapped[str] = mapped_column(String(16))
     peer_address: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # When spool retention removed the file: the row (header columns, size, inferences) stays
+    # for monitoring and audit; only the pixels are gone.
+    pruned_at: Mapped[dt.datetime | None]
 
     study: Mapped[Study] = relationship(back_populates="instances")
 

@@ -131,6 +131,7 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
             value = clip(value, getattr(Instance, column)) or ("" if column in _NOT_NULL else None)
         setattr(instance, column, value)
     instance.received_at = now
+    instance.pruned_at = None  # a resent instance brings its file back
     session.flush()
     return instance, replaced
 

@@ -274,6 +274,25 @@ def no_model(session: Session, study_id: int) -> None:
         _set_status(study, StudyStatus.NO_MODEL, NO_MODEL_DETAIL)
 
 
+def up_to_date(session: Session, study_id: int, model_id: int) -> None:
+    """A re-triage found nothing new: the status follows from the recorded result again.
+
+    A resent instance or a duplicate message set the study queued; without this it would
+    show queued for ever.
+    """
+    study = session.get(Study, study_id)
+    result = _study_inference(session, study_id, model_id)
+    if study is None or result is None:
+        return
+    scored = bool(result.images_scored)
+    _set_status(
+        study,
+        StudyStatus.TRIAGED if scored else StudyStatus.NO_FRONTAL,
+        None if scored else NO_FRONTAL_DETAIL,
+    )
+    study.reconcile_attempts = 0
+
+
 def fail(session: Session, study_uid: str, reason: str) -> None:
     """Park a study as failed with its reason (no patient identifiers), for a person to retry."""
     study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
@@ -356,6 +375,7 @@ def record(
     study.result_id = result.id
     _set_status(study, decision.status, None if decision.images_scored else NO_FRONTAL_DETAIL)
     study.triaged_at = result.finished_at
+    study.reconcile_attempts = 0  # the reconciler's count starts again
     _audit_and_emit(session, study, model, result, decision, was_flagged)
     skipped = {
         s.sop_instance_uid: reason

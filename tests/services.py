@@ -138,6 +138,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CXR_DICOM_PORT": str(settings.dicom_port),
         "CXR_ALLOWED_CALLING_AES": ",".join(settings.allowed_calling_aes),
         "CXR_STABLE_AGE_S": str(settings.stable_age_s),
+        "CXR_REQUEUE_AFTER_S": str(settings.requeue_after_s),
+        "CXR_SWEEP_INTERVAL_S": str(settings.sweep_interval_s),
+        "CXR_RECONCILE_MAX_ATTEMPTS": str(settings.reconcile_max_attempts),
+        "CXR_SPOOL_RETENTION_H": str(settings.spool_retention_h),
+        "CXR_SPOOL_PRUNE_INTERVAL_S": str(settings.spool_prune_interval_s),
+        "CXR_SPOOL_MIN_FREE_GB": str(settings.spool_min_free_gb),
+        "CXR_SPOOL_MAX_GB": str(settings.spool_max_gb),
+        "CXR_NETWORK_TIMEOUT_S": str(settings.network_timeout_s),
         "CXR_WEB_HOST": settings.web_host,
         "CXR_WEB_PORT": str(settings.web_port),
         "CXR_DEVICE": settings.device,
@@ -181,6 +189,10 @@ def start_service(tmp_path: Path) -> Iterator[Callable[[str, Settings], Service]
 
     def start(name: str, settings: Settings) -> Service:
         log = tmp_path / f"{name}.log"
+        restarts = 1
+        while log.exists():  # a restarted service keeps its predecessor's log
+            restarts += 1
+            log = tmp_path / f"{name}-{restarts}.log"
         handle = log.open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "cxr_triage.cli", "--log-level", "INFO", name],

@@ -268,6 +268,8 @@ def triage_study(
         return TriageOutcome(study_uid, StudyStatus.NO_MODEL, detail="no active model version")
     if not plan.pending and plan.current is not None:
         logger.info("study %s: nothing new for model %s", study_uid, spec.version)
+        # A resent instance or a duplicate message set it queued: it is up to date.
+        store.run(lambda session: triage_results.up_to_date(session, plan.study_id, model.id))
         return plan.current
     store.run(lambda session: triage_results.begin(session, plan.study_id))
     candidates, skipped = select_images(plan.pending, started)

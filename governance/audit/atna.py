@@ -54,6 +54,8 @@ ACTION_CODES = {
     Action.STUDY_FLAGGED: "U",
     Action.STUDY_OVERRIDDEN: "U",
     Action.STUDY_ACKNOWLEDGED: "U",
+    Action.SPOOL_PRUNED: "D",
+    Action.STUDIES_REQUEUED: "E",
 }
 # PS3.16 CID 401 Audit Event Type Codes, where one refines the event code.
 EVENT_TYPE_CODES = {

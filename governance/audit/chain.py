@@ -72,6 +72,8 @@ class Action(enum.StrEnum):
     RECALIBRATION_APPROVED = "recalibration_approved"  # creates a policy version
     RECALIBRATION_REJECTED = "recalibration_rejected"
     POLICY_MODE_CHANGED = "policy_mode_changed"  # shadow <-> live, approved by a person
+    SPOOL_PRUNED = "spool_pruned"  # one event per retention run, with counts
+    STUDIES_REQUEUED = "studies_requeued"  # by the reconciler (counts) or a person (UIDs)
 
 
 class Outcome(enum.StrEnum):

@@ -1,0 +1,115 @@
+"""Fixtures of the fault tests: our own Redis and PostgreSQL, a small model, the stack's settings.
+
+The model is a randomly initialised ResNet-50 exported at 32 px: these tests count studies,
+not scores, so they need no training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cxr_triage.settings import Settings
+from governance.db import Store
+from governance.policies import set_policy
+from governance.registry import activate_model, register_model
+from tests.faults.harness import PgCluster, RedisServer, Unavailable
+
+INPUT_SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def fault_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from worker.model import build_model, export_torchscript
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("fault-model") / "resnet50-32px.pt"
+    return export_torchscript(build_model(), INPUT_SIZE, path)
+
+
+def activate(store: Store, model_file: Path, version: str = "fault-v1") -> None:
+    def work(session):  # type: ignore[no-untyped-def]
+        model = register_model(session, version=version, path=model_file, input_size=INPUT_SIZE)
+        set_policy(
+            session,
+            model,
+            operating_point="balanced",
+            tau=0.5,
+            rationale="fault tests",
+            approved_by="pytest",
+        )
+        activate_model(session, version, actor="pytest")
+
+    store.run(work)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (never the shared one on 6379)."""
+    try:
+        server = RedisServer(tmp_path / "redis")
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    server.start()
+    yield server
+    server.stop(kill=True)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PgCluster]:
+    """A PostgreSQL cluster of this test's own (never the shared one on 5432)."""
+    try:
+        cluster = PgCluster()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@dataclass(frozen=True)
+class FaultStack:
+    settings: Settings
+    store: Store
+
+
+@pytest.fixture
+def fault_stack(
+    make_settings: Callable[..., Settings], fault_model: Path
+) -> Iterator[Callable[..., FaultStack]]:
+    """Factory: settings for gateway, worker and web on the given store and broker, short
+    recovery intervals, the store migrated and the small model active."""
+    from migrations import upgrade
+
+    stores: list[Store] = []
+
+    def make(database_url: str, broker_url: str, **overrides: object) -> FaultStack:
+        values: dict[str, object] = {
+            "database_url": database_url,
+            "broker_url": broker_url,
+            "allowed_calling_aes": ["ORTHANC", "PYNETDICOM"],
+            "precision": "fp32",
+            "stable_age_s": 1.0,
+            "requeue_after_s": 6.0,
+            "sweep_interval_s": 1.0,
+            "network_timeout_s": 10.0,
+            "spool_min_free_gb": 0.0,
+        }
+        values.update(overrides)
+        settings = make_settings(**values)
+        upgrade(settings.database_url)
+        store = Store.from_url(settings.database_url)
+        stores.append(store)
+        activate(store, fault_model)
+        return FaultStack(settings, store)
+
+    yield make
+    for store in stores:
+        store.dispose()
