@@ -50,7 +50,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 NEEDS_EXTRA: dict[str, str] = {
     "worker": "worker",
     "predict": "worker",
-    "synth": "train",
     "train": "train",
     "evaluate": "train",
     "demo": "train",

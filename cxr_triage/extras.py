@@ -14,7 +14,7 @@ from importlib.util import find_spec
 # extra -> the modules (import names) it provides, in the order worth naming.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "worker": ("torch", "torchvision", "PIL", "pylibjpeg"),
-    "train": ("torch", "torchvision", "PIL", "pylibjpeg", "sklearn", "matplotlib", "tqdm"),
+    "train": ("torch", "torchvision", "PIL", "pylibjpeg", "sklearn", "matplotlib"),
 }
 
 

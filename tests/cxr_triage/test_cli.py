@@ -88,7 +88,7 @@ def test_mistakes_end_in_one_clear_line(
 # What a slim install (no torch) answers for each command that needs an extra. Blocking an
 # import with None in sys.modules is Python's own way to make it fail; the base-install job of
 # scripts/test also runs these where torch is really missing.
-BLOCKED = ("torch", "torchvision", "sklearn", "matplotlib", "tqdm")
+BLOCKED = ("torch", "torchvision", "sklearn", "matplotlib")
 BLOCK = f"import sys\nfor m in {BLOCKED!r}: sys.modules[m] = None\n"
 
 
@@ -99,7 +99,6 @@ BLOCK = f"import sys\nfor m in {BLOCKED!r}: sys.modules[m] = None\n"
         (["worker", "--help"], "worker"),
         (["train", "--help"], "train"),
         (["evaluate", "--help"], "train"),
-        (["synth", "--out", "x"], "train"),
         (["demo"], "train"),
         (["up"], "worker"),
     ],

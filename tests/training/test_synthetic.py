@@ -93,7 +93,14 @@ def test_file_decodes_to_what_the_encoding_says(tmp_path, syntax, modality, enco
     assert ("WindowCenter" in read) == encoding.window
     np.testing.assert_array_equal(read.pixel_array, stored)
     expected = standardize(to_unit_image(stored, pixel_transform_of(encoding, window), 48))
-    np.testing.assert_allclose(preprocess(read, 48), expected, atol=1e-5)
+    if syntax == "jpeg2000":
+        # Serving decodes JPEG 2000 at the coarsest resolution level that covers the input
+        # (worker/decoders.py): close to the full decode, not equal (measured: max 0.027, mean
+        # 0.0013 in standardised units; the score stays within 2e-3, tests/worker/test_decoders).
+        difference = np.abs(preprocess(read, 48) - expected)
+        assert difference.max() < 0.05 and difference.mean() < 0.005
+    else:
+        np.testing.assert_allclose(preprocess(read, 48), expected, atol=1e-5)
 
 
 def test_stored_values_fit_the_bit_depth_and_the_window_covers_them():

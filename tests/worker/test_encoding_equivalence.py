@@ -133,7 +133,10 @@ def test_encodings_give_the_same_input(tmp_path: Path, with_window: bool) -> Non
     for name, ds in datasets.items():
         out = preprocess(_read(_write(ds, tmp_path / f"{name}.dcm")), SIZE)
         # 8-bit quantisation is 1/255 of the range, i.e. ~0.02 after dividing by std ~0.22.
-        tolerance = 0.03 if "8bit" in name else 2e-3
+        # JPEG 2000 is decoded at the coarsest resolution level that covers the input
+        # (worker/decoders.py): its bound is on the score (2e-3, tests/worker/test_decoders.py);
+        # the input differs by up to ~0.044 at single pixels (measured here).
+        tolerance = 0.03 if "8bit" in name else 0.06 if name.startswith("j2k") else 2e-3
         diff = float(np.max(np.abs(out - reference)))
         assert diff <= tolerance, f"{name}: max difference {diff:.4f} > {tolerance}"
 
