@@ -145,9 +145,16 @@ class Labelled:
 
 
 def labelled(
-    session: Session, model_version_id: int, *, since: dt.datetime | None = None
+    session: Session,
+    model_version_id: int,
+    *,
+    since: dt.datetime | None = None,
+    shadow: bool | None = None,
 ) -> Labelled:
-    """Studies scored by a model version that have a label (imported, else the final read)."""
+    """Studies scored by a model version that have a label (imported, else the final read).
+
+    ``shadow`` keeps only the studies decided under a shadow policy (True) or a live one (False).
+    """
     first = (
         select(
             ImageFeature.study_id.label("study_id"),
@@ -186,6 +193,8 @@ def labelled(
     )
     if since is not None:
         query = query.where(StudyInference.finished_at > since)
+    if shadow is not None:
+        query = query.where(StudyInference.shadow.is_(shadow))
     rows = session.execute(query).all()
     columns: list[Any] = list(zip(*rows, strict=True)) if rows else [() for _ in range(10)]
     names = ("sex", "age_band", "view_position", "manufacturer", "site")

@@ -11,7 +11,7 @@ from governance.models import DriftRun, ModelVersion, RecalibrationJob
 from governance.monitoring.labels import concordance
 from governance.monitoring.performance import parse_targets
 from governance.monitoring.runs import latest_runs
-from governance.monitoring.subgroups import subgroup_report
+from governance.monitoring.subgroups import shadow_period, subgroup_report
 from governance.policies import policy_in_force
 from governance.registry import active_model
 
@@ -91,6 +91,7 @@ def overview(session: Session, *, subgroup_min: int = 30) -> dict[str, Any]:
             for r in reversed(runs)
         ],
         "subgroups": subgroup_report(session, model_version=model.version, min_count=subgroup_min),
+        "shadow_period": shadow_period(session, min_count=subgroup_min),
         "concordance": days,
         "recalibration": [
             {

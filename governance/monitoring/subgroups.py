@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from governance.errors import NoActiveModel
 from governance.monitoring.labels import labelled
-from governance.monitoring.performance import by_subgroup, parse_targets
+from governance.monitoring.performance import by_subgroup, parse_targets, performance
 from governance.policies import policy_in_force
 from governance.registry import active_model, get_model
 
@@ -53,4 +53,40 @@ def subgroup_report(
         "labelled": data.n,
         "min_count": min_count,
         "subgroups": [r.as_dict() for r in rows],
+    }
+
+
+def shadow_period(session: Session, *, min_count: int = 30, bootstrap: int = 300) -> dict[str, Any]:
+    """The active version's flags under a shadow policy against final reads: the go-live
+    sign-off's figures (concordance, sensitivity and specificity with Wilson 95% intervals)
+    next to the policy's targets.
+
+    Raises
+    ------
+    NoActiveModel
+        No version is active.
+    """
+    model = active_model(session)
+    if model is None:
+        raise NoActiveModel("no active model version (cxr-triage model activate)")
+    policy = policy_in_force(session, model.id)
+    targets = parse_targets(policy.target_metric if policy else None)
+    data = labelled(session, model.id, shadow=True)
+    result = performance(
+        "shadow period",
+        "all",
+        data.labels,
+        data.flags,
+        data.scores,
+        targets=targets,
+        min_count=min_count,
+        bootstrap=bootstrap,
+    )
+    agree = int((data.labels == data.flags).sum()) if data.n else 0
+    return {
+        "model_version": model.version,
+        "targets": targets,
+        "labelled": data.n,
+        "concordance": agree / data.n if data.n else None,
+        "performance": result.as_dict(),
     }

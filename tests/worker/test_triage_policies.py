@@ -24,6 +24,7 @@ from governance.models import (
     TriageEvent,
 )
 from governance.monitoring.labels import concordance
+from governance.monitoring.subgroups import shadow_period
 from governance.policies import set_mode
 from governance.recalibration import decide
 from governance.worklist import worklist
@@ -144,3 +145,16 @@ def test_shadow_flags_are_recorded_not_prioritised_until_switched_to_live(
             select(AuditEvent.detail).where(AuditEvent.action == "policy_mode_changed")
         ).all()
         assert [(d["from"], d["to"]) for d in switches] == [("live", "shadow"), ("shadow", "live")]
+
+    def read_live(session):  # type: ignore[no-untyped-def]
+        study = session.scalar(select(Study).where(Study.study_instance_uid == live))
+        study.final_read = False  # a live flag the radiologist did not confirm
+        return None
+
+    store.run(read_live)
+    with store.read() as session:
+        # The sign-off's figures count the shadow period's studies only, not the live one.
+        period = shadow_period(session, min_count=1, bootstrap=10)
+    assert period["labelled"] == 1 and period["concordance"] == 1.0
+    sensitivity = period["performance"]["sensitivity"]
+    assert (sensitivity["k"], sensitivity["n"]) == (1, 1) and sensitivity["low"] < 1.0

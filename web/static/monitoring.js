@@ -148,6 +148,17 @@
       r.status === "ok" ? interval(r.npv) : "",
       r.auc ? `${fmt(r.auc[0])} (${fmt(r.auc[1])}–${fmt(r.auc[2])})` : "–",
       r.flagged ? r.reasons.join("; ") : ""]);
+    const sh = data.shadow_period || { labelled: 0, performance: null };
+    document.getElementById("shadow-line").textContent =
+      `${sh.labelled || 0} studies decided under a shadow policy have a final read; targets ` +
+      `${JSON.stringify(sh.targets || {})}.`;
+    const p = sh.performance;
+    rows(document.querySelector("#shadow tbody"), p ? [p] : [], (r) => [
+      r.n, fmt(sh.concordance, 3),
+      r.status === "ok" ? interval(r.sensitivity) : r.status,
+      r.status === "ok" ? interval(r.specificity) : "", r.status === "ok" ? interval(r.ppv) : "",
+      r.status === "ok" ? interval(r.npv) : "",
+      r.status !== "ok" ? "" : r.flagged ? r.reasons.join("; ") : "meets the targets"]);
     const conc = document.getElementById("concordance");
     conc.textContent = (data.concordance || []).map((d) =>
       `${d.day}: ${fmt(d.concordance, 2)} of ${d.n}${d.shadow ? ` (${d.shadow} shadow)` : ""}`).join(" · ") || "No final reads yet.";
