@@ -85,7 +85,8 @@ def store_snapshot(session: Session) -> dict[str, Any]:
         select(func.count())
         .select_from(Study)
         .join(StudyInference, Study.result_id == StudyInference.id)
-        .where(StudyInference.flagged.is_(True))
+        # A flag decided under a shadow policy is not a priority (go-live sign-off).
+        .where(StudyInference.flagged.is_(True), StudyInference.shadow.is_(False))
     )
     instances = session.scalar(select(func.count()).select_from(Instance))
     images_total = session.scalar(select(func.count()).select_from(ImageInference)) or 0
@@ -184,7 +185,7 @@ class StoreCollector(Collector):
         yield studies
         yield GaugeMetricFamily(
             f"{PREFIX}_studies_flagged",
-            "Studies whose current result is flagged.",
+            "Studies whose current result is flagged for priority (shadow-mode flags not counted).",
             value=snap["flagged"],
         )
         yield CounterMetricFamily(
