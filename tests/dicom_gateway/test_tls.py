@@ -43,7 +43,10 @@ def _issue(folder: Path, name: str, ca: str) -> None:
         cwd=folder,
     )
     (folder / f"{name}.ext").write_text(
-        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n"
+        # What Python 3.13's default X.509 checks (VERIFY_X509_STRICT) ask of a certificate.
+        "basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n"
+        "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n"
     )
     _openssl(
         "x509",
@@ -81,6 +84,10 @@ def _ca(folder: Path, name: str) -> None:
         "-days",
         "1",
         "-sha256",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
         "-out",
         f"{name}.crt",
         cwd=folder,

@@ -81,7 +81,8 @@ def test_monitoring_api_and_metrics_show_the_alert_to_admins(
 def test_monitoring_page_draws_the_histogram_and_the_alert(
     make_settings: Callable[..., Settings], make_database_url: Callable[[str], str], tmp_path: Path
 ) -> None:
-    from playwright.sync_api import sync_playwright
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (dev)")
+    sync_playwright = sync_api.sync_playwright
 
     settings = make_settings(database_url=make_database_url("sqlite"))
     store = Store(create_store_engine(settings.database_url))
