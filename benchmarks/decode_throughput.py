@@ -36,7 +36,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from training.phantom import chest_radiograph
+from training.synthetic.phantom import chest_radiograph
 from worker.decoders import decode_for_model
 from worker.model import build_model
 from worker.preprocess import decode, pixel_transform, standardize, to_unit_image

@@ -254,7 +254,7 @@ def report(counts: Counts, n: int, elapsed: float, log: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> Counts:
-    from training.synthetic import write_studies
+    from training.synthetic.studies import write_studies
 
     base = Path(tempfile.mkdtemp(prefix="cxr-soak-"))
     logs = base / "logs"

@@ -36,7 +36,7 @@ from governance.policies import set_policy
 from governance.registry import activate_model, register_model
 from governance.studies import ReceivedInstance, record_instance
 from migrations import upgrade
-from training.phantom import chest_radiograph
+from training.synthetic.phantom import chest_radiograph
 from worker.inference import ModelCache, ModelSpec, predict_logits
 from worker.model import build_model, export_torchscript
 from worker.triage import triage_study

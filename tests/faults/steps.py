@@ -15,7 +15,7 @@ from governance.models import Study, StudyStatus
 from tests.faults.conftest import FaultStack
 from tests.peers import echoscu
 from tests.services import Service, wait_until
-from training.synthetic import write_studies
+from training.synthetic.studies import write_studies
 
 
 def make_studies(
