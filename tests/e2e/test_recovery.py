@@ -4,19 +4,22 @@ worker process triages it."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
+import pydicom
 import pytest
 from sqlalchemy import select
 
 from cxr_triage.settings import Settings
 from cxr_triage.up import prepare_store
+from dicom_gateway.header import read_header
 from dicom_gateway.scp import Gateway
 from governance.db import Store
 from governance.models import Study, StudyStatus
-from governance.studies import ReceivedInstance, record_instance
+from governance.studies import record_instance
 from governance.triage_results import mark_queued
 from tests.services import Service, TrainedModel, activate_trained, wait_until
 from training.synthetic.studies import write_studies
@@ -37,14 +40,16 @@ def test_a_study_whose_message_died_with_its_worker_is_queued_again_and_triaged(
     activate_trained(store, trained_model)
     [record] = [r for r in write_studies(tmp_path / "in", 1, size=256, seed=2, lateral=False)]
     hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-    item = ReceivedInstance(
-        study_instance_uid=record.study_instance_uid,
-        series_instance_uid=None,
-        sop_instance_uid=record.sop_instance_uid,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
+    # The row as the gateway records it (the worker selects from it and checks the file's
+    # header against it).
+    ds = pydicom.dcmread(record.path, stop_before_pixels=True)
+    item = dataclasses.replace(
+        read_header(
+            record.path,
+            affected_sop_class_uid=str(ds.SOPClassUID),
+            affected_sop_instance_uid=str(ds.SOPInstanceUID),
+        ),
         path=str(record.path),
-        size_bytes=record.path.stat().st_size,
         calling_ae="PACS",
         received_at=hour_ago,
     )

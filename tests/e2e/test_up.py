@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from cxr_triage.settings import Settings
-from cxr_triage.up import prepare_store
+from cxr_triage.up import SERVICES, prepare_store
 from dicom_gateway.scu import send_files, wait_for_echo
 from governance.db import Store
 from governance.models import Role
@@ -88,7 +88,7 @@ def test_up_triages_on_embedded_defaults_and_stops_on_ctrl_c(
         assert rows[0]["study_instance_uid"] == records[0].study_instance_uid
         assert rows[0]["flagged"] is True
         children = [int(pid) for pid in re.findall(r"started \w+ \(pid (\d+)\)", log.read_text())]
-        assert len(children) == 3
+        assert len(children) == len(SERVICES)  # gateway, worker, web, beat
     finally:
         up.send_signal(signal.SIGINT)
         code = up.wait(timeout=60)
