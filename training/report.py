@@ -48,7 +48,7 @@ def write_predictions(
         writer = csv.writer(fh)
         writer.writerow(["name", "label", "raw_logit", "probability"])
         for row in zip(names, labels.tolist(), raw_logits.tolist(), probs.tolist(), strict=True):
-            writer.writerow([row[0], row[1], f"{row[2]:.8g}", f"{row[3]:.8g}"])
+            writer.writerow([row[0], row[1], repr(float(row[2])), repr(float(row[3]))])
     return path
 
 

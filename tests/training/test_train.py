@@ -491,7 +491,8 @@ def test_model_register_copies_the_run_and_honours_every_flag(
         assert Path(model.path).parent == model_path.absolute()
         assert Path(model.path).name == f"{version}.pt"
         assert model.details["preprocessing"]["version"] >= 2
+        copied = Path(model.path)
         for name in ("x1", "x2", "x3"):
             with pytest.raises(NotFound):  # nothing was registered
                 get_model(session, name)
-    assert sha256_file(Path(model.path)) == sha
+    assert sha256_file(copied) == sha

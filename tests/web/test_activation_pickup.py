@@ -42,15 +42,18 @@ def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     import torch
 
     from worker.model import build_model, export_torchscript
+    from worker.preprocess import PREPROCESSING_FILE
 
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     first = export_torchscript(build_model(), INPUT_SIZE, folder / "v1.pt")
-    module = torch.jit.load(str(first))
+    # v2: the same network, shifted; it carries v1's preprocessing record, as the worker needs.
+    extra = {PREPROCESSING_FILE: ""}
+    module = torch.jit.load(str(first), _extra_files=extra)
     with torch.no_grad():
         module.fc.bias += 0.5  # type: ignore[operator]
     second = folder / "v2.pt"
-    torch.jit.save(module, str(second))
+    torch.jit.save(module, str(second), _extra_files=extra)
     return first, second
 
 
