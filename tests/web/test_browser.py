@@ -9,6 +9,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,6 +41,28 @@ pytestmark = [
 ]
 
 
+@contextmanager
+def serving(settings: Settings, store: Store, log_level: str = "warning") -> Iterator[str]:
+    """The app on a real socket in a thread of this process; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings, store), host="127.0.0.1", port=port, log_level=log_level,
+        log_config=None,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 @dataclass
 class Served:
     base: str
@@ -57,27 +80,8 @@ def served(
     store = Store(create_store_engine(settings.database_url))
     scenario = populate(store, settings.model_path, settings.spool_path)
     tokens = make_tokens(store)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, store),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            log_config=None,
-        )  # fmt: skip
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield Served(f"http://127.0.0.1:{port}", store, scenario, tokens)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(settings, store) as base:
+        yield Served(base, store, scenario, tokens)
         store.dispose()
 
 

@@ -4,26 +4,21 @@ the page in Chromium draws the histogram and the alert (screenshot in test-artif
 from __future__ import annotations
 
 import datetime as dt
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from cxr_triage.settings import Settings
 from governance.db import Store, create_store_engine
 from governance.models import utcnow
 from governance.monitoring.runs import WindowSettings, run_drift
-from tests.conftest import free_port
 from tests.governance.monitoring.store_data import add_model, insert_studies
 from tests.governance.monitoring.synth import Population, draw
 from tests.web.conftest import make_tokens
-from tests.web.test_browser import ARTIFACTS, CHROMIUM, LAUNCH_ARGS, watch
-from web.app import create_app
+from tests.web.test_browser import ARTIFACTS, CHROMIUM, LAUNCH_ARGS, serving, watch
 
 WINDOW = WindowSettings(days=7, studies=200, baseline_studies=300)
 
@@ -88,25 +83,8 @@ def test_monitoring_page_draws_the_histogram_and_the_alert(
     store = Store(create_store_engine(settings.database_url))
     drifted(store, tmp_path)
     tokens = make_tokens(store)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, store),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            log_config=None,
-        )  # fmt: skip
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
     try:
-        with sync_playwright() as p:
+        with serving(settings, store) as base, sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
             )
@@ -129,6 +107,4 @@ def test_monitoring_page_draws_the_histogram_and_the_alert(
             assert not problems, problems
             browser.close()
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         store.dispose()

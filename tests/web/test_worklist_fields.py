@@ -9,7 +9,6 @@ radiologist role only and never cached publicly. No log line carries the accessi
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import uvicorn
 from PIL import Image
 from sqlalchemy import select
 
@@ -27,11 +25,9 @@ from cxr_triage.settings import Settings
 from dicom_gateway.header import read_header
 from governance.db import Store
 from governance.models import Study
-from tests.conftest import free_port
 from tests.results.triaged import triaged_study
 from tests.web.conftest import make_tokens
-from tests.web.test_browser import CHROMIUM, LAUNCH_ARGS, log_in, watch
-from web.app import create_app
+from tests.web.test_browser import CHROMIUM, LAUNCH_ARGS, log_in, serving, watch
 
 pytestmark = [
     pytest.mark.integration,
@@ -91,22 +87,9 @@ def test_worklist_fields_viewer_link_and_thumbnail(
     accession = str(source.AccessionNumber)
     assert accession
     tokens = make_tokens(store)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, store), host="127.0.0.1", port=port, log_level="debug",
-            log_config=None,
-        )
-    )  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
     uid = triaged.study_instance_uid
-    try:
+    # debug: the log scan below reads everything the web logs
+    with serving(settings, store, log_level="debug") as base:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
@@ -170,9 +153,6 @@ def test_worklist_fields_viewer_link_and_thumbnail(
 
         assert get(tokens["radiologist"]) == (200, "private, no-store, max-age=0")
         assert get(tokens["auditor"])[0] == 403
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         store.dispose()
     logged = [r.getMessage() for r in caplog.records]
     assert logged, "the scan must see the app's log"
