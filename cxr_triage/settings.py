@@ -178,6 +178,26 @@ class Settings(BaseSettings):
         "with fp32 to 1e-2 in probability.",
     )
     batch_size: int = Field(default=8, ge=1, description="Images scored per forward pass.")
+    worker_studies: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Studies one worker process takes from the broker and scores at once "
+        "(task threads); their images share forward passes of up to CXR_BATCH_SIZE.",
+    )
+    batch_wait_ms: float = Field(
+        default=20.0,
+        ge=0,
+        le=1000,
+        description="Longest an image waits for other studies' images to fill a batch; a "
+        "study scored alone never waits.",
+    )
+    backlog_lanes: bool = Field(
+        default=True,
+        description="Move studies that arrive behind others to a backlog queue that the "
+        "worker serves in turn with the queue of new arrivals, so a study arriving during a "
+        "burst is scored within a few studies instead of after the whole burst.",
+    )
     heatmaps: bool = Field(
         default=False,
         description="Compute a Grad-CAM heatmap of each study's scored image (shown on the "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -208,20 +209,30 @@ def predict_logits(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
 
 
 class ModelCache:
-    """One loaded model per process, replaced when another version becomes active."""
+    """One loaded model per process, replaced when another version becomes active.
+
+    Shared by the worker's task threads: a lock makes the threads that ask for a version
+    being loaded wait for that one load instead of loading it again.
+    """
 
     def __init__(self, *, device: str = "auto", precision: str = "auto") -> None:
         self.device = device
         self.precision = precision
         self._loaded: LoadedModel | None = None
+        self._lock = threading.Lock()
 
     def get(self, spec: ModelSpec) -> LoadedModel:
         current = self._loaded
-        if current is not None and (current.spec.version, current.spec.sha256) == (
-            spec.version,
-            spec.sha256,
-        ):
+        if current is not None and _same(current.spec, spec):
             return current
-        self._loaded = None  # release the old weights before loading the new ones
-        self._loaded = load_model(spec, device=self.device, precision=self.precision)
-        return self._loaded
+        with self._lock:
+            current = self._loaded
+            if current is not None and _same(current.spec, spec):
+                return current
+            self._loaded = None  # release the old weights before loading the new ones
+            self._loaded = load_model(spec, device=self.device, precision=self.precision)
+            return self._loaded
+
+
+def _same(a: ModelSpec, b: ModelSpec) -> bool:
+    return (a.version, a.sha256) == (b.version, b.sha256)

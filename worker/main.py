@@ -1,4 +1,4 @@
-"""``cxr-triage worker``: a real Celery worker, one process (solo pool) per GPU."""
+"""``cxr-triage worker``: a real Celery worker, one process per GPU, a few studies at once."""
 
 from __future__ import annotations
 
@@ -42,12 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         _safe_url(settings.database_url),
         "embedded filesystem" if settings.embedded_broker else _safe_url(settings.broker_url),
     )
+    from worker.lanes import backlog_queue
+
+    queues = [settings.queue, backlog_queue(settings.queue)]
     app.worker_main(
         [
             "worker",
-            "--pool=solo",
-            "--concurrency=1",
-            f"--queues={settings.queue}",
+            # Task threads share one model and batcher (worker.tasks); one prefetch each.
+            "--pool=threads",
+            f"--concurrency={settings.worker_studies}",
+            f"--queues={','.join(queues)}",
             f"--hostname={name}",
             f"--loglevel={args.loglevel}",
             "--without-gossip",

@@ -1,7 +1,10 @@
 """Celery tasks of the worker. Heavy imports (torch, the model) happen inside the task.
 
-Late acknowledgement and one prefetch are set on the app (worker.celery_app): a task whose
-worker dies is delivered again, and triage is idempotent on (study, model version).
+Late acknowledgement and one prefetch per task thread are set on the app (worker.celery_app):
+a task whose worker dies is delivered again, and triage is idempotent on (study, model
+version). The worker runs ``CXR_WORKER_STUDIES`` tasks at once in threads (worker.main); they
+share the model, the prefetch pool and one :class:`worker.batcher.Batcher`, so images of
+several studies are scored in one forward pass while each study is recorded on its own.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from worker.celery_app import TRIAGE_STUDY, queue_results
 from worker.limits import ImageLimits
 
 if TYPE_CHECKING:
+    from worker.batcher import Batcher
     from worker.inference import ModelCache
 
 logger = logging.getLogger(__name__)
@@ -35,6 +39,7 @@ class WorkerContext:
     settings: Settings
     store: Store
     models: ModelCache
+    batcher: Batcher
 
 
 _context: WorkerContext | None = None
@@ -46,12 +51,18 @@ def get_context(settings: Settings) -> WorkerContext:
     global _context
     with _lock:
         if _context is None:
-            from worker.inference import ModelCache
+            from worker.batcher import Batcher
+            from worker.inference import ModelCache, predict_logits
 
             _context = WorkerContext(
                 settings=settings,
                 store=Store.from_settings(settings),
                 models=ModelCache(device=settings.device, precision=settings.precision),
+                batcher=Batcher(
+                    predict_logits,
+                    batch_size=settings.batch_size,
+                    max_wait_s=settings.batch_wait_ms / 1000,
+                ),
             )
         return _context
 
@@ -89,6 +100,8 @@ def triage_study_task(self: Task, study_uid: str) -> dict[str, Any] | None:
 
     ctx = get_context(self.app.cxr_settings)  # type: ignore[attr-defined]
     install_results_hook(self.app, ctx.settings)
+    if _to_backlog(self, ctx.settings, study_uid):
+        return {"study_instance_uid": study_uid, "status": "backlog", "flagged": False}
     limits = ImageLimits(max_pixels=ctx.settings.max_pixels, max_frames=ctx.settings.max_frames)
     try:
         deliveries = ctx.store.run(lambda session: note_delivery(session, study_uid))
@@ -105,7 +118,12 @@ def triage_study_task(self: Task, study_uid: str) -> dict[str, Any] | None:
         return None
     try:
         outcome = triage_study(
-            ctx.store, ctx.models, study_uid, batch_size=ctx.settings.batch_size, limits=limits
+            ctx.store,
+            ctx.models,
+            study_uid,
+            batch_size=ctx.settings.batch_size,
+            limits=limits,
+            batcher=ctx.batcher,
         )
     except NotFound:
         logger.error("study %s is not in the store; nothing to triage", study_uid)
@@ -134,6 +152,32 @@ def triage_study_task(self: Task, study_uid: str) -> dict[str, Any] | None:
         "status": outcome.status,
         "flagged": outcome.flagged,
     }
+
+
+def _to_backlog(task: Task, settings: Settings, study_uid: str) -> bool:
+    """Move a study with others waiting behind it in the new lane to the backlog (lanes.py).
+
+    Before the delivery is counted: a moved study has not been tried. False when it stays.
+    """
+    if not settings.backlog_lanes:
+        return False
+    from worker.lanes import move_burst, move_to_backlog, should_move_to_backlog
+
+    delivered_from = (task.request.delivery_info or {}).get("routing_key")
+    if not should_move_to_backlog(task.app, settings.queue, delivered_from):
+        return False
+    try:
+        move_to_backlog(task.app, study_uid, settings.queue)
+    except Exception as exc:  # the broker refused: score it here rather than lose it
+        logger.warning("study %s: not moved to the backlog (%s); scoring it now", study_uid, exc)
+        return False
+    try:
+        others = move_burst(task.app, settings.queue)
+    except Exception as exc:  # what is left in the new lane is served from there
+        logger.warning("the burst behind study %s not moved (%s)", study_uid, exc)
+        others = 0
+    logger.info("study %s and %d queued behind it: moved to the backlog lane", study_uid, others)
+    return True
 
 
 def _heatmap(ctx: WorkerContext, study_uid: str) -> None:

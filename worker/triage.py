@@ -12,6 +12,7 @@ scored again, and a redelivered task with nothing new changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -36,6 +37,7 @@ from governance.triage_results import (
     TriageOutcome,
     TriagePlan,
 )
+from worker.batcher import Batcher
 from worker.inference import ModelCache, ModelSpec, calibrate, predict_logits
 from worker.limits import ImageLimits, content_skip_reason, header_skip_reason
 from worker.pipeline import DEFAULT_WORKERS, prefetch
@@ -148,9 +150,15 @@ def _prepare(
 
 
 def _score_batch(
-    models: ModelCache, spec: ModelSpec, batch: list[tuple[ImageScore, np.ndarray]]
+    models: ModelCache,
+    spec: ModelSpec,
+    batch: list[tuple[ImageScore, np.ndarray]],
+    batcher: Batcher | None = None,
 ) -> list[ImageScore]:
-    logits = predict_logits(models.get(spec), np.stack([tensor for _, tensor in batch]))
+    images = np.stack([tensor for _, tensor in batch])
+    loaded = models.get(spec)
+    # With a batcher, other studies' images share this forward pass (worker.batcher).
+    logits = batcher.score(loaded, images) if batcher else predict_logits(loaded, images)
     probabilities = calibrate(logits, spec.temperature)
     inferred = utcnow()
     return [
@@ -169,10 +177,12 @@ def score_images(
     batch_size: int = 8,
     workers: int = DEFAULT_WORKERS,
     limits: ImageLimits | None = None,
+    batcher: Batcher | None = None,
 ) -> list[ImageScore]:
     """Preprocess and score images in batches; skipped ones carry their reason.
 
-    ``workers`` threads prepare the next images while the model scores (0: inline).
+    ``workers`` threads prepare the next images while the model scores (0: inline); with a
+    ``batcher``, the forward passes are shared with the other studies scoring at the time.
     """
     results: list[ImageScore] = []
     pending: list[tuple[ImageScore, np.ndarray]] = []
@@ -190,10 +200,10 @@ def score_images(
             continue
         pending.append((partial, tensor))
         if len(pending) >= batch_size:
-            results.extend(_score_batch(models, spec, pending))
+            results.extend(_score_batch(models, spec, pending, batcher))
             pending.clear()
     if pending:
-        results.extend(_score_batch(models, spec, pending))
+        results.extend(_score_batch(models, spec, pending, batcher))
     return results
 
 
@@ -244,8 +254,13 @@ def triage_study(
     batch_size: int = 8,
     workers: int = DEFAULT_WORKERS,
     limits: ImageLimits | None = None,
+    batcher: Batcher | None = None,
 ) -> TriageOutcome:
     """Triage one study with the active model version and the policy in force.
+
+    With a ``batcher`` (the worker's, shared by its task threads) the study's images are
+    scored in forward passes together with those of the other studies scoring at the time;
+    the study's result is still recorded on its own, in its own transaction.
 
     Raises
     ------
@@ -273,9 +288,16 @@ def triage_study(
         return plan.current
     store.run(lambda session: triage_results.begin(session, plan.study_id))
     candidates, skipped = select_images(plan.pending, started)
-    scores = skipped + score_images(
-        models, spec, candidates, batch_size=batch_size, workers=workers, limits=limits
-    )
+    with batcher.session() if batcher else contextlib.nullcontext():
+        scores = skipped + score_images(
+            models,
+            spec,
+            candidates,
+            batch_size=batch_size,
+            workers=workers,
+            limits=limits,
+            batcher=batcher,
+        )
     outcome = _hand_over(store, plan, model, scores, started)
     logger.info(
         "study %s: %s p=%s tau=%s flagged=%s (%d scored, %d skipped, model %s)",
