@@ -3,22 +3,30 @@
 Stored DICOM files in, results committed: ``--studies`` studies of ``--per-study`` frontal
 images (``--pixels`` square, 12-bit, optionally JPEG 2000 lossless) are recorded in a scratch
 SQLite store, a ResNet-50 at ``--size`` is registered and activated, and ``triage_study`` runs
-every study (read, select, decode, preprocess, score, decide, commit). The reference is the
-same loaded model's forward pass on random tensors at the same dtype and batch size. Prints
-images/s of each (median of ``--repeats`` runs), their ratio (target >= 0.8), and the same
-pipeline with the prefetch pool off (``workers=0``) to show what the overlap buys.
+every study (read, select, decode, preprocess, score, decide, commit) the way the worker runs
+it: ``--concurrent`` studies at once in threads sharing one model, the prefetch pool and one
+batcher (worker.batcher), each study committed on its own. The reference is the same loaded
+model's forward pass on random tensors at the same dtype and batch size. Prints images/s of
+each (median of ``--repeats`` runs) and their ratio (target >= 0.8), the same pipeline one
+study at a time and with the prefetch pool off (``workers=0``), and where the time goes: CPU
+seconds of reading + decoding + preprocessing and of the forward passes per image. With
+``--profile``, a cProfile summary of the one-thread pipeline (every stage in one thread, so
+the profile sees them all).
 
     python benchmarks/worker_pipeline.py [--size 224] [--pixels 1024] [--studies 4]
-        [--per-study 4] [--batch 8] [--j2k] [--repeats 3]
+        [--per-study 4] [--batch 8] [--concurrent 4] [--j2k] [--repeats 3] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +45,7 @@ from governance.registry import activate_model, register_model
 from governance.studies import ReceivedInstance, record_instance
 from migrations import upgrade
 from training.synthetic.phantom import chest_radiograph
+from worker.batcher import Batcher
 from worker.inference import ModelCache, ModelSpec, predict_logits
 from worker.model import build_model, export_torchscript
 from worker.triage import triage_study
@@ -53,6 +62,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--j2k", action="store_true", help="store images as JPEG 2000 lossless")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
+    parser.add_argument(
+        "--concurrent", type=int, default=4, help="studies scored at once (default 4)"
+    )
+    parser.add_argument(
+        "--batch-wait-ms", type=float, default=20.0, help="the batcher's longest wait (ms)"
+    )
+    parser.add_argument("--profile", action="store_true", help="cProfile the inline pipeline")
     return parser
 
 
@@ -151,19 +167,53 @@ def main(argv: list[str] | None = None) -> None:
             return max(1, images // args.batch) * args.batch / (time.perf_counter() - started)
 
         runs = iter(range(1, 1000))
+        forward_s = [0.0]
 
-        def pipeline(workers: int) -> float:
+        def timed_forward(model, images):  # type: ignore[no-untyped-def]
+            started = time.thread_time()  # CPU time of the batcher's thread
+            try:
+                return predict_logits(model, images)
+            finally:
+                forward_s[0] += time.thread_time() - started
+
+        def pipeline(workers: int, concurrent: int) -> float:
             cache.get(activate(f"bench-{next(runs)}"))  # loaded outside the timed part
-            started = time.perf_counter()
-            for study_uid in studies:
-                triage_study(store, cache, study_uid, batch_size=args.batch, workers=workers)
-            return images / (time.perf_counter() - started)
+            batcher = Batcher(
+                timed_forward, batch_size=args.batch, max_wait_s=args.batch_wait_ms / 1000
+            )
 
-        rows: dict[str, list[float]] = {"model alone": [], "pipeline": [], "pipeline inline": []}
+            def one(study_uid: str) -> None:
+                triage_study(
+                    store, cache, study_uid, batch_size=args.batch, workers=workers, batcher=batcher
+                )
+
+            started = time.perf_counter()
+            with ThreadPoolExecutor(concurrent) as pool:
+                list(pool.map(one, studies))
+            elapsed = time.perf_counter() - started
+            batches.append(batcher.stats.images / max(1, batcher.stats.batches))
+            return images / elapsed
+
+        batches: list[float] = []
+        rows: dict[str, list[float]] = {
+            "model alone": [],
+            f"pipeline ({args.concurrent} at once)": [],
+            "pipeline, 1 at once": [],
+            "pipeline, no prefetch": [],
+        }
         for _ in range(args.repeats):
             rows["model alone"].append(bare())
-            rows["pipeline"].append(pipeline(args.workers))
-            rows["pipeline inline"].append(pipeline(0))
+            forward_s[0] = 0.0
+            cpu_start = time.process_time()
+            rows[f"pipeline ({args.concurrent} at once)"].append(
+                pipeline(args.workers, args.concurrent)
+            )
+            cpu_pipeline = time.process_time() - cpu_start
+            forward_cpu = forward_s[0]
+            rows["pipeline, 1 at once"].append(pipeline(args.workers, 1))
+            rows["pipeline, no prefetch"].append(pipeline(0, 1))
+        if args.profile:
+            profile_inline(store, cache, studies, args.batch, activate(f"bench-{next(runs)}"))
         store.dispose()
     reference = statistics.median(rows["model alone"])
     print(
@@ -173,7 +223,37 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'':<18}{'img/s':>8}{'ratio':>8}")
     for name, values in rows.items():
         value = statistics.median(values)
-        print(f"{name:<18}{value:>8.2f}{value / reference:>8.2f}")
+        print(f"{name:<26}{value:>8.2f}{value / reference:>8.2f}")
+    other = cpu_pipeline - forward_cpu
+    print(
+        f"last concurrent run: mean batch {batches[-3]:.1f} images; CPU s per image: forward "
+        f"{forward_cpu / images:.3f}, everything else (read, decode, preprocess, store) "
+        f"{other / images:.3f}, on {os.cpu_count()} CPUs shared"
+    )
+
+
+def profile_inline(store: Store, cache: ModelCache, studies: list[str], batch: int, spec) -> None:  # type: ignore[no-untyped-def]
+    """cProfile of the one-thread pipeline, summarised by stage and by function."""
+    cache.get(spec)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for study_uid in studies:
+        triage_study(store, cache, study_uid, batch_size=batch, workers=0)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    stages = {
+        "forward pass": ("predict_logits",),
+        "read the file (dcmread)": ("_read",),
+        "decode + preprocess": ("prepare",),
+        "store (plan, begin, record)": ("plan", "begin", "_hand_over"),
+    }
+    print(f"\ncProfile of the one-thread pipeline: {total:.2f} s")
+    entries = stats.stats  # type: ignore[attr-defined]
+    for stage, names in stages.items():
+        cumulative = max((v[3] for (_, _, fn), v in entries.items() if fn in names), default=0.0)
+        print(f"  {stage:<30}{cumulative:>8.2f} s {100 * cumulative / total:>5.1f}%")
+    stats.sort_stats("tottime").print_stats(12)
 
 
 if __name__ == "__main__":
