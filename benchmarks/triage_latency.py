@@ -176,7 +176,7 @@ def parse_time(value: object) -> float:
 
 def stages(study: dict[str, Any]) -> dict[str, float]:
     """Seconds in each stage, from a study page's stage timestamps."""
-    stamps = study["timestamps"]
+    stamps = study.get("timestamps") or {}
     at = {k: parse_time(v) for k, v in stamps.items() if v is not None}
     out = {}
     for name, start, end in (
@@ -243,7 +243,7 @@ def triaged_at(store: Store, uids: list[str]) -> dict[str, float]:
                 Study.study_instance_uid.in_(uids), Study.triaged_at.is_not(None)
             )
         ).all()
-    return {uid: at.replace(tzinfo=dt.UTC).timestamp() for uid, at in rows}
+    return {uid: at.replace(tzinfo=dt.UTC).timestamp() for uid, at in rows if at is not None}
 
 
 def run_broker(
@@ -314,7 +314,8 @@ def run_burst(settings: Settings, store: Store, token: str, plan: Plan, run: Bro
     for uid in uids:
         page = api(settings, token, f"/api/studies/{uid}") or {}
         run.burst_stages.append(stages(page))
-        run.burst_images += sum(1 for image in page.get("images", []) if image.get("scored"))
+        images: list[dict[str, Any]] = page.get("images") or []  # type: ignore[assignment]
+        run.burst_images += sum(1 for image in images if image.get("scored"))
 
 
 def pct(values: list[float], q: float) -> float:

@@ -77,9 +77,13 @@ def install_results_hook(app: Any, settings: Settings) -> None:
     message carries the event id only; a lost one is found by the results worker's sweep.
     """
     global _results_hook
-    if _results_hook is not None or settings.results_config is None:
-        return
-    queue = settings.results_queue
+    with _lock:  # the task threads call this at once: subscribe one hook, not one each
+        if _results_hook is not None or settings.results_config is None:
+            return
+        _results_hook = events.subscribe(_results_sender(app, settings.results_queue))
+
+
+def _results_sender(app: Any, queue: str) -> events.Subscriber:
 
     def on_triaged(session: Any, event: events.StudyTriaged) -> None:
         def send() -> None:
@@ -90,7 +94,7 @@ def install_results_hook(app: Any, settings: Settings) -> None:
 
         events.after_commit(session, send)
 
-    _results_hook = events.subscribe(on_triaged)
+    return on_triaged
 
 
 @shared_task(name=TRIAGE_STUDY, bind=True, acks_late=True, reject_on_worker_lost=True)
