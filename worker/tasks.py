@@ -84,6 +84,7 @@ def install_results_hook(app: Any, settings: Settings) -> None:
 
 
 def _results_sender(app: Any, queue: str) -> events.Subscriber:
+    """A subscriber that sends ``results.deliver_event`` once the triage commits."""
 
     def on_triaged(session: Any, event: events.StudyTriaged) -> None:
         def send() -> None:
