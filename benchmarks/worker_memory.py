@@ -27,10 +27,9 @@ from tqdm import tqdm
 
 from governance.db import Store
 from governance.models import Study
-from migrations import upgrade
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from worker_pipeline import record, write_image  # noqa: E402
+from worker_pipeline import record, scratch_store, write_image  # noqa: E402
 
 REDIS_URL = os.environ.get("CXR_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -59,21 +58,15 @@ def free_port() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    import torch
-
     from governance.policies import set_policy
     from governance.registry import activate_model, register_model
     from worker.celery_app import make_celery, queue_study
-    from worker.model import build_model, export_torchscript
 
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(prefix="cxr-memory-") as tmp:
         folder = Path(tmp)
-        url = f"sqlite:///{folder / 'store.db'}"
-        upgrade(url)
-        store = Store.from_url(url)
-        torch.manual_seed(0)
-        model_path = export_torchscript(build_model(), args.size, folder / "model.pt")
+        store, model_path = scratch_store(folder, args.size)
+        url = f"sqlite:///{folder / 'store.db'}"  # scratch_store's
 
         def activate(session):  # type: ignore[no-untyped-def]
             model = register_model(session, version="mem", path=model_path, input_size=args.size)

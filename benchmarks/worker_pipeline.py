@@ -114,16 +114,20 @@ def record(store: Store, path: Path, study_uid: str, sop_uid: str, syntax: str) 
     store.run(lambda session: record_instance(session, item))
 
 
+def scratch_store(folder: Path, size: int) -> tuple[Store, Path]:
+    """A migrated SQLite store in ``folder`` and an untrained ResNet-50 exported at ``size``."""
+    url = f"sqlite:///{folder / 'store.db'}"
+    upgrade(url)
+    torch.manual_seed(0)
+    return Store.from_url(url), export_torchscript(build_model(), size, folder / "model.pt")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        url = f"sqlite:///{folder / 'store.db'}"
-        upgrade(url)
-        store = Store.from_url(url)
-        torch.manual_seed(0)
-        model_path = export_torchscript(build_model(), args.size, folder / "model.pt")
+        store, model_path = scratch_store(folder, args.size)
 
         def activate(version: str) -> ModelSpec:
             """A new active version (same weights): every image is pending again."""

@@ -89,42 +89,35 @@ def test_images_of_studies_still_preparing_are_waited_for_and_scored_together() 
     assert batcher.stats.batches == 1 and batcher.stats.requests == 2
 
 
-def test_a_full_batch_goes_without_waiting_for_studies_still_preparing() -> None:
-    forward = Recorder()
-    batcher = Batcher(forward, batch_size=2, max_wait_s=LONG)
-    release = threading.Event()
+def score_beside_a_preparing_study(batcher: Batcher, batch: np.ndarray) -> list[Any]:
+    """Score ``batch`` while another study is in its session and never hands anything in."""
+    entered, release = threading.Event(), threading.Event()
 
     def preparing() -> None:
         with batcher.session():
+            entered.set()
             release.wait(30)
 
     other = threading.Thread(target=preparing, daemon=True)
     other.start()
+    assert entered.wait(30)
     with batcher.session():
-        thread, out = in_thread(lambda: batcher.score("m", images(1, 2)))
+        thread, out = in_thread(lambda: batcher.score("m", batch))
         thread.join(30)
     release.set()
     other.join(30)
-    assert not thread.is_alive() and out[0].tolist() == [4.0, 8.0]
+    assert not thread.is_alive(), "the images waited for the study that hands in nothing"
+    return out
+
+
+def test_a_full_batch_goes_without_waiting_for_studies_still_preparing() -> None:
+    batcher = Batcher(Recorder(), batch_size=2, max_wait_s=LONG)
+    assert score_beside_a_preparing_study(batcher, images(1, 2))[0].tolist() == [4.0, 8.0]
 
 
 def test_an_image_waits_at_most_the_wait_for_a_study_that_hands_in_nothing() -> None:
-    forward = Recorder()
-    batcher = Batcher(forward, batch_size=8, max_wait_s=0.05)
-    release = threading.Event()
-
-    def preparing() -> None:
-        with batcher.session():
-            release.wait(30)
-
-    other = threading.Thread(target=preparing, daemon=True)
-    other.start()
-    with batcher.session():
-        thread, out = in_thread(lambda: batcher.score("m", images(5)))
-        thread.join(20)
-    release.set()
-    other.join(30)
-    assert not thread.is_alive() and out[0].tolist() == [20.0]
+    batcher = Batcher(Recorder(), batch_size=8, max_wait_s=0.05)
+    assert score_beside_a_preparing_study(batcher, images(5))[0].tolist() == [20.0]
 
 
 def test_a_failed_forward_fails_its_batch_only_and_the_batcher_goes_on() -> None:
