@@ -43,6 +43,13 @@ class ErrorOut(BaseModel):
     detail: str = Field(description="What went wrong, in one line.")
 
 
+# What every token-guarded route may answer before it runs (``web.auth``), for OpenAPI.
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No token, or one that is unknown or revoked."},
+    403: {"model": ErrorOut, "description": "The token's role may not do this."},
+}
+
+
 Priority = Literal["priority", "routine"]
 
 
