@@ -19,12 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import psycopg
-from sqlalchemy.engine import make_url
+from _common import postgres_schema
 
 from governance.db import Store
 from governance.models import utcnow
@@ -51,24 +50,13 @@ print(json.dumps({"times": times, "rss_before_kb": rss0, "peak_rss_kb": peak,
 """
 
 
-def _schema() -> tuple[str, str]:
-    name = f"cxr_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{name}"')
-    url = make_url(PG_ADMIN).set(
-        drivername="postgresql+psycopg", query={"options": f"-csearch_path={name}"}
-    )
-    return name, url.render_as_string(hide_password=False)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=10_000)
     args = parser.parse_args(argv)
-    name, url = _schema()
-    try:
+    with postgres_schema(PG_ADMIN) as (name, url):
         upgrade(url)
         store = Store.from_url(url)
         rng = np.random.default_rng(0)
@@ -112,9 +100,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'RSS after imports (MB)':<34}{result['rss_before_kb'] / 1024:>14.0f}{'':>12}")
         print(f"window: {result['n']} studies, status {result['status']}, alerts "
               f"{[a['feature'] for a in result['alerts']]}")  # fmt: skip
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     return 0
 
 
