@@ -26,15 +26,7 @@ Timestamp = Annotated[
 ]
 
 # Every state a study can be in, in the order a study goes through them.
-STUDY_STATUSES = (
-    StudyStatus.RECEIVED,
-    StudyStatus.QUEUED,
-    StudyStatus.TRIAGING,
-    StudyStatus.TRIAGED,
-    StudyStatus.NO_FRONTAL,
-    StudyStatus.NO_MODEL,
-    StudyStatus.FAILED,
-)
+STUDY_STATUSES = tuple(StudyStatus)
 
 
 class ErrorOut(BaseModel):
