@@ -25,11 +25,15 @@ import numpy as np
 import psycopg
 from _common import postgres_schema
 
-from governance.db import Store
-from governance.models import utcnow
-from migrations import upgrade
-from tests.governance.monitoring.store_data import add_model, insert_studies
-from tests.governance.monitoring.synth import Population, draw
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the synthetic populations live with the tests
+    sys.path.insert(0, str(ROOT))
+
+from governance.db import Store  # noqa: E402
+from governance.models import utcnow  # noqa: E402
+from migrations import upgrade  # noqa: E402
+from tests.governance.monitoring.store_data import add_model, insert_studies  # noqa: E402
+from tests.governance.monitoring.synth import Population, draw  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 DRIFT = """
@@ -45,8 +49,9 @@ for i in range(int(sys.argv[3])):
     run = run_drift(store, now=now)
     times.append(time.perf_counter() - start)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+alerts = run.results.get("alerts") or []  # a window too small to test has none
 print(json.dumps({"times": times, "rss_before_kb": rss0, "peak_rss_kb": peak,
-                  "status": run.status, "n": run.n_studies, "alerts": run.results.get("alerts")}))
+                  "status": run.status, "n": run.n_studies, "alerts": alerts}))
 """
 
 
