@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 
 from cxr_triage.settings import Settings, get_settings
+from cxr_triage.store_command import cli_actor
 from governance.db import Store
 from governance.reconcile import ALL_STATUSES, MAX_STUDIES, list_studies, prepare_retry
 
@@ -86,7 +86,7 @@ def _retry(
 
     from worker.celery_app import make_celery, queue_study
 
-    actor = f"cli:{getpass.getuser()}"
+    actor = cli_actor()
     uids = store.run(
         lambda session: prepare_retry(
             session, actor=actor, study_uids=study_uids, failed=failed, limit=limit
