@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
 from governance.db import Store
 from governance.tokens import Identity, Refusal, authenticate, record_refusal
@@ -158,7 +159,7 @@ def audit_refusal(store: Store, request: Request, refusal: Refusal) -> int:
     """
     address = client_address(request)
     aggregate: RefusalAudit = request.app.state.refusal_audit
-    count = aggregate.note(address)
+    count = aggregate.note(address, refusal)
     if not count:
         return 0
     try:
@@ -167,9 +168,30 @@ def audit_refusal(store: Store, request: Request, refusal: Refusal) -> int:
             attempts=3,  # the request fails anyway when the store is down: answer it soon
         )
     except Exception:
-        aggregate.restore(address, count)  # counted into the next event instead
+        aggregate.restore(address, count, refusal)  # counted into the next event instead
         raise
     return count
+
+
+def flush_refusals(store: Store, aggregate: RefusalAudit) -> int:
+    """Audit the refusals ``aggregate`` still holds back (the web is stopping): one event per
+    address, naming the latest refusal and counting all. Returns how many refusals; a store
+    that is down loses them, with a log line saying how many."""
+    held = aggregate.drain()
+    if not held:
+        return 0
+
+    def work(session: Session) -> None:
+        for address, refusal, count in held:
+            record_refusal(session, refusal, actor_address=address, count=count)
+
+    total = sum(count for _, _, count in held)
+    try:
+        store.run(work, attempts=3)
+    except Exception:
+        logger.exception("could not audit %d held-back refusal(s) at shutdown", total)
+        return 0
+    return total
 
 
 def session_policy(request: Request) -> SessionPolicy:
