@@ -16,13 +16,15 @@ its replacement is). Kills go on until every acknowledged study is triaged.
 Prints progress (studies acknowledged and triaged so far) every ``--progress-every`` seconds,
 then the faults as they happened and studies sent, acknowledged, stored, triaged exactly
 once, duplicates, lost, stuck, and p50/p95 time from a study's last C-STORE Success to its
-complete triage. Exits 0 only with N/N triaged exactly once, 0 duplicates, 0 lost, 0 stuck.
+complete triage. It stops waiting as soon as everything is triaged, or once nothing new has
+been acknowledged or triaged for ``--settle-timeout`` seconds (600). Exits 0 only with N/N
+triaged exactly once, 0 duplicates, 0 lost, 0 stuck.
 The shared Redis and PostgreSQL of the machine are never touched. The model is a random
 ResNet-50 exported at 32 px: this counts studies, not scores. The runner is
 ``tests/faults/soak.py``; the test suite runs a short soak with it (tests/faults/test_soak.py).
 
     python benchmarks/fault_soak.py [--studies 1000] [--senders 4] [--kill-every 20]
-        [--pg-outage 30] [--size 256] [--settle-timeout 900]
+        [--pg-outage 30] [--size 256] [--settle-timeout 600]
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--settle-timeout",
         type=float,
         default=defaults.settle_timeout,
-        help="seconds to wait for the sending, and again for the triage (900)",
+        help="give up once nothing new is acknowledged or triaged for this long (600 s)",
     )
     parser.add_argument(
         "--progress-every", type=float, default=defaults.progress_every, help="seconds (10)"

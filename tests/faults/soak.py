@@ -22,17 +22,16 @@ served by a real ``cxr-triage web``. Meanwhile, from one scheduling thread:
 Every ``progress_every`` seconds it prints studies acknowledged and triaged so far; at the end,
 studies sent, acknowledged, stored, triaged exactly once, duplicates, lost, stuck, and p50/p95
 time from a study's last C-STORE Success to its complete triage (:func:`report`). Waiting
-stops as soon as every acknowledged study is triaged. The machine's shared Redis and
-PostgreSQL are never touched.
+stops as soon as every acknowledged study is triaged and every fault is over, or once nothing
+new has been acknowledged or triaged for ``settle_timeout`` seconds. Each worker gets
+cpu_count / workers torch threads. The machine's shared Redis and PostgreSQL are never
+touched.
 """
 
 from __future__ import annotations
 
-import contextlib
-import queue
+import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -47,15 +46,13 @@ from governance.models import Study
 from tests.faults.harness import (
     TERMINAL,
     Counts,
-    Ledger,
     PgCluster,
     RedisServer,
     activate_model_file,
     free_port,
-    storescu_send,
     wait_settled,
 )
-from tests.services import settings_env
+from tests.faults.soak_parts import Pacs, Proc, Services
 
 Say = Callable[[str], None]
 RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
@@ -76,7 +73,7 @@ class SoakPlan:
     redis_at: float = 0.5  # fraction acknowledged when Redis is killed and restarted
     size: int = 256
     requeue_after_s: float = 30.0
-    settle_timeout: float = 900.0  # for sending, and again for the triage to settle
+    settle_timeout: float = 600.0  # give up once nothing new is acknowledged or triaged
     progress_every: float = 10.0
 
     def __post_init__(self) -> None:
@@ -99,128 +96,6 @@ class SoakResult:
     def ok(self, studies: int) -> bool:
         c = self.counts
         return (c.triaged_once, c.duplicates, c.lost, c.stuck) == (studies, 0, 0, 0)
-
-
-# -- processes --------------------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    """A service process and what its log has said so far (read incrementally)."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    ready_at: float | None = None
-    triages: int = 0  # tasks that finished (Celery's "succeeded in")
-    _offset: int = 0
-    _rest: bytes = b""
-
-    def read_log(self) -> None:
-        with open(self.log, "rb") as handle:
-            handle.seek(self._offset)
-            chunk = handle.read()
-        self._offset += len(chunk)
-        *lines, self._rest = (self._rest + chunk).split(b"\n")
-        for line in lines:
-            if self.ready_at is None and line.endswith(b" ready."):
-                self.ready_at = time.monotonic()
-            elif b" succeeded in " in line:
-                self.triages += 1
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
-class Services:
-    """Gateway, workers and web as real processes with one settings object."""
-
-    def __init__(self, settings: Settings, logs: Path) -> None:
-        self.settings = settings
-        self.logs = logs
-        self.started = 0
-        self.all: list[Proc] = []
-
-    def start(self, name: str) -> Proc:
-        self.started += 1
-        log = self.logs / f"{name}-{self.started}.log"
-        with open(log, "wb") as handle:  # the child keeps its own descriptor
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "cxr_triage.cli", "--log-level", "INFO", name],
-                env=settings_env(self.settings),
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
-        item = Proc(name, proc, log)
-        self.all.append(item)
-        return item
-
-    def workers(self) -> list[Proc]:
-        return [p for p in self.all if p.name == "worker" and p.alive()]
-
-    def stop_all(self) -> None:
-        for item in self.all:
-            if item.alive():
-                item.proc.terminate()
-        for item in self.all:
-            try:
-                item.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                item.proc.kill()
-                item.proc.wait(10)
-
-
-# -- the PACS ---------------------------------------------------------------------------------
-
-
-class Pacs:
-    """``senders`` threads, each one association at a time from a shared queue of batches."""
-
-    def __init__(
-        self, port: int, paths: list[Path], uids: dict[Path, tuple[str, str]], plan: SoakPlan
-    ) -> None:
-        self.port = port
-        self.uids = uids
-        self.ledger = Ledger()
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.work: queue.Queue[list[Path]] = queue.Queue()
-        for start in range(0, len(paths), plan.per_association):
-            self.work.put(paths[start : start + plan.per_association])
-        self.threads = [
-            threading.Thread(target=self._send, daemon=True) for _ in range(plan.senders)
-        ]
-
-    def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
-
-    def acknowledged(self) -> int:
-        with self.lock:
-            return len(self.ledger.studies_acknowledged)
-
-    def done(self) -> bool:
-        return self.work.unfinished_tasks == 0
-
-    def _send(self) -> None:
-        while not self.stop.is_set():
-            try:
-                batch = self.work.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            local = Ledger()
-            with contextlib.suppress(subprocess.TimeoutExpired):  # unanswered: sent again
-                storescu_send("127.0.0.1", self.port, batch, local, self.uids, timeout=300)
-            with self.lock:
-                for sop, study in local.sent.items():
-                    self.ledger.record(sop, study, 0 if sop in local.acknowledged else 0xA700)
-                    if sop in local.acknowledged:
-                        self.ledger.sent_at[study] = local.sent_at[study]
-            refused = [p for p in batch if self.uids[p][0] not in local.acknowledged]
-            if refused and not self.stop.is_set():
-                time.sleep(2.0)  # a PACS retries after a while
-                self.work.put(refused)
-            self.work.task_done()
 
 
 # -- the faults -------------------------------------------------------------------------------
@@ -404,7 +279,8 @@ def run_soak(plan: SoakPlan, base: Path, model_file: Path, say: Say = print) -> 
         )
         uids = {Path(str(r.path)): (r.sop_instance_uid, r.study_instance_uid) for r in records}
 
-        services = Services(settings, logs)
+        threads = max(1, (os.cpu_count() or 1) // plan.workers)
+        services = Services(settings, logs, worker_threads=threads)
         services.start("gateway")
         services.start("web")
         for _ in range(plan.workers):
@@ -416,7 +292,13 @@ def run_soak(plan: SoakPlan, base: Path, model_file: Path, say: Say = print) -> 
             time.sleep(0.5)
 
         began = time.monotonic()
-        pacs = Pacs(settings.dicom_port, list(uids), uids, plan)
+        pacs = Pacs(
+            settings.dicom_port,
+            list(uids),
+            uids,
+            senders=plan.senders,
+            per_association=plan.per_association,
+        )
         faults = Faults(plan, services, pacs, redis, pg, began)
         say(
             f"sending {plan.studies} studies on {plan.senders} associations at a time; "
@@ -427,41 +309,12 @@ def run_soak(plan: SoakPlan, base: Path, model_file: Path, say: Say = print) -> 
         )
         pacs.start()
         faults.start()
-        next_line = began + plan.progress_every
-        sent_by = began + plan.settle_timeout
-        settle_by: float | None = None
-        while True:
-            time.sleep(0.5)
-            now = time.monotonic()
-            acknowledged = pacs.acknowledged()
-            triaged = triaged_so_far(store) if now >= next_line or pacs.done() else ""
-            if now >= next_line:
-                say(
-                    f"{now - began:7.1f} s  acknowledged {acknowledged}/{plan.studies}, "
-                    f"triaged {triaged}; {faults.state()}"
-                )
-                next_line = now + plan.progress_every
-            if not pacs.done():
-                if now > sent_by:
-                    say(f"gave up sending after {plan.settle_timeout:.0f} s")
-                    break
-                continue
-            if settle_by is None:
-                say(f"{now - began:7.1f} s  all {acknowledged} studies acknowledged")
-                settle_by = now + plan.settle_timeout
-            faults_over = faults.pg_done and faults.redis_done
-            if plan.kills is not None:
-                faults_over = faults_over and faults.kills >= plan.kills
-            if (faults_over and triaged == str(acknowledged)) or now > settle_by:
-                break
-        pacs.stop.set()
+        _drive(plan, store, pacs, faults, began, say)
         faults.killing = False
         faults.note("kills stop; settling")
         while faults.pg_down_until is not None and faults.is_alive():
             time.sleep(0.5)  # PostgreSQL comes back before the counting
-        counts = wait_settled(
-            pacs.ledger, store, timeout=max(30.0, (settle_by or now) - time.monotonic())
-        )
+        counts = wait_settled(pacs.ledger, store, timeout=min(60.0, plan.settle_timeout))
         faults.stop.set()
         faults.join(30)
         return SoakResult(counts, list(faults.log), faults.kills, time.monotonic() - began)
@@ -477,6 +330,42 @@ def run_soak(plan: SoakPlan, base: Path, model_file: Path, say: Say = print) -> 
             store.dispose()
         redis.stop(kill=True)
         pg.destroy()
+
+
+def _drive(
+    plan: SoakPlan, store: Store, pacs: Pacs, faults: Faults, began: float, say: Say
+) -> None:
+    """Print progress until every acknowledged study is triaged and every fault is over, or
+    nothing new has been acknowledged or triaged for ``plan.settle_timeout`` seconds."""
+    next_line = began + plan.progress_every
+    last: tuple[int, str] = (0, "0")
+    progress_at = began
+    sent = False
+    while True:
+        time.sleep(1.0)
+        now = time.monotonic()
+        acknowledged = pacs.acknowledged()
+        triaged = triaged_so_far(store)
+        if (acknowledged, triaged) != last and triaged != "?":
+            last, progress_at = (acknowledged, triaged), now
+        if now >= next_line:
+            say(
+                f"{now - began:7.1f} s  acknowledged {acknowledged}/{plan.studies}, "
+                f"triaged {triaged}; {faults.state()}"
+            )
+            next_line = now + plan.progress_every
+        if now - progress_at > plan.settle_timeout:
+            say(f"{now - began:7.1f} s  nothing new for {plan.settle_timeout:.0f} s; giving up")
+            break
+        if not pacs.done():
+            continue
+        if not sent:
+            say(f"{now - began:7.1f} s  all {acknowledged} studies acknowledged")
+            sent = True
+        kills_over = plan.kills is None or faults.kills >= plan.kills
+        if faults.pg_done and faults.redis_done and kills_over and triaged == str(acknowledged):
+            break
+    pacs.stop.set()
 
 
 def percentile(values: list[float], q: float) -> float:
