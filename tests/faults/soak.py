@@ -267,6 +267,7 @@ def run_soak(plan: SoakPlan, base: Path, model_file: Path, say: Say = print) -> 
     faults: Faults | None = None
     store: Store | None = None
     try:
+        setup_began = time.monotonic()
         redis.start()
         pg.start()
         upgrade(pg.url)
@@ -290,6 +291,7 @@ def run_soak(plan: SoakPlan, base: Path, model_file: Path, say: Say = print) -> 
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the gateway did not answer C-ECHO; see {logs}")
             time.sleep(0.5)
+        say(f"set up in {time.monotonic() - setup_began:.0f} s (store, studies, services)")
 
         began = time.monotonic()
         pacs = Pacs(
@@ -324,12 +326,14 @@ def run_soak(plan: SoakPlan, base: Path, model_file: Path, say: Say = print) -> 
         if faults is not None:
             faults.stop.set()
             faults.join(30)
+        stopping = time.monotonic()
         if services is not None:
             services.stop_all()
         if store is not None:
             store.dispose()
         redis.stop(kill=True)
         pg.destroy()
+        say(f"stopped in {time.monotonic() - stopping:.0f} s")
 
 
 def _drive(

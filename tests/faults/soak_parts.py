@@ -82,13 +82,16 @@ class Services:
     def workers(self) -> list[Proc]:
         return [p for p in self.all if p.name == "worker" and p.alive()]
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace_s: float = 5.0) -> None:
+        """SIGTERM to all, SIGKILL to what has not stopped ``grace_s`` seconds later (the
+        counting is over: a warm shutdown proves nothing more here)."""
         for item in self.all:
             if item.alive():
                 item.proc.terminate()
+        deadline = time.monotonic() + grace_s
         for item in self.all:
             try:
-                item.proc.wait(30)
+                item.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 item.proc.kill()
                 item.proc.wait(10)
