@@ -364,6 +364,7 @@ def _drive(
         if not pacs.done():
             continue
         if not sent:
+            acknowledged = pacs.acknowledged()  # the last association may have just ended
             say(f"{now - began:7.1f} s  all {acknowledged} studies acknowledged")
             sent = True
         kills_over = plan.kills is None or faults.kills >= plan.kills
