@@ -41,8 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.from_settings(settings)
-    store.check_schema()
+    store = Store.open(settings)
     if args.action == "list":
         if args.limit < 1:
             raise ConfigError("--limit must be at least 1")

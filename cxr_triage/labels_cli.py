@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cxr-triage labels: {file} is over {MAX_FILE_BYTES} bytes", file=sys.stderr)
         return 2
     settings = get_settings()
-    store = Store.from_url(settings.database_url)
-    store.check_schema()
+    store = Store.open(settings)
     data = file.read_bytes()
     actor = f"cli:{getpass.getuser()}"
 

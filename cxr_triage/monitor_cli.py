@@ -215,8 +215,7 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.from_url(settings.database_url)
-    store.check_schema()
+    store = Store.open(settings)
     if args.action == "drift":
         return _drift(args, store, settings)
     if args.action == "pin-baseline":

@@ -63,8 +63,7 @@ def _row(job: RecalibrationJob, version: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    store = Store.from_url(settings.database_url)
-    store.check_schema()
+    store = Store.open(settings)
     actor = f"cli:{getpass.getuser()}"
     if args.action == "run":
 

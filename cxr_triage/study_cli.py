@@ -49,9 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.limit <= MAX_STUDIES:
         parser.error(f"--limit must be between 1 and {MAX_STUDIES}")
     settings = get_settings()
-    store = Store.from_url(settings.database_url)
+    store = Store.open(settings)
     try:
-        store.check_schema()
         if args.action == "list":
             return _list(store, args.status, args.limit, args.json)
         if bool(args.study_uids) == args.failed:

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from governance import audit
 from governance.actions import effective_priority
+from governance.db import get_row
 from governance.errors import NotFound
 from governance.events import emit_study_triaged
 from governance.models import (
@@ -356,9 +357,7 @@ def record(
     NotFound
         The study vanished during triage.
     """
-    study = session.get(Study, study_id)
-    if study is None:
-        raise NotFound("study vanished during triage")
+    study = get_row(session, Study, study_id, "study vanished during triage")
     _add_image_inferences(session, model, scores)
     record_image_features(
         session,

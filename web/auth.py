@@ -25,7 +25,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from governance.db import Store
-from governance.tokens import Identity, authenticate, record_refusal
+from governance.tokens import Identity, Refusal, authenticate, record_refusal
 from governance.web_sessions import SessionPolicy, authenticate_session
 from web.deps import StoreDep
 from web.throttle import AuthThrottle, RefusalAudit
@@ -127,13 +127,15 @@ def refuse(
     audited = audit_refusal(
         store,
         request,
-        reason=reason,
-        route=route,
-        method=method or request.method,
-        token_prefix=token_prefix,
-        actor=identity.name if identity else name,
-        role=identity.role if identity else None,
-        required=roles,
+        Refusal(
+            reason=reason,
+            route=route,
+            method=method or request.method,
+            token_prefix=token_prefix,
+            actor=identity.name if identity else name,
+            role=identity.role if identity else None,
+            required=roles,
+        ),
     )
     # Logged like the audit: once a minute per address, the rest only at debug level.
     logger.log(
@@ -148,18 +150,7 @@ def refuse(
     return HTTPException(status_code=status_code, detail=message, headers=headers)
 
 
-def audit_refusal(
-    store: Store,
-    request: Request,
-    *,
-    reason: str,
-    route: str,
-    method: str,
-    token_prefix: str | None,
-    actor: str | None = None,
-    role: str | None = None,
-    required: tuple[str, ...] = (),
-) -> int:
+def audit_refusal(store: Store, request: Request, refusal: Refusal) -> int:
     """Audit a refusal unless this address had one audited in the last minute (then it is
     counted into the next event), so a flood adds at most one row a minute per address.
 
@@ -172,18 +163,7 @@ def audit_refusal(
         return 0
     try:
         store.run(
-            lambda session: record_refusal(
-                session,
-                reason=reason,
-                route=route,
-                method=method,
-                token_prefix=token_prefix,
-                actor=actor,
-                role=role,
-                required=required,
-                actor_address=address,
-                count=count,
-            ),
+            lambda session: record_refusal(session, refusal, actor_address=address, count=count),
             attempts=3,  # the request fails anyway when the store is down: answer it soon
         )
     except Exception:
