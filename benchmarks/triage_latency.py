@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import load_line
 from sqlalchemy import select
 
 from cxr_triage.settings import Settings
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(folders[0], folders[1 : args.studies + 1], burst, late, args.model_size)
     model = f"untrained ResNet-50 at {args.model_size} px" if args.model_size else "demo 64 px"
     print(
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; model: {model}; "
+        f"{load_line()}; model: {model}; "
         f"{len(plan.idle)} idle studies of {args.size} px (frontal + lateral), one association "
         f"each; burst: {len(burst)} studies on one association + 1 late; work folder {base}"
     )

@@ -14,22 +14,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import load_line
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
 from tqdm import tqdm
+from triage_latency import free_port
+from worker_pipeline import record, scratch_store, write_image
 
 from governance.db import Store
 from governance.models import Study
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from worker_pipeline import record, scratch_store, write_image  # noqa: E402
 
 REDIS_URL = os.environ.get("CXR_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -50,19 +49,13 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from governance.policies import set_policy
     from governance.registry import activate_model, register_model
     from worker.celery_app import make_celery, queue_study
 
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(load_line())
     with tempfile.TemporaryDirectory(prefix="cxr-memory-") as tmp:
         folder = Path(tmp)
         store, model_path = scratch_store(folder, args.size)

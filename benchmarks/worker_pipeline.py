@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
+from _common import load_line, radiograph_ds
 from pydicom.uid import (
     ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
@@ -75,21 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def write_image(folder: Path, study_uid: str, seed: int, pixels: int, j2k: bool) -> Path:
     image = chest_radiograph(np.random.default_rng(seed), (pixels, pixels), positive=seed % 2 == 1)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ComputedRadiographyImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality, ds.ViewPosition, ds.BodyPartExamined = "CR", "PA", "CHEST"
-    ds.Rows = ds.Columns = pixels
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.round(image * 4095).astype(np.uint16).tobytes()
+    ds = radiograph_ds(np.round(image * 4095), study_uid=study_uid)
     if j2k:
         ds.compress(JPEG2000Lossless)
     path = folder / f"{ds.SOPInstanceUID}.dcm"
@@ -124,7 +110,7 @@ def scratch_store(folder: Path, size: int) -> tuple[Store, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(load_line())
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         store, model_path = scratch_store(folder, args.size)
