@@ -7,9 +7,15 @@ studies by task name. Broker messages carry a Study Instance UID and nothing els
 from __future__ import annotations
 
 import logging
+import os
+import time
+import uuid
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import ChannelError
+from kombu.transport import filesystem
+from kombu.utils.json import dumps
 
 from cxr_triage.settings import Settings
 
@@ -31,6 +37,34 @@ PUBLISH_RETRY_POLICY = {
 }
 
 REDIS_VISIBILITY_TIMEOUT_S = 300
+
+
+class _AtomicFilesystemChannel(filesystem.Channel):  # type: ignore[misc]
+    """kombu's filesystem channel, each message written under a temporary name, then renamed.
+
+    kombu's reader takes a message file as soon as its name appears, while kombu's writer
+    fills it in place: a reader can take it empty, and a worker stops on the JSON error. The
+    worker writes to the queues it consumes (the backlog lane, worker.lanes), so the gap is
+    met under a burst; the gateway's messages could meet it too. A name that does not end in
+    ``.{queue}.msg`` is invisible to readers until the rename (atomic on one filesystem).
+    """
+
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        final = os.path.join(self.data_folder_out, name)
+        partial = final + ".part"
+        try:
+            with open(partial, "wb") as f:
+                f.write(dumps(payload).encode())
+            os.replace(partial, final)
+        except OSError as exc:
+            raise ChannelError(f"Cannot add file {name!r} to the queue folder") from exc
+
+
+class AtomicFilesystemTransport(filesystem.Transport):  # type: ignore[misc]
+    """The embedded broker's transport (kombu's filesystem one, with atomic writes)."""
+
+    Channel = _AtomicFilesystemChannel
 
 
 def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
@@ -66,6 +100,7 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("cxr_triage", set_as_current=True)
     app.conf.update(
         broker_url=url,
+        broker_transport=AtomicFilesystemTransport if url == "filesystem://" else None,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,

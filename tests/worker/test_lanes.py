@@ -153,3 +153,27 @@ def wait(done: Callable[[], bool], worker: Service, what: str, timeout: float = 
             pytest.fail(f"the worker exited while waiting for {what}:\n{worker.text()[-3000:]}")
         time.sleep(0.05)
     pytest.fail(f"timed out waiting for {what}:\n{worker.text()[-3000:]}")
+
+
+def test_the_embedded_broker_never_reads_a_message_still_being_written(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # The worker writes to the lanes it reads: kombu's own writer fills a file in place, and a
+    # reader that took it empty stopped the worker on the JSON error.
+    settings = make_settings(broker_url="")
+    app = make_celery(settings)
+    queue = settings.queue
+    try:
+        folder = Path(app.conf.broker_transport_options["data_folder_in"])
+        (folder / f"1_{generate_uid()}.{queue}.msg.part").write_bytes(b"")  # mid-write
+        assert waiting(app, queue) == 0
+        with app.connection_for_write() as connection:
+            assert connection.default_channel.basic_get(queue) is None
+        queue_study(app, "1.2.3")
+        assert not list(folder.glob("*.part"))[1:]  # ours left none behind
+        with app.connection_for_write() as connection:
+            message = connection.default_channel.basic_get(queue)
+            assert message is not None and message.decode()[0] == ["1.2.3"]
+            message.ack()
+    finally:
+        app.close()
