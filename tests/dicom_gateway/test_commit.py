@@ -1,0 +1,130 @@
+"""Group commit: rows of concurrent instances share a transaction; one refused row fails alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from cxr_triage.settings import Settings
+from dicom_gateway.commit import Committer
+from dicom_gateway.scp import Gateway
+from dicom_gateway.spool import Spool
+from governance.db import Store
+from governance.errors import InstanceConflict, StoreUnavailable
+from governance.studies import ReceivedInstance
+from tests.dicom_gateway.builders import write_study
+from tests.dicom_gateway.inspection import stored_instances
+from tests.peers import storescu
+
+
+def _placed(spool: Spool, study_uid: str, sop_uid: str) -> ReceivedInstance:
+    """A received file placed in the spool (folder not yet fsynced), as the handler leaves it."""
+    source = spool.incoming / f"{sop_uid}.dcm"
+    source.write_bytes(b"\0" * 256)
+    target, _ = spool.place(source, study_uid, sop_uid, sync_folder=False)
+    return ReceivedInstance(
+        study_instance_uid=study_uid,
+        series_instance_uid=None,
+        sop_instance_uid=sop_uid,
+        sop_class_uid=ComputedRadiographyImageStorage,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        path=str(target),
+        size_bytes=256,
+        calling_ae="TEST",
+    )
+
+
+def _record_concurrently(
+    committer: Committer, items: list[ReceivedInstance]
+) -> list[str | None | BaseException]:
+    """Hand every item to the committer from its own thread, as associations do."""
+
+    def one(item: ReceivedInstance) -> str | None | BaseException:
+        try:
+            return committer.record(item)
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(items)) as pool:
+        futures = [pool.submit(one, item) for item in items]
+        # Everything is queued before the committer starts: one batch, deterministically.
+        while committer._queue.qsize() < len(items):
+            threading.Event().wait(0.01)
+        committer.start()
+        return [future.result(timeout=60) for future in futures]
+
+
+def test_instances_waiting_together_commit_in_one_transaction_and_a_refused_one_alone(
+    tmp_path: Path, store: Store
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    taken_uid = generate_uid()
+    setup = Committer(store, spool)
+    setup.start()
+    setup.record(_placed(spool, "1.2.3.1", taken_uid))
+    setup.stop()
+
+    committer = Committer(store, spool)
+    study_uid = "1.2.3.2"
+    items = [_placed(spool, study_uid, generate_uid()) for _ in range(7)]
+    # The SOP Instance UID of the other study's instance: refused, and only it.
+    conflicting = dataclasses.replace(items[0], sop_instance_uid=taken_uid)
+    outcomes = _record_concurrently(committer, [*items[:3], conflicting, *items[3:]])
+    committer.stop()
+
+    assert committer.batches == 1
+    assert committer.largest_batch == 8
+    assert isinstance(outcomes[3], InstanceConflict)
+    assert [o for i, o in enumerate(outcomes) if i != 3] == [None] * 7
+    rows = stored_instances(store)
+    assert sorted(sop for study, sop, _ in rows if study == study_uid) == sorted(
+        item.sop_instance_uid for item in items
+    )
+    assert [(study, sop) for study, sop, _ in rows if sop == taken_uid] == [("1.2.3.1", taken_uid)]
+
+
+def test_a_stopped_committer_records_nothing_more(tmp_path: Path, store: Store) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    committer = Committer(store, spool)
+    committer.start()
+    committer.stop()
+
+    with pytest.raises(StoreUnavailable):
+        committer.record(_placed(spool, "1.2.3.3", generate_uid()))
+    assert stored_instances(store) == []
+
+
+@pytest.mark.integration
+def test_four_concurrent_associations_are_each_answered_after_their_rows_commit(
+    tmp_path: Path,
+    database_url: str,
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Gateway],
+) -> None:
+    settings = make_settings(database_url=database_url)
+    gateway = start_gateway(settings)
+    folders, expected = [], set()
+    for index in range(4):
+        folder = tmp_path / f"study{index}"
+        folder.mkdir()
+        study_uid, sop_uids = write_study(folder, syntaxes=(ExplicitVRLittleEndian,) * 6)
+        folders.append(folder)
+        expected |= {(study_uid, sop) for sop in sop_uids}
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda f: storescu("127.0.0.1", settings.dicom_port, [f]), folders))
+
+    # storescu exits non-zero unless every C-STORE was answered Success.
+    assert [r.returncode for r in results] == [0] * 4, [r.stderr[-500:] for r in results]
+    rows = stored_instances(gateway.store)
+    assert {(study, sop) for study, sop, _ in rows} == expected
+    assert all(Path(path).is_file() for _, _, path in rows)
+    assert gateway.committer.instances == len(expected)
