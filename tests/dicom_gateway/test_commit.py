@@ -113,8 +113,9 @@ def test_four_concurrent_associations_are_each_answered_after_their_rows_commit(
     gateway = start_gateway(settings)
     folders, expected = [], set()
     for index in range(4):
-        folder = tmp_path / f"study{index}"
-        folder.mkdir()
+        # A parent each: storescu's profile is written beside the folder it sends.
+        folder = tmp_path / f"peer{index}" / "study"
+        folder.mkdir(parents=True)
         study_uid, sop_uids = write_study(folder, syntaxes=(ExplicitVRLittleEndian,) * 6)
         folders.append(folder)
         expected |= {(study_uid, sop) for sop in sop_uids}
