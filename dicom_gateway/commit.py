@@ -165,7 +165,8 @@ class Committer:
         self.largest_batch = max(self.largest_batch, len(batch))
         try:
             self.spool.sync_folders({Path(p.item.path).parent for p in batch})
-            outcomes = self.store.run(lambda session: _record_all(session, batch))
+            items = [pending.item for pending in batch]
+            outcomes = self.store.run(lambda session: record_batch(session, items))
             for pending, outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     pending.error = outcome
@@ -184,12 +185,17 @@ class Committer:
                 pending.done.set()
 
 
-def _record_all(session: Session, batch: list[_Pending]) -> list[str | None | BaseException]:
-    """Each instance in a savepoint: its replaced path, or the error that refused it alone.
+def record_batch(
+    session: Session, items: list[ReceivedInstance]
+) -> list[str | None | BaseException]:
+    """Record ``items`` in ``session``'s transaction, each in a savepoint of its own.
 
-    A transient fault propagates: the whole transaction is tried again by ``Store.run``.
+    Returns, for each item, the path of the older copy its row replaced (or None), or the
+    error that refused that item alone (InstanceConflict, StoreRejected, StoreUnavailable after
+    repeated unique violations). A transient fault propagates: the caller's ``Store.run`` tries
+    the whole transaction again.
     """
-    return [_record_one(session, pending.item) for pending in batch]
+    return [_record_one(session, item) for item in items]
 
 
 def _record_one(session: Session, item: ReceivedInstance) -> str | None | BaseException:
