@@ -3,28 +3,33 @@
 A C-STORE is answered Success only once its file is durable in the spool and its row has
 committed in the store (DESIGN.md). One transaction per instance costs a WAL fsync (SQLite,
 synchronous=FULL) or a WAL flush on the server (PostgreSQL) and a fsync of the study folder for
-every instance. With several associations receiving at once, the :class:`Committer` thread takes
-the rows of all the instances waiting for their Success, fsyncs the study folders their files
-were renamed into (once per folder per batch), then records them in one transaction; each
-C-STORE handler waits for the commit of its batch. Nothing waits on a timer: the committer takes
-what is queued the moment it is free, so a lone association's instance goes at once in a batch of
-one, and under load the batch grows with the time the previous commit took.
+every instance. The :class:`Committer` shares them: it fsyncs the study folders of all the
+instances waiting for their Success at that moment (once per folder) and records their rows in
+one transaction; each C-STORE handler waits for the commit of its batch.
+
+The commit is run by one of the waiting handlers' threads, the leader (leader/follower group
+commit): a handler that finds no commit in progress commits its own row at once, so a lone
+association pays nothing for the batching, not even a switch to another thread. Handlers that
+arrive while a commit is in progress queue up; when the commit ends, the leader wakes the first
+of them, which commits everything that queued meanwhile (at most ``max_batch``) in the next
+transaction. Nothing waits on a timer: under load the batch grows with the time the previous
+commit took.
 
 Each instance is recorded in a savepoint of its own: one that the store refuses (a SOP Instance
 UID of another study, a value it rejects) is rolled back and told so, and the others commit. A
 fault of the transaction itself (the store down, the disk full) fails the whole batch: no
 instance of it is told Success; each handler removes its file and answers 0xA700.
 
-The order that makes a Success safe holds for every instance of a batch: its file was fsynced
-and renamed by its handler, the folder fsync follows the rename, and the commit follows the
-folder fsync.
+The order that makes a Success safe holds for every instance of a batch: its file was
+fdatasynced and renamed by its handler, the folder fsync follows the rename, and the commit
+follows the folder fsync.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,16 +51,18 @@ MAX_BATCH = 64
 _RECORD_ATTEMPTS = 3
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Pending:
     item: ReceivedInstance
-    done: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False
+    finished: bool = False
     replaced: str | None = None
     error: BaseException | None = None
 
 
 class Committer:
-    """The gateway's committer thread: folder fsyncs and store rows of received instances.
+    """Group commit of the gateway's received instances: folder fsyncs and store rows.
 
     Parameters
     ----------
@@ -65,8 +72,6 @@ class Committer:
         The spool whose study folders are fsynced before each commit.
     max_batch
         The most instances recorded in one transaction.
-
-    Instances handed to :meth:`record` before :meth:`start` wait for it (and share a batch).
     """
 
     def __init__(self, store: Store, spool: Spool, *, max_batch: int = MAX_BATCH) -> None:
@@ -75,43 +80,52 @@ class Committer:
         self.store = store
         self.spool = spool
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        #: Transactions committed (or failed) and the instances they carried, for the logs
-        #: and the benchmarks: the mean batch is ``instances / batches``.
+        self._idle = threading.Condition(self._lock)
+        self._waiting: deque[_Pending] = deque()
+        self._busy = False
+        self._closed = True
+        #: Transactions run and the instances they carried, for the logs and the benchmarks
+        #: (the mean batch is ``instances / batches``).
         self.batches = 0
         self.instances = 0
         self.largest_batch = 0
 
     def start(self) -> None:
-        """Start the committer thread."""
+        """Take rows from now on."""
         with self._lock:
-            if self._thread is not None:
-                raise RuntimeError("the committer is already running")
             self._closed = False
-            self._thread = threading.Thread(target=self._run, name="cxr-committer", daemon=True)
-            self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Record what is queued, then stop; later :meth:`record` calls raise StoreUnavailable."""
+        """Let the commit in progress and those queued end, then refuse new rows.
+
+        Later :meth:`record` calls raise StoreUnavailable.
+        """
         with self._lock:
-            thread, self._thread = self._thread, None
-            if thread is None:
+            if self._closed:
                 return
             self._closed = True
-            self._queue.put(None)
-        thread.join(timeout)
-        if thread.is_alive():
-            logger.error("the committer did not finish within %.0f s", timeout)
-        elif self.batches:
+            if not self._idle.wait_for(lambda: not self._busy, timeout):
+                logger.error("the committer did not finish within %.0f s", timeout)
+        if self.batches:
             logger.info(
                 "committer: %d instances in %d transactions (largest %d)",
                 self.instances,
                 self.batches,
                 self.largest_batch,
             )
+
+    @property
+    def waiting(self) -> int:
+        """Instances queued behind the commit in progress."""
+        with self._lock:
+            return len(self._waiting)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a commit is in progress."""
+        with self._lock:
+            return self._busy
 
     def record(self, item: ReceivedInstance) -> str | None:
         """Record ``item`` (its file placed at ``item.path``); returns once its batch committed.
@@ -134,29 +148,39 @@ class Committer:
         with self._lock:
             if self._closed:
                 raise StoreUnavailable("the gateway is stopping")
-            self._queue.put(pending)
-        pending.done.wait()
+            self._waiting.append(pending)
+            if not self._busy:
+                # Nobody commits: this thread does, now. (The queue was empty: it is first.)
+                self._busy = True
+                pending.lead = True
+        while not pending.finished:
+            if pending.lead:
+                pending.lead = False
+                self._lead()
+            else:
+                pending.wake.wait()
+                pending.wake.clear()
         if pending.error is not None:
             raise pending.error
         return pending.replaced
 
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    pending = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if pending is None:
-                    stopping = True
-                    break
-                batch.append(pending)
+    def _lead(self) -> None:
+        """Commit the queued rows (this thread's first), then hand over to the next waiter."""
+        with self._lock:
+            batch = [
+                self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))
+            ]
+        try:
             self._commit(batch)
+        finally:
+            with self._lock:
+                if self._waiting:
+                    successor = self._waiting[0]
+                    successor.lead = True
+                    successor.wake.set()
+                else:
+                    self._busy = False
+                    self._idle.notify_all()
 
     def _commit(self, batch: list[_Pending]) -> None:
         """Fsync the batch's folders, record its rows in one transaction, wake its handlers."""
@@ -175,14 +199,15 @@ class Committer:
         except (OSError, StoreUnavailable, StoreRejected) as exc:
             for pending in batch:
                 pending.error = exc
-        except Exception as exc:  # a bug must fail this batch, not stop the committer
+        except Exception as exc:  # a bug must fail this batch, not the gateway
             logger.exception("recording a batch of %d instances failed unexpectedly", len(batch))
             failure = StoreRejected(f"recording failed unexpectedly ({type(exc).__name__})")
             for pending in batch:
                 pending.error = failure
         finally:
             for pending in batch:
-                pending.done.set()
+                pending.finished = True
+                pending.wake.set()
 
 
 def record_batch(

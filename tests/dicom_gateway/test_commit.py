@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,24 +41,35 @@ def _placed(spool: Spool, study_uid: str, sop_uid: str) -> ReceivedInstance:
     )
 
 
-def _record_concurrently(
-    committer: Committer, items: list[ReceivedInstance]
-) -> list[str | None | BaseException]:
-    """Hand every item to the committer from its own thread, as associations do."""
+def _outcome(committer: Committer, item: ReceivedInstance) -> str | None | BaseException:
+    try:
+        return committer.record(item)
+    except Exception as exc:
+        return exc
 
-    def one(item: ReceivedInstance) -> str | None | BaseException:
-        try:
-            return committer.record(item)
-        except Exception as exc:
-            return exc
 
-    with ThreadPoolExecutor(len(items)) as pool:
-        futures = [pool.submit(one, item) for item in items]
-        # Everything is queued before the committer starts: one batch, deterministically.
-        while committer._queue.qsize() < len(items):
-            threading.Event().wait(0.01)
-        committer.start()
-        return [future.result(timeout=60) for future in futures]
+@contextmanager
+def _instances_locked(store: Store) -> Iterator[None]:
+    """Another connection holds the instances table: the store's writers wait for it."""
+    connection = store.engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        if store.is_sqlite:
+            cursor.execute("BEGIN IMMEDIATE")  # the file's write lock
+        else:
+            cursor.execute("LOCK TABLE instances IN EXCLUSIVE MODE")
+        yield
+    finally:
+        connection.rollback()
+        connection.close()
+
+
+def _wait_for(predicate: Callable[[], bool]) -> None:
+    for _ in range(3000):
+        if predicate():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("timed out")
 
 
 def test_instances_waiting_together_commit_in_one_transaction_and_a_refused_one_alone(
@@ -65,29 +77,52 @@ def test_instances_waiting_together_commit_in_one_transaction_and_a_refused_one_
 ) -> None:
     spool = Spool(tmp_path / "spool")
     spool.prepare()
-    taken_uid = generate_uid()
-    setup = Committer(store, spool)
-    setup.start()
-    setup.record(_placed(spool, "1.2.3.1", taken_uid))
-    setup.stop()
-
     committer = Committer(store, spool)
+    committer.start()
+    taken_uid = generate_uid()
+    assert committer.record(_placed(spool, "1.2.3.1", taken_uid)) is None
     study_uid = "1.2.3.2"
-    items = [_placed(spool, study_uid, generate_uid()) for _ in range(7)]
+    first = _placed(spool, study_uid, generate_uid())
+    items = [_placed(spool, study_uid, generate_uid()) for _ in range(6)]
     # The SOP Instance UID of the other study's instance: refused, and only it.
     conflicting = dataclasses.replace(items[0], sop_instance_uid=taken_uid)
-    outcomes = _record_concurrently(committer, [*items[:3], conflicting, *items[3:]])
+    later = [*items[:3], conflicting, *items[3:]]
+
+    with ThreadPoolExecutor(len(later) + 1) as pool:
+        with _instances_locked(store):
+            # The first handler commits at once (it leads) and waits on the lock; the others
+            # arrive meanwhile and queue behind it.
+            leader = pool.submit(_outcome, committer, first)
+            _wait_for(lambda: committer.busy and committer.waiting == 0)
+            followers = [pool.submit(_outcome, committer, item) for item in later]
+            _wait_for(lambda: committer.waiting == len(later))
+        outcomes = [leader.result(timeout=60)] + [f.result(timeout=60) for f in followers]
     committer.stop()
 
-    assert committer.batches == 1
-    assert committer.largest_batch == 8
-    assert isinstance(outcomes[3], InstanceConflict)
-    assert [o for i, o in enumerate(outcomes) if i != 3] == [None] * 7
+    # Three transactions: the setup's, the leader's, and one for all seven that queued.
+    assert (committer.batches, committer.largest_batch) == (3, 7)
+    assert isinstance(outcomes[4], InstanceConflict)
+    assert [o for i, o in enumerate(outcomes) if i != 4] == [None] * 7
     rows = stored_instances(store)
     assert sorted(sop for study, sop, _ in rows if study == study_uid) == sorted(
-        item.sop_instance_uid for item in items
+        item.sop_instance_uid for item in [first, *items]
     )
     assert [(study, sop) for study, sop, _ in rows if sop == taken_uid] == [("1.2.3.1", taken_uid)]
+
+
+def test_a_lone_instance_is_committed_at_once_in_a_batch_of_one(
+    tmp_path: Path, store: Store
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    committer = Committer(store, spool)
+    committer.start()
+    sop_uid = generate_uid()
+
+    assert committer.record(_placed(spool, "1.2.3.4", sop_uid)) is None
+
+    assert (committer.batches, committer.instances, committer.busy) == (1, 1, False)
+    assert [sop for _, sop, _ in stored_instances(store)] == [sop_uid]
 
 
 def test_a_stopped_committer_records_nothing_more(tmp_path: Path, store: Store) -> None:
