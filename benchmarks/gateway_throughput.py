@@ -4,15 +4,17 @@ Writes synthetic 12-bit DICOM files once (noise plus gradients, uncompressed; on
 association), then, for 1 and for 4 concurrent associations (dcmtk ``storescu +sd``, one study
 each), and for the gateway on SQLite and on PostgreSQL, pushes the same files into
 
-(a) ``storescp +B --max-pdu 131072`` writing to a folder (bit-preserving, no fsync, no store;
-    ``--fork`` for concurrent associations: one process per association);
+(a) ``storescp +B --max-pdu 131072`` writing to a folder (bit-preserving, no fsync, no store),
+    which serves one association at a time (the others wait for it), and, for concurrent
+    associations, also ``storescp +B --fork`` (a process per association);
 (b) ``cxr-triage gateway`` as a subprocess (embedded filesystem broker), which answers each
     C-STORE Success only after fdatasync of the file, its rename into the spool, fsync of the
     folder and the commit of its row (SQLite WAL synchronous=FULL, or PostgreSQL), the rows of
     the instances waiting together committed in one transaction (group commit).
 
-Each row prints MB/s and files/s of both, the ratio, the committer's transactions (instances
-per transaction), and the gateway's resident memory sampled as the volume grows (VmRSS after a
+Each row prints MB/s of storescp (and of storescp --fork), the gateway's MB/s and files/s, the
+ratios, the committer's instances and transactions (their quotient: instances per
+transaction), and the gateway's resident memory sampled as the volume grows (VmRSS after a
 quarter, half, three quarters and all of it, and the peak VmHWM), so that RSS can be seen flat.
 With the default 60 files per association the 4-association rows receive about 2 GB each.
 Timings are the wall-clock time from starting the storescu processes until the last one exits;
@@ -147,7 +149,8 @@ def write_files(folder: Path, count: int, size: int, seed: int = 0) -> float:
 
 def storescu(ports: list[int], folders: list[Path], called_ae: str, pdu: int) -> float:
     """Send each folder on an association of its own, all at once; wall-clock seconds."""
-    options = ["-aet", "BENCH", "-aec", called_ae, "-R", "+sd"]
+    # -ta: an association waiting for a storescp that serves one at a time must not time out.
+    options = ["-aet", "BENCH", "-aec", called_ae, "-R", "+sd", "-ta", "600"]
     options += ["--max-pdu", str(pdu), "--max-send-pdu", str(pdu)]
     commands = [
         [str(DCMTK / "storescu"), *options, "127.0.0.1", str(port), str(folder)]
@@ -166,13 +169,15 @@ def storescu(ports: list[int], folders: list[Path], called_ae: str, pdu: int) ->
     return seconds
 
 
-def run_storescp(work: Path, folders: list[Path], megabytes: float, files: int, pdu: int) -> Result:
+def run_storescp(
+    work: Path, folders: list[Path], megabytes: float, files: int, pdu: int, fork: bool = False
+) -> Result:
     port = free_port()
     out = work / "storescp-out"
     out.mkdir()
-    fork = ["--fork"] if len(folders) > 1 else []
     command = [
-        str(DCMTK / "storescp"), "-aet", "STORESCP", "+B", *fork, "--max-pdu", str(pdu),
+        str(DCMTK / "storescp"), "-aet", "STORESCP", "+B", *(["--fork"] if fork else []),
+        "--max-pdu", str(pdu),
         "-od", str(out), str(port),
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -308,16 +313,24 @@ def rss_profile(samples: list[tuple[float, float]], megabytes: float) -> str:
 
 
 def print_row(
-    associations: int, backend: str, megabytes: float, reference: Result, ours: Result, label: str
+    associations: int,
+    backend: str,
+    megabytes: float,
+    references: tuple[Result, Result | None],
+    ours: Result,
+    label: str,
 ) -> None:
+    reference, forked = references
+    fork_mb_s = f"{forked.mb_per_s:>6.0f}" if forked else f"{'-':>6}"
+    fork_ratio = f"{ours.mb_per_s / forked.mb_per_s:>5.2f}" if forked else f"{'-':>5}"
     peak = f"{ours.peak_rss_mb:.0f}" if ours.peak_rss_mb else "n/a"
     # "N instances in T transactions (largest L)" -> "N/T"
     commits = ours.commits.split(" (")[0]
     commits = commits.replace(" instances in ", "/").replace(" transactions", "")
     print(
         f"{associations:>5} {backend:<10} {ours.files:>5} {megabytes:>6.0f} | "
-        f"{reference.mb_per_s:>8.0f} | {ours.mb_per_s:>8.0f} {ours.files_per_s:>7.1f} | "
-        f"{ours.mb_per_s / reference.mb_per_s:>5.2f} | {commits:>9} | "
+        f"{reference.mb_per_s:>8.0f} {fork_mb_s} | {ours.mb_per_s:>8.0f} {ours.files_per_s:>7.1f}"
+        f" | {ours.mb_per_s / reference.mb_per_s:>5.2f} {fork_ratio} | {commits:>9} | "
         f"{rss_profile(ours.rss, megabytes):>15} {peak:>5} {label}",
         flush=True,
     )
@@ -350,11 +363,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {time.perf_counter() - start:.1f} s")
         print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
         print(
-            f"{'assoc':>5} {'store':<10} {'files':>5} {'MB':>6} | {'storescp':>8} | "
-            f"{'gateway':>8} {'files/s':>7} | {'ratio':>5} | {'inst/txn':>9} | "
+            f"{'assoc':>5} {'store':<10} {'files':>5} {'MB':>6} | {'storescp':>8} {'--fork':>6} | "
+            f"{'gateway':>8} {'files/s':>7} | {'ratio':>5} {'/fork':>5} | {'inst/txn':>9} | "
             f"{'VmRSS 1/4..all':>15} {'VmHWM':>5}"
         )
-        print(f"{'':>5} {'':<10} {'':>5} {'':>6} | {'MB/s':>8} | {'MB/s':>8} {'':>7} |")
+        print(f"{'':>5} {'':<10} {'':>5} {'':>6} | {'MB/s':>8} {'MB/s':>6} | {'MB/s':>8} {'':>7} |")
         for count in associations:
             folders = sets[:count]
             megabytes = sum(sizes[:count])
@@ -367,9 +380,12 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     for _ in range(args.repeat):
                         reference = run_storescp(work, folders, megabytes, files, args.pdu)
+                        forked = None
+                        if count > 1:
+                            forked = run_storescp(work, folders, megabytes, files, args.pdu, True)
                         ours = run_gateway(work, folders, megabytes, files, args.pdu, url)
-                        trials.append((reference, ours))
-                        print_row(count, backend, megabytes, reference, ours, "")
+                        trials.append((reference, forked, ours))
+                        print_row(count, backend, megabytes, (reference, forked), ours, "")
                         if url:  # a fresh schema for the next trial
                             drop_schema(args.postgres, schema)
                             url = own_schema(args.postgres, schema)
@@ -378,23 +394,27 @@ def main(argv: list[str] | None = None) -> int:
                         drop_schema(args.postgres, schema)
                 if args.repeat > 1:
                     reference = Result(
-                        statistics.median(r.seconds for r, _ in trials), megabytes, files
+                        statistics.median(r.seconds for r, _, _ in trials), megabytes, files
                     )
+                    forked = None
+                    if count > 1:
+                        seconds = statistics.median(f.seconds for _, f, _ in trials if f)
+                        forked = Result(seconds, megabytes, files)
                     ours = Result(
-                        statistics.median(o.seconds for _, o in trials),
+                        statistics.median(o.seconds for _, _, o in trials),
                         megabytes,
                         files,
-                        max(o.peak_rss_mb or 0 for _, o in trials),
-                        trials[-1][1].rss,
-                        trials[-1][1].commits,
+                        max(o.peak_rss_mb or 0 for _, _, o in trials),
+                        trials[-1][2].rss,
+                        trials[-1][2].commits,
                     )
-                    print_row(count, backend, megabytes, reference, ours, "median")
+                    print_row(count, backend, megabytes, (reference, forked), ours, "median")
         print(
-            "\nstorescp: +B (bit-preserving), no fsync, no database (--fork for several "
-            "associations). gateway: before each Success, fdatasync of the file, rename, fsync "
-            "of the folder and the commit of its row (SQLite WAL synchronous=FULL or "
-            "PostgreSQL); inst/txn: instances / transactions of the group committer. VmRSS in "
-            "MB after 1/4, 1/2, 3/4 and all of the volume; VmHWM: the peak."
+            "\nstorescp: +B (bit-preserving), no fsync, no database; one association at a time, "
+            "--fork: a process per association. gateway: before each Success, fdatasync of the "
+            "file, rename, fsync of the folder and the commit of its row (SQLite WAL "
+            "synchronous=FULL or PostgreSQL); inst/txn: instances / transactions of the group "
+            "committer. VmRSS in MB after 1/4, 1/2, 3/4 and all of the volume; VmHWM: the peak."
         )
     finally:
         if args.keep:
