@@ -160,57 +160,24 @@ def _store(
     )
     try:
         replaced = committer.record(item)
-    except InstanceConflict as exc:
-        # The UID belongs to another study's instance: keep that one, drop this copy.
+    except (InstanceConflict, StoreUnavailable, StoreRejected, OSError) as exc:
+        # No row, no file: a file the store does not know would be an orphan. A resent
+        # instance whose older copy was at the same path keeps the new (equivalent) file,
+        # which the existing row still points at; so does another study's instance whose
+        # SOP Instance UID this one reused.
         if not existed:
             spool.discard(target)
-        logger.warning(
-            "C-STORE of SOP Instance %s (study %s) from %s refused: %s -> %s",
+        value, comment, reason = _not_recorded(exc)
+        logger.log(
+            logging.WARNING if value == status.DATASET_MISMATCH else logging.ERROR,
+            "C-STORE of SOP Instance %s (study %s) from %s not recorded: %s -> %s",
             header.sop_instance_uid,
             header.study_instance_uid,
             _peer(event),
-            exc,
-            status.describe(status.DATASET_MISMATCH),
+            reason,
+            status.describe(value),
         )
-        return _status(status.DATASET_MISMATCH, "SOP Instance UID stored in another study")
-    except StoreUnavailable as exc:
-        # No row, no file: a file the store does not know would be an orphan. A resent
-        # instance whose older copy was at the same path keeps the new (equivalent) file,
-        # which the existing row still points at.
-        if not existed:
-            spool.discard(target)
-        logger.error(
-            "store cannot record SOP Instance %s of study %s: %s -> %s",
-            header.sop_instance_uid,
-            header.study_instance_uid,
-            exc,
-            status.describe(status.OUT_OF_RESOURCES),
-        )
-        return _status(status.OUT_OF_RESOURCES, "store unavailable")
-    except OSError as exc:
-        # The study folder could not be fsynced: the rename may not survive a crash.
-        if not existed:
-            spool.discard(target)
-        logger.error(
-            "spool cannot make SOP Instance %s of study %s durable: %s -> %s",
-            header.sop_instance_uid,
-            header.study_instance_uid,
-            exc.strerror or exc,
-            status.describe(status.OUT_OF_RESOURCES),
-        )
-        return _status(status.OUT_OF_RESOURCES, "spool full or not writable")
-    except StoreRejected as exc:
-        # The store will never take this row (a value it cannot hold): keep no file for it.
-        if not existed:
-            spool.discard(target)
-        logger.error(
-            "store refused SOP Instance %s of study %s for good: %s -> %s",
-            header.sop_instance_uid,
-            header.study_instance_uid,
-            exc,
-            status.describe(status.PROCESSING_FAILURE),
-        )
-        return _status(status.PROCESSING_FAILURE, "store refused the instance")
+        return _status(value, comment)
     if replaced and replaced != str(target):
         spool.remove_replaced(replaced)
 
@@ -226,6 +193,21 @@ def _store(
         header.transfer_syntax_uid,
     )
     return status.SUCCESS
+
+
+def _not_recorded(exc: Exception) -> tuple[int, str, str]:
+    """The status, its Error Comment and the log's reason for an instance not recorded."""
+    if isinstance(exc, InstanceConflict):
+        # The UID belongs to another study's instance: that one is kept as it is.
+        return status.DATASET_MISMATCH, "SOP Instance UID stored in another study", str(exc)
+    if isinstance(exc, StoreRejected):
+        # The store will never take this row (a value it cannot hold): not worth a retry.
+        return status.PROCESSING_FAILURE, "store refused the instance", f"store refused: {exc}"
+    if isinstance(exc, OSError):
+        # The study folder could not be fsynced: the rename might not survive a crash.
+        reason = f"spool folder not durable: {exc.strerror or exc}"
+        return status.OUT_OF_RESOURCES, "spool full or not writable", reason
+    return status.OUT_OF_RESOURCES, "store unavailable", f"store unavailable: {exc}"
 
 
 def _check_request(event: Event, source: Path, sop_class_uid: str, policy: ReceivePolicy) -> None:

@@ -41,6 +41,17 @@ def _placed(spool: Spool, study_uid: str, sop_uid: str) -> ReceivedInstance:
     )
 
 
+@pytest.fixture
+def committer(tmp_path: Path, store: Store) -> Iterator[Committer]:
+    """A started committer over a fresh store (both backends) and spool."""
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    started = Committer(store, spool)
+    started.start()
+    yield started
+    started.stop()
+
+
 def _outcome(committer: Committer, item: ReceivedInstance) -> str | None | BaseException:
     try:
         return committer.record(item)
@@ -73,12 +84,9 @@ def _wait_for(predicate: Callable[[], bool]) -> None:
 
 
 def test_instances_waiting_together_commit_in_one_transaction_and_a_refused_one_alone(
-    tmp_path: Path, store: Store
+    committer: Committer, store: Store
 ) -> None:
-    spool = Spool(tmp_path / "spool")
-    spool.prepare()
-    committer = Committer(store, spool)
-    committer.start()
+    spool = committer.spool
     taken_uid = generate_uid()
     assert committer.record(_placed(spool, "1.2.3.1", taken_uid)) is None
     study_uid = "1.2.3.2"
@@ -97,7 +105,6 @@ def test_instances_waiting_together_commit_in_one_transaction_and_a_refused_one_
             followers = [pool.submit(_outcome, committer, item) for item in later]
             _wait_for(lambda: committer.waiting == len(later))
         outcomes = [leader.result(timeout=60)] + [f.result(timeout=60) for f in followers]
-    committer.stop()
 
     # Three transactions: the setup's, the leader's, and one for all seven that queued.
     assert (committer.batches, committer.largest_batch) == (3, 7)
@@ -111,29 +118,21 @@ def test_instances_waiting_together_commit_in_one_transaction_and_a_refused_one_
 
 
 def test_a_lone_instance_is_committed_at_once_in_a_batch_of_one(
-    tmp_path: Path, store: Store
+    committer: Committer, store: Store
 ) -> None:
-    spool = Spool(tmp_path / "spool")
-    spool.prepare()
-    committer = Committer(store, spool)
-    committer.start()
     sop_uid = generate_uid()
 
-    assert committer.record(_placed(spool, "1.2.3.4", sop_uid)) is None
+    assert committer.record(_placed(committer.spool, "1.2.3.4", sop_uid)) is None
 
     assert (committer.batches, committer.instances, committer.busy) == (1, 1, False)
     assert [sop for _, sop, _ in stored_instances(store)] == [sop_uid]
 
 
-def test_a_stopped_committer_records_nothing_more(tmp_path: Path, store: Store) -> None:
-    spool = Spool(tmp_path / "spool")
-    spool.prepare()
-    committer = Committer(store, spool)
-    committer.start()
+def test_a_stopped_committer_records_nothing_more(committer: Committer, store: Store) -> None:
     committer.stop()
 
     with pytest.raises(StoreUnavailable):
-        committer.record(_placed(spool, "1.2.3.3", generate_uid()))
+        committer.record(_placed(committer.spool, "1.2.3.3", generate_uid()))
     assert stored_instances(store) == []
 
 
