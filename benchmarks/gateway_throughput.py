@@ -41,12 +41,10 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
-from durable_path import drop_schema, own_schema
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+from _common import load_line, postgres_schema, radiograph_ds
+from pydicom.uid import generate_uid
 
 DCMTK = Path("/usr/bin")  # pynetdicom installs Python apps of the same names in the venv
-CR_IMAGE_STORAGE = ComputedRadiographyImageStorage
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -120,27 +118,14 @@ def write_files(folder: Path, count: int, size: int, seed: int = 0) -> float:
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     base = 1500 + 1200 * np.sin(x / size * np.pi) * np.cos(y / size * np.pi / 2)
     noise = rng.normal(0, 150, (size, size)).astype(np.float32)
-    study_uid, series_uid = generate_uid(), generate_uid()
+    study_uid = generate_uid()
     total = 0
     for index in range(count):
         shifted = np.roll(noise, index * 7919, axis=1) + index % 97
-        pixels = (base + shifted).clip(0, 4095).astype(np.uint16)
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = UID(CR_IMAGE_STORAGE)
-        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = CR_IMAGE_STORAGE
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds = radiograph_ds((base + shifted).clip(0, 4095), study_uid=study_uid)
         ds.PatientName, ds.PatientID = "Bench^Mark", "BENCH"
-        ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
         ds.PatientSex, ds.PatientAge = "M", "050Y"
         ds.InstanceNumber = index + 1
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = pixels.tobytes()
         path = folder / f"im{index:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         total += path.stat().st_size
@@ -353,7 +338,6 @@ def main(argv: list[str] | None = None) -> int:
         print("dcmtk is not installed (apt-get install dcmtk)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="gw-bench-", dir=args.workdir))
-    schema = f"bench_gateway_{os.getpid()}"
     try:
         most = max(associations)
         print(f"writing {most} x {args.files} files of {args.size}x{args.size} 12-bit into {work}")
@@ -361,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         sets = [work / f"study-{i}" for i in range(most)]
         sizes = [write_files(f, args.files, args.size, seed=i) for i, f in enumerate(sets)]
         print(f"  {time.perf_counter() - start:.1f} s")
-        print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+        print(f"{load_line()} at start\n")
         print(
             f"{'assoc':>5} {'store':<10} {'files':>5} {'MB':>6} | {'storescp':>8} {'--fork':>6} | "
             f"{'gateway':>8} {'files/s':>7} | {'ratio':>5} {'/fork':>5} | {'inst/txn':>9} | "
@@ -373,25 +357,19 @@ def main(argv: list[str] | None = None) -> int:
             megabytes = sum(sizes[:count])
             files = args.files * count
             for backend in backends:
-                url = None
-                if backend == "postgresql":
-                    url = own_schema(args.postgres, schema)
                 trials = []
-                try:
-                    for _ in range(args.repeat):
-                        reference = run_storescp(work, folders, megabytes, files, args.pdu)
-                        forked = None
-                        if count > 1:
-                            forked = run_storescp(work, folders, megabytes, files, args.pdu, True)
-                        ours = run_gateway(work, folders, megabytes, files, args.pdu, url)
-                        trials.append((reference, forked, ours))
-                        print_row(count, backend, megabytes, (reference, forked), ours, "")
-                        if url:  # a fresh schema for the next trial
-                            drop_schema(args.postgres, schema)
-                            url = own_schema(args.postgres, schema)
-                finally:
-                    if url:
-                        drop_schema(args.postgres, schema)
+                for _ in range(args.repeat):
+                    reference = run_storescp(work, folders, megabytes, files, args.pdu)
+                    forked = None
+                    if count > 1:
+                        forked = run_storescp(work, folders, megabytes, files, args.pdu, True)
+                    if backend == "postgresql":
+                        with postgres_schema(args.postgres) as (_, url):
+                            ours = run_gateway(work, folders, megabytes, files, args.pdu, url)
+                    else:
+                        ours = run_gateway(work, folders, megabytes, files, args.pdu, None)
+                    trials.append((reference, forked, ours))
+                    print_row(count, backend, megabytes, (reference, forked), ours, "")
                 if args.repeat > 1:
                     reference = Result(
                         statistics.median(r.seconds for r, _, _ in trials), megabytes, files

@@ -75,6 +75,7 @@ class Base(DeclarativeBase):
 
 
 class StudyStatus(enum.StrEnum):
+    # In the order a study goes through them (listings and metrics keep this order).
     RECEIVED = "received"
     QUEUED = "queued"
     TRIAGING = "triaging"

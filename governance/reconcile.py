@@ -22,15 +22,7 @@ from governance.models import Study, StudyStatus, utcnow
 #: The most studies one retry or listing handles (a person runs it again for more).
 MAX_STUDIES = 1000
 
-ALL_STATUSES = (
-    StudyStatus.RECEIVED,
-    StudyStatus.QUEUED,
-    StudyStatus.TRIAGING,
-    StudyStatus.TRIAGED,
-    StudyStatus.NO_FRONTAL,
-    StudyStatus.NO_MODEL,
-    StudyStatus.FAILED,
-)
+ALL_STATUSES = tuple(StudyStatus)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from governance.errors import InstanceConflict
+from governance.errors import InstanceConflict, NotFound
 from governance.models import Instance, Study, StudyStatus, utcnow
 from governance.text import clip
 
@@ -86,7 +86,7 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
                 f"SOP Instance {item.sop_instance_uid} is already stored in study "
                 f"{owner.study_instance_uid}"
             )
-    study = session.scalar(select(Study).where(Study.study_instance_uid == item.study_instance_uid))
+    study = find_study(session, item.study_instance_uid)
     if study is None:
         study = Study(
             study_instance_uid=item.study_instance_uid,
@@ -169,7 +169,7 @@ def note_delivery(session: Session, study_uid: str) -> int | None:
 
     None when the study is not in the store.
     """
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    study = find_study(session, study_uid)
     if study is None:
         return None
     study.deliveries = (study.deliveries or 0) + 1
@@ -178,6 +178,25 @@ def note_delivery(session: Session, study_uid: str) -> int | None:
 
 def finish_delivery(session: Session, study_uid: str) -> None:
     """The task finished (whatever its outcome): its deliveries no longer count."""
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    study = find_study(session, study_uid)
     if study is not None:
         study.deliveries = 0
+
+
+def find_study(session: Session, study_uid: str) -> Study | None:
+    """The study with this Study Instance UID, or None."""
+    return session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+
+
+def get_study(session: Session, study_uid: str) -> Study:
+    """The study with this Study Instance UID.
+
+    Raises
+    ------
+    NotFound
+        The store has no such study (``no study UID``: the web answers 404 with it).
+    """
+    study = find_study(session, study_uid)
+    if study is None:
+        raise NotFound(f"no study {study_uid}")
+    return study

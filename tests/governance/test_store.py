@@ -17,9 +17,21 @@ from sqlalchemy.orm import Session
 
 from cxr_triage.settings import Settings
 from governance.db import Store, create_store_engine
-from governance.errors import ConfigError, InstanceConflict, StoreRejected, StoreUnavailable
+from governance.errors import (
+    ConfigError,
+    InstanceConflict,
+    NotFound,
+    StoreRejected,
+    StoreUnavailable,
+)
 from governance.models import Base, Instance, Study
-from governance.studies import ReceivedInstance, record_instance, studies_awaiting_queue
+from governance.studies import (
+    ReceivedInstance,
+    find_study,
+    get_study,
+    record_instance,
+    studies_awaiting_queue,
+)
 from governance.triage_results import mark_queued
 from migrations import alembic_config
 
@@ -80,6 +92,17 @@ def test_record_instance_creates_study_and_replaces_resent_instance(store: Store
         assert (study.patient_sex, study.patient_age_years) == ("F", 45)
         assert study.last_received_at >= study.first_received_at
         assert study.first_received_at.tzinfo is dt.UTC
+
+
+def test_a_study_is_found_by_its_uid_or_not_found(store: Store) -> None:
+    store.run(lambda s: record_instance(s, item()))
+    with store.read() as session:
+        found = find_study(session, "1.2.3")
+        assert found is not None and found.study_instance_uid == "1.2.3"
+        assert get_study(session, "1.2.3") is found
+        assert find_study(session, "1.2.3.404") is None
+        with pytest.raises(NotFound, match=r"^no study 1\.2\.3\.404$"):
+            get_study(session, "1.2.3.404")
 
 
 def test_queueing_state(store: Store) -> None:
