@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 from _common import load_line, radiograph_ds
-from pydicom.uid import ComputedRadiographyImageStorage
+from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 
 from dicom_gateway.commit import record_batch
 from dicom_gateway.header import read_header
