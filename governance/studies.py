@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from governance.errors import InstanceConflict, NotFound
@@ -136,32 +136,19 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
     return instance, replaced
 
 
-def studies_awaiting_queue(
-    session: Session, older_than: dt.datetime, *, stale_before: dt.datetime | None = None
-) -> list[str]:
-    """Studies to hand to the broker (again).
-
-    - those with an instance newer than their last queueing, last received before
-      ``older_than``: received while the broker was down, or before a crash;
-    - with ``stale_before``, those queued before it and still waiting or being triaged: their
-      message may have died with a worker (the embedded filesystem broker cannot redeliver an
-      unacknowledged message); and those that found no active model then, so that they are
-      triaged once one is activated. Triage is idempotent, so queueing one twice costs little.
+def studies_awaiting_queue(session: Session, older_than: dt.datetime) -> list[str]:
+    """Studies to hand to the broker: those with an instance newer than their last queueing,
+    last received before ``older_than`` (received while the broker was down, or before a
+    crash). Messages lost after queueing are the reconciler's (:mod:`governance.reconciler`).
     """
-    conditions = [
-        and_(
-            or_(Study.queued_at.is_(None), Study.queued_at < Study.last_received_at),
-            Study.last_received_at <= older_than,
-        )
-    ]
-    if stale_before is not None:
-        conditions.append(
-            and_(
-                Study.status.in_([StudyStatus.QUEUED, StudyStatus.TRIAGING, StudyStatus.NO_MODEL]),
-                Study.queued_at < stale_before,
+    return list(
+        session.scalars(
+            select(Study.study_instance_uid).where(
+                or_(Study.queued_at.is_(None), Study.queued_at < Study.last_received_at),
+                Study.last_received_at <= older_than,
             )
         )
-    return list(session.scalars(select(Study.study_instance_uid).where(or_(*conditions))))
+    )
 
 
 def note_delivery(session: Session, study_uid: str) -> int | None:

@@ -277,33 +277,6 @@ def test_server_processes_refuse_an_old_schema(
     Store.open(settings).dispose()
 
 
-def test_stale_queued_and_modelless_studies_are_queued_again(store: Store) -> None:
-    now = dt.datetime.now(dt.UTC)
-    hour_ago = now - dt.timedelta(hours=1)
-    for n, status in enumerate(["queued", "triaging", "no_model", "triaged", "queued"]):
-        uid = f"1.2.{n}"
-        store.run(
-            lambda s, uid=uid: record_instance(
-                s, item(study=uid, sop=f"{uid}.1", received_at=hour_ago - dt.timedelta(minutes=1))
-            )
-        )
-        queued = hour_ago if n < 4 else now  # the last one was queued just now
-        store.run(lambda s, uid=uid, queued=queued: mark_queued(s, [uid], at=queued))
-
-        def set_status(s, uid=uid, status=status):  # type: ignore[no-untyped-def]
-            s.scalar(select(Study).where(Study.study_instance_uid == uid)).status = status
-
-        store.run(set_status)
-    stale = now - dt.timedelta(minutes=15)
-    with store.read() as session:
-        assert studies_awaiting_queue(session, now) == []
-        found = studies_awaiting_queue(session, now, stale_before=stale)
-    assert sorted(found) == ["1.2.0", "1.2.1", "1.2.2"]
-    store.run(lambda s: mark_queued(s, found, at=now))  # queued again: not again for a while
-    with store.read() as session:
-        assert studies_awaiting_queue(session, now, stale_before=stale) == []
-
-
 def test_text_over_its_column_is_stored_cut_not_refused(store: Store) -> None:
     long = "L" * 300 + "\x00\n"
     store.run(
