@@ -25,6 +25,7 @@ within one run.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -195,7 +196,8 @@ def main() -> None:
     batch = args.batch_size or (CUDA_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
     print(
         f"device {device}, input {size} px, batch {batch}, {args.steps} timed steps, "
-        f"torch threads {torch.get_num_threads()}, loader workers {args.workers}"
+        f"torch threads {torch.get_num_threads()}, loader workers {args.workers}, "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
     rows: list[tuple[str, float]] = []
 
