@@ -25,6 +25,7 @@ within one run.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 import time
@@ -218,7 +219,9 @@ def main() -> None:
         images = torch.randn(batch, 3, size, size, device=device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        seconds = timed(device, lambda x=images: steps[-1](x, targets), args.steps, args.warmup)
+        seconds = timed(
+            device, functools.partial(steps[-1], images, targets), args.steps, args.warmup
+        )
         report(name, batch / seconds)
     default_step = steps[0]
     del steps[1:]
@@ -234,7 +237,7 @@ def main() -> None:
         (f"device: {PRESET} augmentation", augment),
         ("device: standardisation", evaluation),
     ):
-        seconds = timed(device, lambda p=preset: p(on_device), args.steps, args.warmup)
+        seconds = timed(device, functools.partial(preset, on_device), args.steps, args.warmup)
         report(f"{name} (uint8 batch)", batch / seconds)
 
     pin = cuda
