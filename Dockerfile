@@ -80,7 +80,8 @@ LABEL org.opencontainers.image.title="cxr-triage" \
 RUN groupadd --system --gid 10001 cxr \
     && useradd --system --uid 10001 --gid cxr --home-dir /var/lib/cxr-triage \
         --shell /usr/sbin/nologin cxr \
-    && mkdir -p /var/lib/cxr-triage/spool /var/lib/cxr-triage/models \
+    && mkdir -p /var/lib/cxr-triage/spool /var/lib/cxr-triage/models /var/lib/cxr-triage/audit \
+       /var/lib/cxr-triage/heatmaps /var/lib/cxr-triage/results \
     && chown -R cxr:cxr /var/lib/cxr-triage
 COPY --from=slim-build /opt/venv /opt/venv
 COPY --chmod=0755 deploy/healthcheck.py /usr/local/bin/cxr-healthcheck
@@ -112,7 +113,8 @@ RUN apt-get update -qq \
 RUN groupadd --system --gid 10001 cxr \
     && useradd --system --uid 10001 --gid cxr --home-dir /var/lib/cxr-triage \
         --shell /usr/sbin/nologin cxr \
-    && mkdir -p /var/lib/cxr-triage/spool /var/lib/cxr-triage/models \
+    && mkdir -p /var/lib/cxr-triage/spool /var/lib/cxr-triage/models /var/lib/cxr-triage/audit \
+       /var/lib/cxr-triage/heatmaps /var/lib/cxr-triage/results \
     && chown -R cxr:cxr /var/lib/cxr-triage
 COPY --from=worker-build /opt/venv /opt/venv
 COPY --chmod=0755 deploy/healthcheck.py /usr/local/bin/cxr-healthcheck

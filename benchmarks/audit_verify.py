@@ -19,12 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import psycopg
+from _common import postgres_schema
 from sqlalchemy import func, insert, select
-from sqlalchemy.engine import make_url
 
 from governance import audit
 from governance.db import Store
@@ -129,17 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             run_backend("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", args)
     if args.backend in ("postgresql", "both"):
-        schema = f"cxr_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            url = make_url(PG_ADMIN).set(
-                drivername="postgresql+psycopg", query={"options": f"-csearch_path={schema}"}
-            )
-            run_backend("postgresql", url.render_as_string(hide_password=False), args)
-        finally:
-            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        with postgres_schema(PG_ADMIN) as (_name, url):
+            run_backend("postgresql", url, args)
     return 0
 
 

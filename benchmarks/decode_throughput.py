@@ -14,27 +14,16 @@ the largest difference in calibrated probability between the two over ``--images
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import statistics
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    JPEG2000,
-    ComputedRadiographyImageStorage,
-    ExplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLSLossless,
-    generate_uid,
-)
+from _common import load_line, median_ms, radiograph_ds
+from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGLSLossless
 
 from training.synthetic.phantom import chest_radiograph
 from worker.decoders import decode_for_model
@@ -52,37 +41,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_ds(stored: np.ndarray) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ComputedRadiographyImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    return ds
-
-
 def encodings(stored: np.ndarray, folder: Path) -> dict[str, Path]:
     """The image in each transfer syntax, as files."""
     out: dict[str, Path] = {}
     plain = folder / "explicit.dcm"
-    make_ds(stored).save_as(plain, enforce_file_format=True)
+    radiograph_ds(stored).save_as(plain, enforce_file_format=True)
     out["explicit-le"] = plain
     for name, syntax, kwargs in [
         ("j2k-lossless", JPEG2000Lossless, {}),
         ("j2k-lossy-psnr60", JPEG2000, {"j2k_lossless": False, "j2k_psnr": [60.0]}),
         ("jpeg-ls-lossless", JPEGLSLossless, {}),
     ]:
-        ds = make_ds(stored)
+        ds = radiograph_ds(stored)
         ds.compress(syntax, **kwargs)  # type: ignore[arg-type]
         path = folder / f"{name}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -104,15 +74,6 @@ def worker_input(path: Path, size: int) -> np.ndarray:
     return standardize(to_unit_image(decode_for_model(ds, size).pixels, pixel_transform(ds), size))
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
-
-
 def load(model_path: Path | None) -> torch.nn.Module:
     if model_path is not None:
         return torch.jit.load(str(model_path), map_location="cpu").eval()
@@ -126,7 +87,7 @@ def load(model_path: Path | None) -> torch.nn.Module:
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     torch.set_num_threads(1)
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(load_line())
     model = load(args.model)
     worst: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:

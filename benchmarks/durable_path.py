@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+from _common import load_line, radiograph_ds
+from pydicom.uid import ComputedRadiographyImageStorage
 
 from dicom_gateway.header import read_header
 from governance.db import Store
@@ -44,22 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def write_received(folder: Path, size: int, seed: int) -> tuple[Path, str, str]:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ComputedRadiographyImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality, ds.ViewPosition, ds.BodyPartExamined = "CR", "PA", "CHEST"
-    ds.Rows = ds.Columns = size
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     rng = np.random.default_rng(seed)
-    ds.PixelData = rng.integers(0, 4096, (size, size), dtype=np.uint16).tobytes()
+    ds = radiograph_ds(rng.integers(0, 4096, (size, size), dtype=np.uint16))
     path = folder / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path, str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
@@ -95,7 +81,7 @@ def drop_schema(url: str, schema: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(load_line())
     steps: dict[str, list[float]] = {}
 
     def timed(name: str, fn):  # type: ignore[no-untyped-def]

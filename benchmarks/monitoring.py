@@ -19,18 +19,21 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import psycopg
-from sqlalchemy.engine import make_url
+from _common import postgres_schema
 
-from governance.db import Store
-from governance.models import utcnow
-from migrations import upgrade
-from tests.governance.monitoring.store_data import add_model, insert_studies
-from tests.governance.monitoring.synth import Population, draw
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the synthetic populations live with the tests
+    sys.path.insert(0, str(ROOT))
+
+from governance.db import Store  # noqa: E402
+from governance.models import utcnow  # noqa: E402
+from migrations import upgrade  # noqa: E402
+from tests.governance.monitoring.store_data import add_model, insert_studies  # noqa: E402
+from tests.governance.monitoring.synth import Population, draw  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 DRIFT = """
@@ -46,19 +49,10 @@ for i in range(int(sys.argv[3])):
     run = run_drift(store, now=now)
     times.append(time.perf_counter() - start)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+alerts = run.results.get("alerts") or []  # a window too small to test has none
 print(json.dumps({"times": times, "rss_before_kb": rss0, "peak_rss_kb": peak,
-                  "status": run.status, "n": run.n_studies, "alerts": run.results.get("alerts")}))
+                  "status": run.status, "n": run.n_studies, "alerts": alerts}))
 """
-
-
-def _schema() -> tuple[str, str]:
-    name = f"cxr_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{name}"')
-    url = make_url(PG_ADMIN).set(
-        drivername="postgresql+psycopg", query={"options": f"-csearch_path={name}"}
-    )
-    return name, url.render_as_string(hide_password=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=10_000)
     args = parser.parse_args(argv)
-    name, url = _schema()
-    try:
+    with postgres_schema(PG_ADMIN) as (name, url):
         upgrade(url)
         store = Store.from_url(url)
         rng = np.random.default_rng(0)
@@ -112,9 +105,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'RSS after imports (MB)':<34}{result['rss_before_kb'] / 1024:>14.0f}{'':>12}")
         print(f"window: {result['n']} studies, status {result['status']}, alerts "
               f"{[a['feature'] for a in result['alerts']]}")  # fmt: skip
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     return 0
 
 

@@ -15,7 +15,6 @@ pipeline with the prefetch pool off (``workers=0``) to show what the overlap buy
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
+from _common import load_line, radiograph_ds
 from pydicom.uid import (
     ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
@@ -58,21 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def write_image(folder: Path, study_uid: str, seed: int, pixels: int, j2k: bool) -> Path:
     image = chest_radiograph(np.random.default_rng(seed), (pixels, pixels), positive=seed % 2 == 1)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ComputedRadiographyImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality, ds.ViewPosition, ds.BodyPartExamined = "CR", "PA", "CHEST"
-    ds.Rows = ds.Columns = pixels
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.round(image * 4095).astype(np.uint16).tobytes()
+    ds = radiograph_ds(np.round(image * 4095), study_uid=study_uid)
     if j2k:
         ds.compress(JPEG2000Lossless)
     path = folder / f"{ds.SOPInstanceUID}.dcm"
@@ -99,7 +84,7 @@ def record(store: Store, path: Path, study_uid: str, sop_uid: str, syntax: str) 
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(load_line())
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         url = f"sqlite:///{folder / 'store.db'}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import getpass
 import json
 import logging
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cxr_triage.settings import get_settings
+from cxr_triage.store_command import cli_actor
 from governance.audit import Action, Outcome, record, record_audit_use
 from governance.audit.query import (
     AuditQuery,
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     from governance.audit.export import configure_export
 
     exporter = configure_export(settings.syslog_url)
-    actor = args.user or f"cli:{getpass.getuser()}"
+    actor = cli_actor(args.user)
     try:
         if args.command == "query":
             return _query(store, args, actor, sys.stdout)

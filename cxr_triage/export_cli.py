@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 
-from cxr_triage.settings import get_settings
+from cxr_triage.store_command import cli_actor, parse_and_open
 from governance import deliveries
-from governance.db import Store
 from governance.errors import ConfigError
 from governance.models import DeliveryState
 
@@ -39,10 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    settings = get_settings()
-    store = Store.from_settings(settings)
-    store.check_schema()
+    args, _, store = parse_and_open(get_args_parser(), argv)
     if args.action == "list":
         if args.limit < 1:
             raise ConfigError("--limit must be at least 1")
@@ -66,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.ids and not args.all_failed:
         raise ConfigError("name delivery ids or give --all-failed")
-    actor = f"cli:{getpass.getuser()}"
+    actor = cli_actor()
 
     def work(session):  # type: ignore[no-untyped-def]
         ids = list(args.ids)

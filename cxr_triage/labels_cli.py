@@ -8,11 +8,11 @@ nothing is imported unless every row is good.
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from pathlib import Path
 
 from cxr_triage.settings import get_settings
+from cxr_triage.store_command import cli_actor
 from governance.db import Store
 from governance.monitoring.labels import MAX_FILE_BYTES, ImportReport, import_labels
 
@@ -45,10 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cxr-triage labels: {file} is over {MAX_FILE_BYTES} bytes", file=sys.stderr)
         return 2
     settings = get_settings()
-    store = Store.from_url(settings.database_url)
-    store.check_schema()
+    store = Store.open(settings)
     data = file.read_bytes()
-    actor = f"cli:{getpass.getuser()}"
+    actor = cli_actor()
 
     def work(session):  # type: ignore[no-untyped-def]
         report = import_labels(session, data, actor=actor)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 from pathlib import Path
 
-from cxr_triage.settings import get_settings
-from governance.db import Store
+from cxr_triage.store_command import cli_actor, parse_and_open
 from governance.errors import ConfigError
 from governance.models import ModelStatus
 from governance.policies import policy_in_force
@@ -77,14 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _actor(value: str | None) -> str:
-    return value or f"cli:{getpass.getuser()}"
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    settings = get_settings()
-    store = Store.open(settings)
+    args, settings, store = parse_and_open(get_args_parser(), argv)
     if args.action == "list":
         with store.read() as session:
             models = list_models(session)
@@ -149,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 store,
                 path,
                 version=args.version,
-                actor=_actor(None),
+                actor=cli_actor(),
                 model_dir=settings.model_path,
                 clinical=args.clinical,
                 expected_sha256=args.sha256,
@@ -170,17 +162,17 @@ def main(argv: list[str] | None = None) -> int:
                 temperature=1.0 if args.temperature is None else args.temperature,
                 clinical=args.clinical,
                 expected_sha256=args.sha256,
-                actor=_actor(None),
+                actor=cli_actor(),
             )
         )
         print(f"registered {model.version} (sha256 {model.sha256[:12]}...)")
         return 0
     if args.action == "activate":
-        model = store.run(lambda s: activate_model(s, args.version, actor=_actor(args.actor)))
+        model = store.run(lambda s: activate_model(s, args.version, actor=cli_actor(args.actor)))
         print(f"active: {model.version}")
         return 0
     if args.action == "rollback":
-        model = store.run(lambda s: rollback_model(s, actor=_actor(args.actor)))
+        model = store.run(lambda s: rollback_model(s, actor=cli_actor(args.actor)))
         print(f"active: {model.version}")
         return 0
     return 2

@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import getpass
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from cxr_triage.settings import Settings, get_settings
+from cxr_triage.settings import Settings
+from cxr_triage.store_command import cli_actor, parse_and_open
 from governance.db import Store
 from governance.errors import NoActiveModel
 from governance.models import DriftRun
@@ -213,14 +213,11 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    settings = get_settings()
-    store = Store.from_url(settings.database_url)
-    store.check_schema()
+    args, settings, store = parse_and_open(get_args_parser(), argv)
     if args.action == "drift":
         return _drift(args, store, settings)
     if args.action == "pin-baseline":
-        actor = f"cli:{getpass.getuser()}"
+        actor = cli_actor()
         if not args.end > args.start or not args.reason.strip():
             print("cxr-triage monitor: --to must be after --from, with a reason", file=sys.stderr)
             return 2

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 
 from sqlalchemy.orm import Session
 
-from cxr_triage.settings import get_settings
-from governance.db import Store
+from cxr_triage.store_command import cli_actor, parse_and_open
 from governance.errors import ConfigError
 from governance.models import OperatingPoint, PolicyMode, ThresholdPolicy
 from governance.policies import list_policies, set_mode, set_policy_at_point
@@ -61,9 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    settings = get_settings()
-    store = Store.open(settings)
+    args, _, store = parse_and_open(get_args_parser(), argv)
     if args.action == "list":
         with store.read() as session:
             model_id = get_model(session, args.model).id if args.model else None
@@ -87,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 tau=args.tau,
                 rationale=args.rationale,
                 approved_by=args.approved_by,
-                actor=f"cli:{getpass.getuser()}",
+                actor=cli_actor(),
                 mode=args.mode,
             )
         except ValueError as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 from typing import Any
@@ -11,8 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from cxr_triage.monitor_cli import FORMATS, emit
-from cxr_triage.settings import get_settings
-from governance.db import Store
+from cxr_triage.store_command import cli_actor, parse_and_open
 from governance.errors import NoActiveModel
 from governance.models import ModelVersion, RecalibrationJob
 from governance.recalibration import create_job, decide, run_job
@@ -61,11 +59,8 @@ def _row(job: RecalibrationJob, version: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    settings = get_settings()
-    store = Store.from_url(settings.database_url)
-    store.check_schema()
-    actor = f"cli:{getpass.getuser()}"
+    args, settings, store = parse_and_open(get_args_parser(), argv)
+    actor = cli_actor()
     if args.action == "run":
 
         def start(session):  # type: ignore[no-untyped-def]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 
 from cxr_triage.settings import Settings, get_settings
+from cxr_triage.store_command import cli_actor
 from governance.db import Store
 from governance.reconcile import ALL_STATUSES, MAX_STUDIES, list_studies, prepare_retry
 
@@ -49,9 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.limit <= MAX_STUDIES:
         parser.error(f"--limit must be between 1 and {MAX_STUDIES}")
     settings = get_settings()
-    store = Store.from_url(settings.database_url)
+    store = Store.open(settings)
     try:
-        store.check_schema()
         if args.action == "list":
             return _list(store, args.status, args.limit, args.json)
         if bool(args.study_uids) == args.failed:
@@ -87,7 +86,7 @@ def _retry(
 
     from worker.celery_app import make_celery, queue_study
 
-    actor = f"cli:{getpass.getuser()}"
+    actor = cli_actor()
     uids = store.run(
         lambda session: prepare_retry(
             session, actor=actor, study_uids=study_uids, failed=failed, limit=limit

@@ -7,11 +7,9 @@ printed once, when it is created; the store keeps only its SHA-256 and a short p
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 
-from cxr_triage.settings import get_settings
-from governance.db import Store
+from cxr_triage.store_command import cli_actor, parse_and_open
 from governance.errors import ConfigError
 from governance.models import Role
 from governance.tokens import create_token, list_tokens, revoke_token
@@ -47,24 +45,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _actor() -> str:
-    return f"cli:{getpass.getuser()}"
-
-
 def _when(value: object) -> str:
     return f"{value:%Y-%m-%d %H:%M}Z" if value is not None else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    settings = get_settings()
-    store = Store.open(settings)
+    args, _, store = parse_and_open(get_args_parser(), argv)
     try:
         if args.action == "create":
             name, role = args.name, args.role
             try:
                 row, text = store.run(
-                    lambda s: create_token(s, name=name, role=role, created_by=_actor())
+                    lambda s: create_token(s, name=name, role=role, created_by=cli_actor())
                 )
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
@@ -90,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.action == "revoke":
             name = args.name
-            row = store.run(lambda s: revoke_token(s, name, actor=_actor()))
+            row = store.run(lambda s: revoke_token(s, name, actor=cli_actor()))
             print(f"revoked token {row.name!r} ({row.token_prefix}...)")
             return 0
         return 2

@@ -14,10 +14,12 @@ is removed then (``Gateway.remove_orphans``), never adopted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from dicom_gateway.limits import RefusalAuditor
 
 logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
 
 # Two associations that bring the first instances of one study at once can both try to insert
 # the study row on PostgreSQL; the loser sees a unique violation and finds the row next time.
@@ -59,6 +63,23 @@ def handle_echo(event: Event) -> int:
     return status.SUCCESS
 
 
+def _never_raises(
+    handler: Callable[Concatenate[Event, P], Any],
+) -> Callable[Concatenate[Event, P], Any]:
+    """The handler, answering 0x0110 (Processing Failure) where it would raise."""
+
+    @functools.wraps(handler)
+    def guarded(event: Event, *args: P.args, **kwargs: P.kwargs) -> Any:
+        try:
+            return handler(event, *args, **kwargs)
+        except Exception:  # a bug must cost one instance, not the association or the server
+            logger.exception("C-STORE from %s failed unexpectedly", _peer(event))
+            return status.PROCESSING_FAILURE
+
+    return guarded
+
+
+@_never_raises
 def handle_store(
     event: Event,
     spool: Spool,
@@ -73,30 +94,7 @@ def handle_store(
     With ``worklist_fields`` (CXR_WORKLIST_PHI) the study's accession number, date and
     description are kept for the worklist; they are never logged.
     """
-    try:
-        return _store(
-            event,
-            spool,
-            store,
-            assembly,
-            pseudonym_key,
-            policy or ReceivePolicy(),
-            worklist_fields,
-        )
-    except Exception:  # a bug must cost one instance, not the association or the server
-        logger.exception("C-STORE from %s failed unexpectedly", _peer(event))
-        return status.PROCESSING_FAILURE
-
-
-def _store(
-    event: Event,
-    spool: Spool,
-    store: Store,
-    assembly: StudyAssembly,
-    pseudonym_key: bytes | None,
-    policy: ReceivePolicy,
-    worklist_fields: bool = False,
-) -> Any:
+    policy = policy or ReceivePolicy()
     request = cast(C_STORE, event.request)
     sop_class_uid = str(request.AffectedSOPClassUID or "")
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")

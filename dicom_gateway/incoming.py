@@ -37,25 +37,49 @@ logger = logging.getLogger(__name__)
 WRITEBACK_BYTES = 1 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 
-_oversize: set[str] = set()
-_oversize_lock = threading.Lock()
+_OVERSIZE = "oversize"
+_FAILED = "failed"
+
+# Incoming files the C-STORE handler must refuse, by path: over the size limit (its file is
+# kept, emptied, until the handler asks) or failed to write (disk full; its file is gone).
+# Each mark is taken once; bounded: the oldest mark goes first.
+_marks: dict[str, str] = {}
+_marks_lock = threading.Lock()
+_MAX_MARKS = 1024
+
+
+def _mark(path: str, mark: str) -> None:
+    with _marks_lock:
+        while len(_marks) >= _MAX_MARKS:
+            del _marks[next(iter(_marks))]
+        _marks[path] = mark
+
+
+def _take(path: str | os.PathLike[str], mark: str) -> bool:
+    name = os.fspath(path)
+    with _marks_lock:
+        if _marks.get(name) != mark:
+            return False
+        del _marks[name]
+        return True
 
 
 def take_oversize(path: str | os.PathLike[str]) -> bool:
     """Whether the data set received into ``path`` went over its size limit (forgets it)."""
-    with _oversize_lock:
-        name = os.fspath(path)
-        if name in _oversize:
-            _oversize.discard(name)
-            return True
-        return False
+    return _take(path, _OVERSIZE)
+
+
+def take_failure(path: str | os.PathLike[str]) -> bool:
+    """Whether writing the incoming file at ``path`` failed (asked once per file)."""
+    return _take(path, _FAILED)
 
 
 def forget_missing_oversize() -> None:
-    """Drop the marks of files that no longer exist (transfers that were aborted)."""
-    with _oversize_lock:
-        for name in [n for n in _oversize if not os.path.exists(n)]:
-            _oversize.discard(name)
+    """Drop the oversize marks of files that no longer exist (transfers that were aborted)."""
+    with _marks_lock:
+        for name, mark in list(_marks.items()):
+            if mark == _OVERSIZE and not os.path.exists(name):
+                del _marks[name]
 
 
 def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
@@ -76,18 +100,6 @@ def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
 
 
 _start_writeback = _load_sync_file_range()
-
-# Paths of incoming files whose writing failed (disk full): the C-STORE handler takes the path
-# out and answers 0xA700. Bounded: a path the handler never asked about is dropped first.
-_FAILED: dict[str, None] = {}
-_FAILED_LOCK = threading.Lock()
-_MAX_FAILED = 1024
-
-
-def take_failure(path: str | Path) -> bool:
-    """Whether writing the incoming file at ``path`` failed (asked once per file)."""
-    with _FAILED_LOCK:
-        return _FAILED.pop(str(path), False) is None
 
 
 class IncomingFile:
@@ -137,16 +149,12 @@ class IncomingFile:
             self._stream.close()
         with contextlib.suppress(OSError):
             os.unlink(self.name)
-        with _FAILED_LOCK:
-            while len(_FAILED) >= _MAX_FAILED:
-                del _FAILED[next(iter(_FAILED))]
-            _FAILED[self.name] = None
+        _mark(self.name, _FAILED)
 
     def _drop(self) -> None:
         """Empty the file and write nothing more: the data set is over its limit."""
         self.oversize = True
-        with _oversize_lock:
-            _oversize.add(self.name)
+        _mark(self.name, _OVERSIZE)
         self._stream.flush()
         self._stream.seek(0)
         self._stream.truncate(0)

@@ -22,8 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance import audit
-from governance.errors import NotFound
 from governance.models import AuditEvent, ModelVersion, Study, StudyInference, utcnow
+from governance.studies import get_study
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +49,6 @@ class ActionResult:
     changed: bool
 
 
-def _study(session: Session, study_uid: str) -> Study:
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-    if study is None:
-        raise NotFound(f"no study {study_uid}")
-    return study
-
-
 @dataclass(frozen=True, slots=True)
 class _Act:
     """One person acting on one study: what every action checks first and audits last."""
@@ -69,7 +62,7 @@ class _Act:
     @classmethod
     def begin(cls, session: Session, study_uid: str, actor: str, actor_address: str | None) -> _Act:
         actor = _check_actor(actor)
-        return cls(session, _study(session, study_uid), study_uid, actor, actor_address)
+        return cls(session, get_study(session, study_uid), study_uid, actor, actor_address)
 
     def priority_detail(self, model_flagged: bool) -> dict[str, Any]:
         """The model's flag and the priority in force: what every action's audit shows."""

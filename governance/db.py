@@ -28,7 +28,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cxr_triage.settings import Settings
 from governance.audit_key import AnchorFile, load_audit_key
-from governance.errors import ConfigError, SchemaOutOfDate, StoreRejected, StoreUnavailable
+from governance.errors import (
+    ConfigError,
+    NotFound,
+    SchemaOutOfDate,
+    StoreRejected,
+    StoreUnavailable,
+)
 from governance.events import discard_after_commit, run_after_commit
 
 logger = logging.getLogger(__name__)
@@ -311,6 +317,14 @@ class Store:
         if self.anchors is not None:
             self.anchors.flush()
         self.engine.dispose()
+
+
+def get_row(session: Session, model: type[T], key: object, missing: str) -> T:
+    """The ``model`` row with primary key ``key``; :class:`NotFound` saying ``missing`` if none."""
+    row = session.get(model, key)
+    if row is None:
+        raise NotFound(missing)
+    return row
 
 
 def _short(exc: BaseException) -> str:

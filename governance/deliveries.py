@@ -20,7 +20,7 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from governance import audit
-from governance.errors import NotFound
+from governance.db import get_row
 from governance.models import DeliveryState, ResultDelivery, TriageEvent, utcnow
 
 logger = logging.getLogger(__name__)
@@ -219,10 +219,7 @@ def _audit(
 
 
 def _get(session: Session, delivery_id: int) -> ResultDelivery:
-    row = session.get(ResultDelivery, delivery_id)
-    if row is None:
-        raise NotFound(f"no result delivery {delivery_id}")
-    return row
+    return get_row(session, ResultDelivery, delivery_id, f"no result delivery {delivery_id}")
 
 
 def list_deliveries(

@@ -75,6 +75,7 @@ class Base(DeclarativeBase):
 
 
 class StudyStatus(enum.StrEnum):
+    # In the order a study goes through them (listings and metrics keep this order).
     RECEIVED = "received"
     QUEUED = "queued"
     TRIAGING = "triaging"
@@ -119,7 +120,8 @@ class Study(Base):
         ForeignKey("study_inferences.id", use_alter=True, ondelete="SET NULL")
     )
     # Triage task deliveries since the last one that finished: one that keeps killing its
-    # worker (a decoder crash, the OOM killer) is parked as failed instead of looping.
+    # worker (a decoder crash, the OOM killer) is parked as failed instead of looping, and
+    # the reconciler leaves it to a person (governance.reconciler: how the counts differ).
     deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     # How often the reconciler queued the study again without it being triaged; bounded, and
     # reset by a triage or by a person's retry.

@@ -22,8 +22,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from governance import audit
-from governance.db import Store
-from governance.errors import NotFound, TriageError
+from governance.db import Store, get_row
+from governance.errors import TriageError
 from governance.models import (
     ModelVersion,
     RecalibrationJob,
@@ -271,10 +271,8 @@ def run_job(store: Store, job_id: int, *, min_labels: int) -> RecalibrationJob:
 
 
 def _job(session: Session, job_id: int) -> RecalibrationJob:
-    job = session.get(RecalibrationJob, job_id)
-    if job is None:
-        raise NotFound(f"no recalibration job {job_id} (see: cxr-triage recalibrate list)")
-    return job
+    missing = f"no recalibration job {job_id} (see: cxr-triage recalibrate list)"
+    return get_row(session, RecalibrationJob, job_id, missing)
 
 
 def decide(

@@ -1,9 +1,9 @@
 """Studies that need another try: listing them for people, and queueing them again.
 
 A person retries a study with ``cxr-triage study retry``: :func:`prepare_retry` marks the
-studies queued (their reconciler attempts start again) and writes one audit event, and the
-caller sends the Celery messages once that has committed. The automatic reconciler lives in
-:mod:`governance.reconciler`.
+studies queued (their reconciler attempts and unfinished task runs count from zero again) and
+writes one audit event, and the caller sends the Celery messages once that has committed. The
+automatic reconciler lives in :mod:`governance.reconciler`.
 """
 
 from __future__ import annotations
@@ -22,15 +22,7 @@ from governance.models import Study, StudyStatus, utcnow
 #: The most studies one retry or listing handles (a person runs it again for more).
 MAX_STUDIES = 1000
 
-ALL_STATUSES = (
-    StudyStatus.RECEIVED,
-    StudyStatus.QUEUED,
-    StudyStatus.TRIAGING,
-    StudyStatus.TRIAGED,
-    StudyStatus.NO_FRONTAL,
-    StudyStatus.NO_MODEL,
-    StudyStatus.FAILED,
-)
+ALL_STATUSES = tuple(StudyStatus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +126,9 @@ def prepare_retry(
     previous: dict[str, int] = {}
     for study in studies:
         previous[study.status] = previous.get(study.status, 0) + 1
+        # A person's retry starts both counts again (governance.reconciler says why two).
         study.reconcile_attempts = 0
+        study.deliveries = 0
     uids = [study.study_instance_uid for study in studies]
     triage_results.mark_queued(session, uids, utcnow())
     audit.record(

@@ -19,6 +19,15 @@ Each requeue counts in ``studies.reconcile_attempts`` and the next waits twice a
 without being triaged is parked as ``failed`` with the reason, for a person to look at and
 retry (``cxr-triage study retry``, which starts the count again). A triage resets the count.
 Studies whose every file was pruned by spool retention are never queued again.
+
+Two counters, two questions. ``studies.deliveries`` (the worker's poison guard,
+``CXR_MAX_DELIVERIES``) counts runs of the triage task that started and never finished: each
+one took its worker down. ``studies.reconcile_attempts`` counts requeues by this module: each
+is a message presumed lost, or a failure whose cause may be gone. A requeue whose run dies
+counts once in each, as it is both; neither resets the other, so a study that keeps killing
+workers is parked by the guard even while it is being requeued here. A study the guard parked
+(``failed`` with unfinished runs) is never requeued automatically, since another run would
+take another worker down: only a person's retry, which starts both counts again.
 """
 
 from __future__ import annotations
@@ -133,7 +142,11 @@ def reconcile(
         pending_for(model.id),  # type: ignore[arg-type]
     )
     triaging = and_(Study.status == StudyStatus.TRIAGING, last_touched)
-    failed = and_(Study.status == StudyStatus.FAILED, pending_for(model.id))  # type: ignore[arg-type]
+    failed = and_(
+        Study.status == StudyStatus.FAILED,
+        Study.deliveries == 0,  # parked by the worker's poison guard: a person's turn
+        pending_for(model.id),  # type: ignore[arg-type]
+    )
     candidates = session.scalars(
         select(Study)
         .where(or_(waiting, new_instance, triaging, failed))

@@ -6,10 +6,10 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from governance.errors import InstanceConflict
+from governance.errors import InstanceConflict, NotFound
 from governance.models import Instance, Study, StudyStatus, utcnow
 from governance.text import clip
 
@@ -86,7 +86,7 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
                 f"SOP Instance {item.sop_instance_uid} is already stored in study "
                 f"{owner.study_instance_uid}"
             )
-    study = session.scalar(select(Study).where(Study.study_instance_uid == item.study_instance_uid))
+    study = find_study(session, item.study_instance_uid)
     if study is None:
         study = Study(
             study_instance_uid=item.study_instance_uid,
@@ -136,32 +136,19 @@ def record_instance(session: Session, item: ReceivedInstance) -> tuple[Instance,
     return instance, replaced
 
 
-def studies_awaiting_queue(
-    session: Session, older_than: dt.datetime, *, stale_before: dt.datetime | None = None
-) -> list[str]:
-    """Studies to hand to the broker (again).
-
-    - those with an instance newer than their last queueing, last received before
-      ``older_than``: received while the broker was down, or before a crash;
-    - with ``stale_before``, those queued before it and still waiting or being triaged: their
-      message may have died with a worker (the embedded filesystem broker cannot redeliver an
-      unacknowledged message); and those that found no active model then, so that they are
-      triaged once one is activated. Triage is idempotent, so queueing one twice costs little.
+def studies_awaiting_queue(session: Session, older_than: dt.datetime) -> list[str]:
+    """Studies to hand to the broker: those with an instance newer than their last queueing,
+    last received before ``older_than`` (received while the broker was down, or before a
+    crash). Messages lost after queueing are the reconciler's (:mod:`governance.reconciler`).
     """
-    conditions = [
-        and_(
-            or_(Study.queued_at.is_(None), Study.queued_at < Study.last_received_at),
-            Study.last_received_at <= older_than,
-        )
-    ]
-    if stale_before is not None:
-        conditions.append(
-            and_(
-                Study.status.in_([StudyStatus.QUEUED, StudyStatus.TRIAGING, StudyStatus.NO_MODEL]),
-                Study.queued_at < stale_before,
+    return list(
+        session.scalars(
+            select(Study.study_instance_uid).where(
+                or_(Study.queued_at.is_(None), Study.queued_at < Study.last_received_at),
+                Study.last_received_at <= older_than,
             )
         )
-    return list(session.scalars(select(Study.study_instance_uid).where(or_(*conditions))))
+    )
 
 
 def note_delivery(session: Session, study_uid: str) -> int | None:
@@ -169,7 +156,7 @@ def note_delivery(session: Session, study_uid: str) -> int | None:
 
     None when the study is not in the store.
     """
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    study = find_study(session, study_uid)
     if study is None:
         return None
     study.deliveries = (study.deliveries or 0) + 1
@@ -178,6 +165,25 @@ def note_delivery(session: Session, study_uid: str) -> int | None:
 
 def finish_delivery(session: Session, study_uid: str) -> None:
     """The task finished (whatever its outcome): its deliveries no longer count."""
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    study = find_study(session, study_uid)
     if study is not None:
         study.deliveries = 0
+
+
+def find_study(session: Session, study_uid: str) -> Study | None:
+    """The study with this Study Instance UID, or None."""
+    return session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+
+
+def get_study(session: Session, study_uid: str) -> Study:
+    """The study with this Study Instance UID.
+
+    Raises
+    ------
+    NotFound
+        The store has no such study (``no study UID``: the web answers 404 with it).
+    """
+    study = find_study(session, study_uid)
+    if study is None:
+        raise NotFound(f"no study {study_uid}")
+    return study

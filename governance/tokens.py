@@ -250,50 +250,60 @@ def record_authenticated(
     )
 
 
-def record_refusal(
-    session: Session,
-    *,
-    reason: str,
-    route: str,
-    method: str,
-    token_prefix: str | None,
-    actor: str | None = None,
-    role: str | None = None,
-    required: tuple[str, ...] = (),
-    actor_address: str | None = None,
-    count: int = 1,
-) -> None:
-    """Audit a refused request (DICOM 110113 Security Alert): no token, a bad one, wrong role.
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refused request as it is audited (DICOM 110113 Security Alert).
 
-    Parameters
+    Attributes
     ----------
     reason
         Why: ``no token``, ``unknown token``, ``revoked token``, ``role``, ``csrf``.
     route
         The route template (``/api/studies/{study_instance_uid}``), not the path.
+    method
+        The HTTP method.
     token_prefix
         The prefix of the token presented (never the token), or None when there was none.
     actor
-        The token's name when it is known, else ``anonymous``.
-    count
-        Refusals from this address that this event stands for (refusals are audited at most
-        once a minute per address; the detail names the latest).
+        The token's name when it is known, else None (audited as ``anonymous``).
+    role
+        The token's role when it was valid.
+    required
+        The roles the route needs.
+    """
+
+    reason: str
+    route: str
+    method: str
+    token_prefix: str | None
+    actor: str | None = None
+    role: str | None = None
+    required: tuple[str, ...] = ()
+
+
+def record_refusal(
+    session: Session, refusal: Refusal, *, actor_address: str | None = None, count: int = 1
+) -> None:
+    """Audit a refused request: no token, a bad one, wrong role.
+
+    ``count`` is how many refusals from this address the event stands for (refusals are
+    audited at most once a minute per address; the detail names the latest).
     """
     audit.record(
         session,
-        actor=actor or "anonymous",
+        actor=refusal.actor or "anonymous",
         actor_address=actor_address,
         action=audit.Action.TOKEN_REFUSED,
         object_type="route",
-        object_uid=route[:128],
+        object_uid=refusal.route[:128],
         outcome=audit.Outcome.REFUSED,
         detail={
-            "reason": reason,
-            "method": method,
-            "route": route,
-            "role": role,
-            "required_roles": list(required),
-            "token_prefix": token_prefix or "none",
+            "reason": refusal.reason,
+            "method": refusal.method,
+            "route": refusal.route,
+            "role": refusal.role,
+            "required_roles": list(refusal.required),
+            "token_prefix": refusal.token_prefix or "none",
             "count": count,
         },
     )

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from governance import audit
 from governance.actions import effective_priority
-from governance.errors import NotFound
+from governance.db import get_row
 from governance.events import emit_study_triaged
 from governance.models import (
     ImageInference,
@@ -39,6 +39,7 @@ from governance.monitoring.features import InputFeatures, record_image_features
 from governance.policies import policy_in_force
 from governance.recalibration import policy_probability
 from governance.registry import active_model
+from governance.studies import find_study, get_study
 from governance.text import clip
 
 logger = logging.getLogger(__name__)
@@ -219,9 +220,7 @@ def plan(session: Session, study_uid: str) -> TriagePlan:
     NotFound
         The study is not in the store.
     """
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-    if study is None:
-        raise NotFound(f"no study {study_uid} in the store")
+    study = get_study(session, study_uid)
     model = active_model(session)
     if model is None:
         return TriagePlan(study.id, None, [], None)
@@ -295,7 +294,7 @@ def up_to_date(session: Session, study_id: int, model_id: int) -> None:
 
 def fail(session: Session, study_uid: str, reason: str) -> None:
     """Park a study as failed with its reason (no patient identifiers), for a person to retry."""
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    study = find_study(session, study_uid)
     if study is None:
         return
     newly_failed = study.status != StudyStatus.FAILED
@@ -356,9 +355,7 @@ def record(
     NotFound
         The study vanished during triage.
     """
-    study = session.get(Study, study_id)
-    if study is None:
-        raise NotFound("study vanished during triage")
+    study = get_row(session, Study, study_id, "study vanished during triage")
     _add_image_inferences(session, model, scores)
     record_image_features(
         session,

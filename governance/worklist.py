@@ -22,6 +22,7 @@ from governance.models import (
 )
 from governance.policies import policy_in_force
 from governance.registry import active_model
+from governance.studies import find_study
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -340,7 +341,7 @@ def scored_image_path(session: Session, study_uid: str) -> str:
     NotFound
         No such study, or it has no scored image.
     """
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    study = find_study(session, study_uid)
     result = session.get(StudyInference, study.result_id) if study and study.result_id else None
     if study is None or result is None:
         raise NotFound(f"study {study_uid} has no scored image")

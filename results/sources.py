@@ -15,6 +15,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from governance.db import get_row
 from governance.errors import NotFound
 from governance.models import (
     DeliveryKind,
@@ -48,9 +49,7 @@ def report_input(session: Session, event_id: int, destination: str) -> ReportInp
     NotFound
         The event is gone, or none of the study's source files can be read any more.
     """
-    event = session.get(TriageEvent, event_id)
-    if event is None:
-        raise NotFound(f"no triage event {event_id}")
+    event = get_row(session, TriageEvent, event_id, f"no triage event {event_id}")
     operating_point = None
     if event.study_inference_id is not None:
         inference = session.get(StudyInference, event.study_inference_id)

@@ -3,6 +3,8 @@
 Store tests run on both backends: ``store`` is parametrized over ``sqlite`` and ``postgresql``
 and gives each test a freshly migrated database of its own. PostgreSQL is the real server on
 127.0.0.1:5432 (``.ci/run`` starts it); ``CXR_TEST_PG_URL`` points elsewhere.
+``CXR_TEST_BACKENDS=sqlite`` narrows them to one backend: the Python 3.13 base-install job, whose
+store tests repeat the full suite's (there one backend proves the install; the suite runs both).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ pytest_plugins = ["tests.synthdata", "tests.peers", "tests.services"]
 
 PG_ADMIN_URL = os.environ.get("CXR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CXR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+_backends = os.environ.get("CXR_TEST_BACKENDS", "sqlite,postgresql")
+BACKENDS = [b.strip() for b in _backends.split(",") if b.strip()]
+if not BACKENDS or set(BACKENDS) - {"sqlite", "postgresql"}:
+    raise pytest.UsageError(f"CXR_TEST_BACKENDS names sqlite and/or postgresql, not {BACKENDS!r}")
 
 
 def free_port() -> int:
@@ -97,9 +103,9 @@ def make_database_url(tmp_path: Path, pg_databases: PgDatabases) -> Callable[[st
     return make
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, make_database_url: Callable[[str], str]) -> str:
-    """A fresh, migrated store URL; every test that uses it runs on both backends."""
+    """A fresh, migrated store URL; every test that uses it runs on both backends (see BACKENDS)."""
     return make_database_url(request.param)
 
 

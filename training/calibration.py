@@ -89,8 +89,8 @@ def prior_shift_offset(source_prevalence: float, target_prevalence: float) -> fl
     return logit(target_prevalence) - logit(source_prevalence)
 
 
-def pos_weight_offset(pos_weight: float) -> float:
-    """The logit offset that undoes BCEWithLogitsLoss's ``pos_weight`` (``-log w``).
+def checked_pos_weight(pos_weight: float) -> float:
+    """``pos_weight`` (BCEWithLogitsLoss's weight of the positive class), once it is positive.
 
     Raises
     ------
@@ -99,7 +99,13 @@ def pos_weight_offset(pos_weight: float) -> float:
     """
     if not pos_weight > 0:
         raise ValueError(f"pos_weight must be positive, got {pos_weight}")
-    return -math.log(pos_weight)
+    return pos_weight
+
+
+def pos_weight_offset(pos_weight: float) -> float:
+    """The logit offset that undoes BCEWithLogitsLoss's ``pos_weight`` (``-log w``); a weight
+    that is not positive raises ``ValueError`` (:func:`checked_pos_weight`)."""
+    return -math.log(checked_pos_weight(pos_weight))
 
 
 def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

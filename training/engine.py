@@ -24,6 +24,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm import tqdm
 
+from training.calibration import checked_pos_weight
+
 logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -257,16 +259,10 @@ def evaluate(
 
 
 def make_criterion(pos_weight: float, device: torch.device) -> nn.BCEWithLogitsLoss:
-    """BCEWithLogitsLoss with ``pos_weight`` on ``device``, where every loss is computed.
-
-    Raises
-    ------
-    ValueError
-        ``pos_weight`` is not positive.
-    """
-    if not pos_weight > 0:
-        raise ValueError(f"pos_weight must be positive, got {pos_weight}")
-    return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
+    """BCEWithLogitsLoss with ``pos_weight`` on ``device``, where every loss is computed; a
+    weight that is not positive raises ``ValueError`` (:func:`checked_pos_weight`)."""
+    weight = torch.tensor(checked_pos_weight(pos_weight), device=device)
+    return nn.BCEWithLogitsLoss(pos_weight=weight)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from torch import nn
 
 from governance.db import Store
 from governance.errors import ConfigError, ModelIntegrityError, TriageError
+from governance.jsonsafe import json_safe
 from governance.models import ModelVersion
 from governance.policies import set_policy
 from governance.registry import (
@@ -154,21 +155,6 @@ def reference_distribution(
         "counts": counts.astype(int).tolist(),
         "quantiles": [float(q) for q in np.percentile(p, np.arange(0, 101, 5))],
     }
-
-
-def json_safe(value: Any) -> Any:
-    """NaN and infinities to None (PostgreSQL's JSON refuses them), numpy scalars to Python."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def register_version(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,18 +19,14 @@ from governance import deliveries
 from governance.db import Store
 from governance.errors import NoActiveModel, NotFound, TriageError
 from governance.models import ApiToken, ModelVersion, Role, ThresholdPolicy
-from governance.policies import (
-    list_policies,
-    policy_in_force,
-    recorded_operating_point,
-    set_policy,
-)
+from governance.policies import list_policies, policy_in_force, set_policy_at_point
 from governance.registry import activate_model, active_model, get_model, list_models
 from governance.registry import rollback_model as rollback_registry
 from governance.tokens import Identity, create_token, list_tokens, revoke_token
 from web.auth import RequireRole, client_address, refuse
-from web.deps import StoreDep, read_store
+from web.deps import StoreDep, http_errors, read_store
 from web.schemas import (
+    REFUSALS,
     ErrorOut,
     ModelOut,
     ModelsOut,
@@ -44,10 +40,6 @@ from web.schemas import (
 
 logger = logging.getLogger(__name__)
 
-REFUSALS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "No token, or one that is unknown or revoked."},
-    403: {"model": ErrorOut, "description": "The token's role may not do this."},
-}
 CONFLICT: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No such model version or token."},
     409: {"model": ErrorOut, "description": "Refused by the registry (e.g. no policy)."},
@@ -101,10 +93,8 @@ def _change(store: Store, work: Any) -> dict[str, Any]:
     """Run a registry change and answer with the models; registry refusals become 409."""
 
     def run(session: Session) -> dict[str, Any]:
-        try:
+        with http_errors((NoActiveModel, 409)):
             work(session)
-        except NoActiveModel as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
         session.flush()
         return _models(session)
 
@@ -140,10 +130,8 @@ def rollback(request: Request, store: StoreDep, identity: Admin) -> dict[str, An
     address = client_address(request)
 
     def work(session: Session) -> None:
-        try:
+        with http_errors((NotFound, 409)):
             rollback_registry(session, actor=identity.name, actor_address=address)
-        except NotFound as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
 
     return _change(store, work)
 
@@ -199,31 +187,17 @@ def get_policies(
 def post_policy(store: StoreDep, identity: Admin, body: PolicyIn) -> PolicyOut:
     def work(session: Session) -> PolicyOut:
         model = get_model(session, body.model_version)
-        recorded = recorded_operating_point(model, body.operating_point)
-        tau = body.tau
-        if tau is None:
-            if "tau" not in recorded:
-                raise HTTPException(
-                    status_code=422,
-                    detail=f"model {model.version} has no recorded {body.operating_point!r} "
-                    "operating point; give tau",
-                )
-            tau = float(recorded["tau"])
-        try:
-            policy = set_policy(
+        with http_errors((ValueError, 422)):
+            policy = set_policy_at_point(
                 session,
                 model,
                 operating_point=body.operating_point,
-                tau=tau,
+                tau=body.tau,
                 rationale=body.rationale,
                 approved_by=body.approved_by,
-                target_metric=recorded.get("criterion"),
-                validation=recorded.get("validation", {}),
                 effective_from=body.effective_from,
                 actor=identity.name,
             )
-        except ValueError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from None
         return _policy_out(session, policy, {model.id: model.version})
 
     return store.run(work)
@@ -266,7 +240,7 @@ def post_token(
         )
 
     def work(session: Session) -> TokenCreatedOut:
-        try:
+        with http_errors((ValueError, 422), (TriageError, 409)):
             row, text = create_token(
                 session,
                 name=body.name,
@@ -274,10 +248,6 @@ def post_token(
                 created_by=identity.name,
                 actor_address=address,
             )
-        except ValueError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from None
-        except TriageError as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
         return TokenCreatedOut(**_token_out(row).model_dump(), token=text)
 
     return store.run(work)
@@ -298,12 +268,9 @@ def post_revoke(
     address = client_address(request)
 
     def work(session: Session) -> TokenOut:
-        try:
+        # NotFound passes on (404); another refusal is a token revoked already.
+        with http_errors((NotFound, 404), (TriageError, 409)):
             row = revoke_token(session, name, actor=identity.name, actor_address=address)
-        except NotFound:
-            raise
-        except TriageError as exc:  # revoked already
-            raise HTTPException(status_code=409, detail=str(exc)) from None
         return _token_out(row)
 
     return store.run(work)
@@ -319,10 +286,8 @@ def get_exports(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     with store.read() as session:
-        try:
+        with http_errors((ValueError, 422)):
             rows = deliveries.list_deliveries(session, state=state, limit=limit)
-        except ValueError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from None
         return [deliveries.delivery_dict(row) for row in rows]
 
 
@@ -337,10 +302,8 @@ def post_export_retry(
     delivery_id: Annotated[int, Path(description="The delivery's id.")],
 ) -> dict[str, Any]:
     def work(session: Session) -> dict[str, Any]:
-        try:
+        with http_errors((ValueError, 409)):
             row = deliveries.retry(session, delivery_id, actor=identity.name)
-        except ValueError as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
         return deliveries.delivery_dict(row)
 
     return store.run(work)

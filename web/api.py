@@ -26,8 +26,9 @@ from governance.db import Store
 from governance.models import Role
 from governance.tokens import Identity
 from web.auth import RequireRole, client_address
-from web.deps import StoreDep, get_settings, read_store
+from web.deps import StoreDep, get_settings, get_store, http_errors, read_store
 from web.schemas import (
+    REFUSALS,
     STUDY_STATUSES,
     ClearOverrideIn,
     ErrorOut,
@@ -43,10 +44,6 @@ logger = logging.getLogger(__name__)
 
 MAX_LIMIT = 5000
 
-REFUSALS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "No token, or one that is unknown or revoked."},
-    403: {"model": ErrorOut, "description": "The token's role may not do this."},
-}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No study with this UID."}
 }
@@ -225,11 +222,7 @@ def get_heatmap(
     png = _heatmap_png(settings, study_instance_uid, entry.get("model_version"))
     if png is None:
         raise HTTPException(status_code=404, detail="no heatmap for this study")
-    return Response(
-        png.read_bytes(),
-        media_type="image/png",
-        headers={"Cache-Control": "private, no-store, max-age=0"},
-    )
+    return _png_response(png.read_bytes())
 
 
 @router.get(
@@ -246,25 +239,36 @@ def get_thumbnail(
     path = read_store(
         store, lambda session: worklist_reads.scored_image_path(session, study_instance_uid)
     )
-    try:
+    with http_errors((ThumbnailError, 404)):
         png = render_thumbnail(path)
-    except ThumbnailError as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from None
+    return _png_response(png)
+
+
+def _png_response(png: bytes) -> Response:
+    """A PNG of a patient's image: kept by no cache, shared or private."""
     return Response(
         png, media_type="image/png", headers={"Cache-Control": "private, no-store, max-age=0"}
     )
 
 
 def _act(
-    request: Request, store: Store, uid: str, action: Callable[[Session], actions.ActionResult]
+    request: Request,
+    identity: Identity,
+    uid: str,
+    action: Callable[..., actions.ActionResult],
+    **fields: Any,
 ) -> dict[str, Any]:
+    """Run ``action(session, uid, actor=..., actor_address=..., **fields)``; the study after it.
+
+    A refused action (a bad value, a state it cannot leave) is answered 422 with its reason.
+    """
+    store = get_store(request)
     settings = get_settings(request)
+    address = client_address(request)
 
     def work(session: Session) -> dict[str, Any]:
-        try:
-            action(session)
-        except (ValueError, TypeError) as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from None
+        with http_errors(((ValueError, TypeError), 422)):
+            action(session, uid, actor=identity.name, actor_address=address, **fields)
         entry = worklist_reads.worklist_entry(session, uid, phi=settings.worklist_phi)
         return with_viewer_url(entry, settings)
 
@@ -278,17 +282,9 @@ def _act(
     summary="Acknowledge a study (the first acknowledgement stands)",
 )
 def acknowledge(
-    request: Request, store: StoreDep, identity: Radiologist, study_instance_uid: StudyUid
+    request: Request, identity: Radiologist, study_instance_uid: StudyUid
 ) -> dict[str, Any]:
-    address = client_address(request)
-    return _act(
-        request,
-        store,
-        study_instance_uid,
-        lambda s: actions.acknowledge(
-            s, study_instance_uid, actor=identity.name, actor_address=address
-        ),
-    )
+    return _act(request, identity, study_instance_uid, actions.acknowledge)
 
 
 @router.post(
@@ -298,25 +294,15 @@ def acknowledge(
     summary="Set a study's priority (upwards or downwards) with a reason; triage never changes it",
 )
 def override(
-    request: Request,
-    store: StoreDep,
-    identity: Radiologist,
-    study_instance_uid: StudyUid,
-    body: OverrideIn,
+    request: Request, identity: Radiologist, study_instance_uid: StudyUid, body: OverrideIn
 ) -> dict[str, Any]:
-    address = client_address(request)
     return _act(
         request,
-        store,
+        identity,
         study_instance_uid,
-        lambda s: actions.override(
-            s,
-            study_instance_uid,
-            priority=body.priority,
-            reason=body.reason,
-            actor=identity.name,
-            actor_address=address,
-        ),
+        actions.override,
+        priority=body.priority,
+        reason=body.reason,
     )
 
 
@@ -327,21 +313,9 @@ def override(
     summary="Hand a study's priority back to the model's flag, with a reason",
 )
 def clear_override(
-    request: Request,
-    store: StoreDep,
-    identity: Radiologist,
-    study_instance_uid: StudyUid,
-    body: ClearOverrideIn,
+    request: Request, identity: Radiologist, study_instance_uid: StudyUid, body: ClearOverrideIn
 ) -> dict[str, Any]:
-    address = client_address(request)
-    return _act(
-        request,
-        store,
-        study_instance_uid,
-        lambda s: actions.clear_override(
-            s, study_instance_uid, reason=body.reason, actor=identity.name, actor_address=address
-        ),
-    )
+    return _act(request, identity, study_instance_uid, actions.clear_override, reason=body.reason)
 
 
 @router.post(
@@ -351,22 +325,12 @@ def clear_override(
     summary="Record the final read (pneumonia yes/no): the ground truth monitoring uses",
 )
 def final_read(
-    request: Request,
-    store: StoreDep,
-    identity: Radiologist,
-    study_instance_uid: StudyUid,
-    body: FinalReadIn,
+    request: Request, identity: Radiologist, study_instance_uid: StudyUid, body: FinalReadIn
 ) -> dict[str, Any]:
-    address = client_address(request)
     return _act(
         request,
-        store,
+        identity,
         study_instance_uid,
-        lambda s: actions.record_final_read(
-            s,
-            study_instance_uid,
-            pneumonia=body.pneumonia,
-            actor=identity.name,
-            actor_address=address,
-        ),
+        actions.record_final_read,
+        pneumonia=body.pneumonia,
     )

@@ -33,6 +33,7 @@ from governance.db import Store
 from governance.errors import NotFound, StoreUnavailable
 from governance.web_sessions import SessionPolicy
 from web import admin, api, audit_api, health, login, metrics, monitoring, pages
+from web.auth import flush_refusals
 from web.throttle import AuthThrottle, RefusalAudit
 
 logger = logging.getLogger(__name__)
@@ -109,8 +110,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     the_store = Store.from_settings(settings) if store is None else store
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(the_app: FastAPI) -> AsyncIterator[None]:
         yield
+        flush_refusals(the_store, the_app.state.refusal_audit)
         if owned:
             the_store.dispose()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.orm import Session
 
 from governance import audit
@@ -21,17 +21,13 @@ from governance.errors import ConfigError
 from governance.models import Role
 from governance.tokens import Identity
 from web.auth import RequireRole, client_address
-from web.deps import StoreDep, read_store
-from web.schemas import AuditEventOut, AuditVerifyOut, ErrorOut
+from web.deps import StoreDep, http_errors, read_store
+from web.schemas import REFUSALS, AuditEventOut, AuditVerifyOut
 
 logger = logging.getLogger(__name__)
 
 MAX_LIMIT = 5000
 
-REFUSALS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "No token, or one that is unknown or revoked."},
-    403: {"model": ErrorOut, "description": "The token's role may not do this."},
-}
 
 router = APIRouter(prefix="/api/audit", tags=["auditor"], responses=REFUSALS)
 
@@ -108,7 +104,7 @@ def get_audit(
         Query(ge=1, le=2**31 - 1, description="Paging: only events older than this id."),
     ] = None,
 ) -> list[AuditRecord]:
-    try:
+    with http_errors((ValueError, 422)):
         query = AuditQuery(
             since=parse_time(since) if since else None,
             until=parse_time(until) if until else None,
@@ -121,8 +117,6 @@ def get_audit(
             limit=limit,
             newest_first=True,
         )
-    except ValueError as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from None
     events = read_store(store, lambda session: query_events(session, query))
     _note_use(
         store, identity, request, "query", {"filters": query.as_detail(), "returned": len(events)}
@@ -157,17 +151,13 @@ def get_verify(
     anchored: list[tuple[int, str]] = []
     if anchors:
         path = request.app.state.settings.anchor_path
-        try:
+        with http_errors((ConfigError, 409)):
             anchored = read_anchors(path) if path.exists() else []
-        except ConfigError as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
-    try:
+    with http_errors((ValueError, 422)):
         result = read_store(
             store,
             lambda session: verify_chain(session, expect_head=expect_head, anchors=anchored),
         )
-    except ValueError as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from None
     summary = result.to_dict()
     _note_use(
         store,

@@ -23,9 +23,10 @@ from urllib.parse import urlencode
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
 from governance.db import Store
-from governance.tokens import Identity, authenticate, record_refusal
+from governance.tokens import Identity, Refusal, authenticate, record_refusal
 from governance.web_sessions import SessionPolicy, authenticate_session
 from web.deps import StoreDep
 from web.throttle import AuthThrottle, RefusalAudit
@@ -127,13 +128,15 @@ def refuse(
     audited = audit_refusal(
         store,
         request,
-        reason=reason,
-        route=route,
-        method=method or request.method,
-        token_prefix=token_prefix,
-        actor=identity.name if identity else name,
-        role=identity.role if identity else None,
-        required=roles,
+        Refusal(
+            reason=reason,
+            route=route,
+            method=method or request.method,
+            token_prefix=token_prefix,
+            actor=identity.name if identity else name,
+            role=identity.role if identity else None,
+            required=roles,
+        ),
     )
     # Logged like the audit: once a minute per address, the rest only at debug level.
     logger.log(
@@ -148,18 +151,7 @@ def refuse(
     return HTTPException(status_code=status_code, detail=message, headers=headers)
 
 
-def audit_refusal(
-    store: Store,
-    request: Request,
-    *,
-    reason: str,
-    route: str,
-    method: str,
-    token_prefix: str | None,
-    actor: str | None = None,
-    role: str | None = None,
-    required: tuple[str, ...] = (),
-) -> int:
+def audit_refusal(store: Store, request: Request, refusal: Refusal) -> int:
     """Audit a refusal unless this address had one audited in the last minute (then it is
     counted into the next event), so a flood adds at most one row a minute per address.
 
@@ -167,29 +159,39 @@ def audit_refusal(
     """
     address = client_address(request)
     aggregate: RefusalAudit = request.app.state.refusal_audit
-    count = aggregate.note(address)
+    count = aggregate.note(address, refusal)
     if not count:
         return 0
     try:
         store.run(
-            lambda session: record_refusal(
-                session,
-                reason=reason,
-                route=route,
-                method=method,
-                token_prefix=token_prefix,
-                actor=actor,
-                role=role,
-                required=required,
-                actor_address=address,
-                count=count,
-            ),
+            lambda session: record_refusal(session, refusal, actor_address=address, count=count),
             attempts=3,  # the request fails anyway when the store is down: answer it soon
         )
     except Exception:
-        aggregate.restore(address, count)  # counted into the next event instead
+        aggregate.restore(address, count, refusal)  # counted into the next event instead
         raise
     return count
+
+
+def flush_refusals(store: Store, aggregate: RefusalAudit) -> int:
+    """Audit the refusals ``aggregate`` still holds back (the web is stopping): one event per
+    address, naming the latest refusal and counting all. Returns how many refusals; a store
+    that is down loses them, with a log line saying how many."""
+    held = aggregate.drain()
+    if not held:
+        return 0
+
+    def work(session: Session) -> None:
+        for address, refusal, count in held:
+            record_refusal(session, refusal, actor_address=address, count=count)
+
+    total = sum(count for _, _, count in held)
+    try:
+        store.run(work, attempts=3)
+    except Exception:
+        logger.exception("could not audit %d held-back refusal(s) at shutdown", total)
+        return 0
+    return total
 
 
 def session_policy(request: Request) -> SessionPolicy:

@@ -1,12 +1,14 @@
-"""What route handlers share: the store of the application and retried reads from it."""
+"""What route handlers share: the store of the application, retried reads from it, and the
+HTTP answer to a refused change."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
 from cxr_triage.settings import Settings
@@ -43,3 +45,21 @@ def get_settings(request: Request) -> Settings:
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
+
+
+@contextmanager
+def http_errors(
+    *answers: tuple[type[Exception] | tuple[type[Exception], ...], int],
+) -> Iterator[None]:
+    """Answer an error raised in the block with its message and the status of the first
+    ``(error classes, status)`` pair that names its class; any other error passes through.
+
+    ``with http_errors((ValueError, 422), (TriageError, 409)): ...``
+    """
+    try:
+        yield
+    except Exception as exc:
+        for errors, status in answers:
+            if isinstance(exc, errors):
+                raise HTTPException(status_code=status, detail=str(exc)) from None
+        raise

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from governance import audit
 from governance.db import Store
-from governance.tokens import Identity, check_token, record_authenticated
+from governance.tokens import Identity, Refusal, check_token, record_authenticated
 from governance.web_sessions import end_session, start_session
 from web.auth import (
     CSRF_COOKIE,
@@ -92,7 +92,9 @@ def _refusal(
     address = client_address(request)
     path = request.url.path
     audited = audit_refusal(
-        store, request, reason=reason, route=path, method="POST", token_prefix=prefix, actor=name
+        store,
+        request,
+        Refusal(reason=reason, route=path, method="POST", token_prefix=prefix, actor=name),
     )
     logger.log(
         logging.WARNING if audited else logging.DEBUG,

@@ -11,18 +11,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from governance.db import Store
 from governance.errors import NotFound, TriageError
 from governance.models import Role
 from governance.monitoring.overview import overview
 from governance.recalibration import decide
 from governance.tokens import Identity
 from web.auth import RequireRole, authorize, login_url
-from web.deps import get_store, read_store
+from web.deps import StoreDep, http_errors, read_store
 from web.pages import error_page, render
 
 router = APIRouter(tags=["monitoring"])
-StoreDep = Annotated[Store, Depends(get_store)]
 Admin = Annotated[Identity, Depends(RequireRole(Role.ADMIN))]
 
 
@@ -49,12 +47,9 @@ def decide_job(
         )
         return {"id": job.id, "state": job.state, "new_policy_id": job.new_policy_id}
 
-    try:
-        return store.run(work)
-    except NotFound as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from None
-    except TriageError as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from None
+    with http_errors((NotFound, 404), (TriageError, 409)):
+        decided: dict[str, Any] = store.run(work)
+    return decided
 
 
 @router.get("/monitoring", response_class=HTMLResponse, include_in_schema=False)

@@ -26,21 +26,20 @@ Timestamp = Annotated[
 ]
 
 # Every state a study can be in, in the order a study goes through them.
-STUDY_STATUSES = (
-    StudyStatus.RECEIVED,
-    StudyStatus.QUEUED,
-    StudyStatus.TRIAGING,
-    StudyStatus.TRIAGED,
-    StudyStatus.NO_FRONTAL,
-    StudyStatus.NO_MODEL,
-    StudyStatus.FAILED,
-)
+STUDY_STATUSES = tuple(StudyStatus)
 
 
 class ErrorOut(BaseModel):
     """An error meant for a person: one line, no traceback."""
 
     detail: str = Field(description="What went wrong, in one line.")
+
+
+# What every token-guarded route may answer before it runs (``web.auth``), for OpenAPI.
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No token, or one that is unknown or revoked."},
+    403: {"model": ErrorOut, "description": "The token's role may not do this."},
+}
 
 
 Priority = Literal["priority", "routine"]

@@ -4,7 +4,8 @@ Whoever sends wrong tokens or floods ``/login`` must neither fill the audit trai
 can never be deleted) nor keep the store busy. :class:`AuthThrottle` counts login attempts and
 refused requests per client address in a sliding minute; past ``limit`` the address is answered
 429 until its count falls. :class:`RefusalAudit` lets at most one refusal event per address per
-minute reach the trail, carrying how many refusals it stands for.
+minute reach the trail, carrying how many refusals it stands for; what it still holds back
+when the web stops is written then (:meth:`RefusalAudit.drain`).
 
 Both keep at most ``max_addresses`` addresses (the least recently seen are forgotten), so a
 spray of source addresses cannot grow them without bound. State is per process: with several
@@ -17,6 +18,8 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+
+from governance.tokens import Refusal
 
 WINDOW_S = 60.0
 MAX_ADDRESSES = 10_000
@@ -93,28 +96,43 @@ class RefusalAudit:
         self.max_addresses = max_addresses
         self._clock = clock
         self._lock = threading.Lock()
-        # address -> (time of its last audited refusal, refusals since then)
-        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        # address -> (time of its last audited refusal, refusals since then, the latest of them)
+        self._seen: OrderedDict[str, tuple[float, int, Refusal | None]] = OrderedDict()
 
-    def note(self, address: str | None) -> int:
-        """Count a refusal; the number to audit now (this one and those held back), or 0."""
+    def note(self, address: str | None, refusal: Refusal | None = None) -> int:
+        """Count a refusal; the number to audit now (this one and those held back), or 0.
+
+        ``refusal`` is kept while it is held back, for the event :meth:`drain` hands out.
+        """
         key = address or "-"
         with self._lock:
             now = self._clock()
-            last, held = self._seen.pop(key, (float("-inf"), 0))
+            last, held, _ = self._seen.pop(key, (float("-inf"), 0, None))
             if now - last >= self.interval_s:
-                self._seen[key] = (now, 0)
+                self._seen[key] = (now, 0, None)
                 count = held + 1
             else:
-                self._seen[key] = (last, held + 1)
+                self._seen[key] = (last, held + 1, refusal)
                 count = 0
             while len(self._seen) > self.max_addresses:
                 self._seen.popitem(last=False)
             return count
 
-    def restore(self, address: str | None, count: int) -> None:
+    def restore(self, address: str | None, count: int, refusal: Refusal | None = None) -> None:
         """The event for ``count`` refusals was not written (store down): audit them next time."""
         key = address or "-"
         with self._lock:
-            _last, held = self._seen.pop(key, (float("-inf"), 0))
-            self._seen[key] = (float("-inf"), held + count)
+            _last, held, latest = self._seen.pop(key, (float("-inf"), 0, None))
+            self._seen[key] = (float("-inf"), held + count, latest or refusal)
+
+    def drain(self) -> list[tuple[str | None, Refusal, int]]:
+        """The refusals held back and not audited yet (at shutdown), forgotten here: per address,
+        the latest refusal and how many it stands for."""
+        with self._lock:
+            held = [
+                (None if key == "-" else key, latest, count)
+                for key, (_last, count, latest) in self._seen.items()
+                if count and latest is not None
+            ]
+            self._seen.clear()
+        return held

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, Subquery, and_, func, select
 from sqlalchemy.orm import Session
 
 from governance.models import DriftBaseline, ImageFeature, ModelVersion, StudyInference
@@ -59,12 +59,7 @@ def baseline_span(session: Session, model: ModelVersion, *, size: int) -> Span |
         .limit(size)
         .subquery()
     )
-    start, end, n = session.execute(
-        select(func.min(first.c.finished_at), func.max(first.c.finished_at), func.count())
-    ).one()
-    if not n:
-        return None
-    return Span(model.id, start, end, int(n), f"first {size} studies")
+    return _span(session, model, first, f"first {size} studies")
 
 
 def window_span(
@@ -92,12 +87,17 @@ def window_span(
         .limit(size)
         .subquery()
     )
+    return _span(session, model, last, f"last {size} studies or {days:g} days")
+
+
+def _span(session: Session, model: ModelVersion, chosen: Subquery, label: str) -> Span | None:
+    """The span of the ``finished_at`` times ``chosen`` selected, or None when it is empty."""
     start, end, n = session.execute(
-        select(func.min(last.c.finished_at), func.max(last.c.finished_at), func.count())
+        select(func.min(chosen.c.finished_at), func.max(chosen.c.finished_at), func.count())
     ).one()
     if not n:
         return None
-    return Span(model.id, start, end, int(n), f"last {size} studies or {days:g} days")
+    return Span(model.id, start, end, int(n), label)
 
 
 def _in_span(span: Span) -> ColumnElement[bool]:

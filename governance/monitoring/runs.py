@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from governance import audit
 from governance.db import Store
 from governance.errors import NoActiveModel
+from governance.jsonsafe import json_safe
 from governance.models import DriftBaseline, DriftRun, ModelVersion, utcnow
 from governance.monitoring import queries
 from governance.monitoring.drift import (
@@ -179,8 +180,8 @@ def run_drift(
             flag_rate=report.flag_rate if report is not None else None,
             expected_flag_rate=report.expected_flag_rate if report is not None else None,
             alerted=bool(report is not None and report.alerts),
-            inputs=_json(inputs),
-            results=_json(results),
+            inputs=json_safe(inputs),
+            results=json_safe(results),
         )
         session.add(run)
         session.flush()
@@ -217,24 +218,6 @@ def run_drift(
     elif report is not None and report.status == TOO_FEW:
         logger.info("drift run %s: too few studies (%d)", key, report.n_studies)
     return run
-
-
-def _json(value: Any) -> Any:
-    """Plain JSON types (numpy numbers become floats; NaN and infinities become None)."""
-    if isinstance(value, dict):
-        return {str(k): _json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json(value.tolist())
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        number = float(value)
-        return number if np.isfinite(number) else None
-    return value
 
 
 def latest_runs(session: Session, model_version_id: int, limit: int = 50) -> list[DriftRun]:

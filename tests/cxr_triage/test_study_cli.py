@@ -16,7 +16,7 @@ from cxr_triage.cli import main
 from cxr_triage.settings import get_settings
 from governance.audit import Action
 from governance.db import Store
-from governance.models import AuditEvent, Study, StudyStatus
+from governance.models import HMAC_SCHEME, AuditEvent, Study, StudyStatus
 from governance.studies import ReceivedInstance, record_instance
 from tests.conftest import REDIS_URL
 from tests.dicom_gateway.inspection import RedisQueue
@@ -119,6 +119,7 @@ def test_list_shows_failed_studies_and_retry_queues_them_once_audited(
             select(AuditEvent).where(AuditEvent.action == Action.STUDIES_REQUEUED)
         )
         assert event.actor.startswith("cli:") and event.detail["count"] == 2
+        assert event.hash_scheme == HMAC_SCHEME  # keyed like every service's events
         assert event.detail["previous_status"] == {"failed": 2}
     again = run_cli("study", "retry", "--failed", env=env)
     assert again.returncode == 0 and "no failed studies" in again.stdout

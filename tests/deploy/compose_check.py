@@ -115,6 +115,7 @@ def check_services(doc: Mapping[str, Any]) -> list[str]:
             if key.startswith("CXR_") and key not in settings
         ]
         kind = str(command[0]) if command else ""
+        kind = {"results-worker": "worker"}.get(kind, kind)  # a Celery worker: pinged alike
         if kind in {"gateway", "worker", "web", "beat"}:
             if test[:2] != ["CMD", "cxr-healthcheck"] or test[2:3] != [kind]:
                 problems.append(f"{name}: health check must be `cxr-healthcheck {kind}`")
@@ -330,7 +331,7 @@ def check_orthanc(doc: Mapping[str, Any], root: Path) -> list[str]:
 
 # The Dockerfile's runtime targets and which services run each: a slim image without torch for
 # everything that never imports it (DESIGN.md), the worker image with PyTorch for the workers.
-SLIM_ROLES = {"gateway", "web", "db", "beat", "model", "policy", "token", "audit"}
+SLIM_ROLES = {"gateway", "web", "db", "beat", "model", "policy", "token", "audit", "results-worker"}
 WORKER_ROLES = {"worker"}
 TARGET_OF_ROLE = {**{r: "slim" for r in SLIM_ROLES}, **{r: "worker" for r in WORKER_ROLES}}
 
@@ -386,6 +387,17 @@ def check_targets(doc: Mapping[str, Any], dockerfile: str) -> list[str]:
             problems.append(
                 f"{name}: `cxr-triage {kind}` must run the {wanted!r} image, not {target!r}"
             )
+        # A new named volume takes the owner of the folder it is mounted on from the image: one
+        # the image does not create belongs to root, and the non-root services cannot write it.
+        made = set(re.findall(r"/var/lib/cxr-triage/[\w-]+", stages.get(target, "")))
+        for source, mounted_at, _ in mounts(service):
+            if source.startswith((".", "/", "~")) or not mounted_at.startswith("/var/lib/"):
+                continue
+            if mounted_at not in made:
+                problems.append(
+                    f"{name}: volume {source!r} is mounted at {mounted_at}, which the {target} "
+                    "image does not create for its user (a new volume would belong to root)"
+                )
         image = str(service.get("image", ""))
         if image in images and images[image][0] != target:
             problems.append(

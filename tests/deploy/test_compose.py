@@ -77,12 +77,26 @@ def test_the_stack_has_the_services_and_profiles_the_issue_asks_for() -> None:
     } <= set(services)
     assert services["worker"]["profiles"] == ["gpu"]
     assert services["worker-cpu"]["profiles"] == ["cpu"]
+    # The results worker: its own profile, the slim image, the spool and heatmaps read-only, the
+    # workers' heatmaps on a volume they share, and a destinations file that exists.
+    results = services["results-worker"]
+    assert results["profiles"] == ["results"]
+    assert results["command"][0] == "results-worker"
+    assert results["environment"]["CXR_RESULTS_CONFIG"] == "/etc/cxr-triage/results.toml"
+    assert "spool:/var/lib/cxr-triage/spool:ro" in results["volumes"]
+    assert "heatmaps:/var/lib/cxr-triage/heatmaps:ro" in results["volumes"]
+    assert "heatmaps:/var/lib/cxr-triage/heatmaps" in services["worker"]["volumes"]
+    config_file = results["volumes"][0].split(":")[0]
+    from results import config as results_config
+
+    pacs = results_config.load(ROOT / config_file).dicom[0]
+    assert (pacs.host, pacs.port, pacs.ae_title) == ("orthanc", 4242, "ORTHANC")
     assert services["orthanc"]["profiles"] == ["orthanc"]
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
     assert services["migrate"]["command"] == ["db", "upgrade"]
     # A slim image (no torch) for gateway, web and migrate; PyTorch only in the workers' image.
-    for name in ("migrate", "gateway", "web"):
+    for name in ("migrate", "gateway", "web", "results-worker"):
         assert services[name]["build"]["target"] == "slim"
     for name in ("worker", "worker-cpu"):
         assert services[name]["build"]["target"] == "worker"
@@ -262,6 +276,14 @@ BROKEN_COMPOSE = {
             "${TRIAGE_IMAGE:-cxr-triage:0.1.0}",
         ),
         "is also built from target",
+    ),
+    "a volume on a folder the image does not make": (
+        lambda t: replace_once(
+            t,
+            "      - results:/var/lib/cxr-triage/results\n",
+            "      - results:/var/lib/cxr-triage/out\n",
+        ),
+        "results-worker: volume 'results' is mounted at /var/lib/cxr-triage/out, which the slim",
     ),
     "Orthanc routes to another AE title": (
         lambda t: replace_once(

@@ -14,38 +14,18 @@ import pytest
 
 from cxr_triage.settings import Settings
 from governance.db import Store
-from governance.policies import set_policy
-from governance.registry import activate_model, register_model
-from tests.faults.harness import PgCluster, RedisServer, Unavailable
-
-INPUT_SIZE = 32
+from tests.faults.harness import (
+    PgCluster,
+    RedisServer,
+    Unavailable,
+    activate_model_file,
+    export_random_model,
+)
 
 
 @pytest.fixture(scope="session")
 def fault_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from worker.model import build_model, export_torchscript
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("fault-model") / "resnet50-32px.pt"
-    return export_torchscript(build_model(), INPUT_SIZE, path)
-
-
-def activate(store: Store, model_file: Path, version: str = "fault-v1") -> None:
-    def work(session):  # type: ignore[no-untyped-def]
-        model = register_model(session, version=version, path=model_file, input_size=INPUT_SIZE)
-        set_policy(
-            session,
-            model,
-            operating_point="balanced",
-            tau=0.5,
-            rationale="fault tests",
-            approved_by="pytest",
-        )
-        activate_model(session, version, actor="pytest")
-
-    store.run(work)
+    return export_random_model(tmp_path_factory.mktemp("fault-model"))
 
 
 @pytest.fixture
@@ -107,7 +87,7 @@ def fault_stack(
         upgrade(settings.database_url)
         store = Store.from_url(settings.database_url)
         stores.append(store)
-        activate(store, fault_model)
+        activate_model_file(store, fault_model, "fault-v1")
         return FaultStack(settings, store)
 
     yield make

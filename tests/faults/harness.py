@@ -29,6 +29,9 @@ from governance.models import AuditEvent, ImageInference, Instance, ModelVersion
 from governance.registry import active_model
 
 TERMINAL = ("triaged", "no_frontal")
+#: The fault tests' model: a randomly initialised ResNet-50 exported at this size. They count
+#: studies, not scores, so it needs no training.
+INPUT_SIZE = 32
 
 
 def free_port() -> int:
@@ -50,6 +53,39 @@ def _wait_port(port: int, timeout: float) -> bool:
 
 class Unavailable(RuntimeError):
     """A fault cannot be staged on this machine (a tool is missing, not root); tests skip."""
+
+
+# -- the model ------------------------------------------------------------------------------
+
+
+def export_random_model(folder: Path) -> Path:
+    """A random ResNet-50 exported as TorchScript at ``INPUT_SIZE`` px into ``folder``."""
+    import torch
+
+    from worker.model import build_model, export_torchscript
+
+    torch.manual_seed(0)
+    return export_torchscript(build_model(), INPUT_SIZE, Path(folder) / "resnet50-32px.pt")
+
+
+def activate_model_file(store: Store, model_file: Path, version: str) -> None:
+    """Register ``model_file`` as ``version`` with a balanced policy (tau 0.5) and activate it."""
+    from governance.policies import set_policy
+    from governance.registry import activate_model, register_model
+
+    def work(session):  # type: ignore[no-untyped-def]
+        model = register_model(session, version=version, path=model_file, input_size=INPUT_SIZE)
+        set_policy(
+            session,
+            model,
+            operating_point="balanced",
+            tau=0.5,
+            rationale="fault tests",
+            approved_by="fault harness",
+        )
+        activate_model(session, version, actor="fault harness")
+
+    store.run(work)
 
 
 # -- Redis ------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from dicom_gateway.spool import Spool
 from governance.audit import Action
 from governance.db import Store
 from governance.models import AuditEvent, Instance, Study, StudyStatus, utcnow
+from governance.reconcile import prepare_retry
 from governance.reconciler import Kind, reconcile
 from governance.triage_results import mark_queued
 from tests.governance.builders import DAY_AGO, model, receive, triage
@@ -156,3 +157,47 @@ def test_a_long_queue_is_not_a_lost_message(store: Store, tmp_path: Path) -> Non
     receive(store, spool, "1.3.13", "1.3.13.1", at=now - 3 * HOUR)
     triage(store, "1.3.13", active, at=now - dt.timedelta(seconds=30), queued_at=now - HOUR)
     assert run(store, now) == {"1.3.12": Kind.NOT_TRIAGED}
+
+
+def test_the_poison_guard_and_the_reconciler_count_apart_and_a_person_resets_both(
+    store: Store, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    model(store, tmp_path, "v1")
+
+    def counters(uid: str, **values: object) -> tuple[str, int, int]:
+        def work(session):  # type: ignore[no-untyped-def]
+            row = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+            for name, value in values.items():
+                setattr(row, name, value)
+            return row.status, row.deliveries, row.reconcile_attempts
+
+        return store.run(work)
+
+    # Parked by the worker's guard: six runs started, none finished (each killed its worker).
+    receive(store, spool, "1.3.20", "1.3.20.1")
+    set_study(store, "1.3.20", status=StudyStatus.FAILED, queued_at=DAY_AGO)
+    counters("1.3.20", deliveries=6)
+    # Failed by an error the task caught (its run finished): its cause may be gone.
+    receive(store, spool, "1.3.21", "1.3.21.1")
+    set_study(store, "1.3.21", status=StudyStatus.FAILED, queued_at=DAY_AGO)
+    # Its worker died in the middle, twice so far: a requeue keeps the guard's count.
+    receive(store, spool, "1.3.22", "1.3.22.1")
+    set_study(store, "1.3.22", status=StudyStatus.TRIAGING, queued_at=DAY_AGO)
+    counters("1.3.22", deliveries=2)
+
+    assert run(store, utcnow()) == {"1.3.21": Kind.FAILED, "1.3.22": Kind.WORKER_GONE}
+    assert counters("1.3.20") == (StudyStatus.FAILED, 6, 0)  # left for a person
+    assert counters("1.3.21") == (StudyStatus.FAILED, 0, 1)
+    assert counters("1.3.22") == (StudyStatus.TRIAGING, 2, 1)  # both counts, each its own
+    assert run(store, utcnow() + 100 * HOUR) == {
+        "1.3.21": Kind.FAILED,
+        "1.3.22": Kind.WORKER_GONE,
+    }
+
+    # A person's retry starts both counts again; then the reconciler may requeue it too.
+    uids = store.run(lambda s: prepare_retry(s, actor="dr-a", study_uids=["1.3.20"]))
+    assert uids == ["1.3.20"]
+    assert counters("1.3.20") == (StudyStatus.QUEUED, 0, 0)
+    set_study(store, "1.3.20", status=StudyStatus.FAILED, queued_at=DAY_AGO)
+    assert run(store, utcnow())["1.3.20"] == Kind.FAILED

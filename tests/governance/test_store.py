@@ -17,9 +17,21 @@ from sqlalchemy.orm import Session
 
 from cxr_triage.settings import Settings
 from governance.db import Store, create_store_engine
-from governance.errors import ConfigError, InstanceConflict, StoreRejected, StoreUnavailable
+from governance.errors import (
+    ConfigError,
+    InstanceConflict,
+    NotFound,
+    StoreRejected,
+    StoreUnavailable,
+)
 from governance.models import Base, Instance, Study
-from governance.studies import ReceivedInstance, record_instance, studies_awaiting_queue
+from governance.studies import (
+    ReceivedInstance,
+    find_study,
+    get_study,
+    record_instance,
+    studies_awaiting_queue,
+)
 from governance.triage_results import mark_queued
 from migrations import alembic_config
 
@@ -80,6 +92,17 @@ def test_record_instance_creates_study_and_replaces_resent_instance(store: Store
         assert (study.patient_sex, study.patient_age_years) == ("F", 45)
         assert study.last_received_at >= study.first_received_at
         assert study.first_received_at.tzinfo is dt.UTC
+
+
+def test_a_study_is_found_by_its_uid_or_not_found(store: Store) -> None:
+    store.run(lambda s: record_instance(s, item()))
+    with store.read() as session:
+        found = find_study(session, "1.2.3")
+        assert found is not None and found.study_instance_uid == "1.2.3"
+        assert get_study(session, "1.2.3") is found
+        assert find_study(session, "1.2.3.404") is None
+        with pytest.raises(NotFound, match=r"^no study 1\.2\.3\.404$"):
+            get_study(session, "1.2.3.404")
 
 
 def test_queueing_state(store: Store) -> None:
@@ -252,33 +275,6 @@ def test_server_processes_refuse_an_old_schema(
     store.check_schema()
     store.dispose()
     Store.open(settings).dispose()
-
-
-def test_stale_queued_and_modelless_studies_are_queued_again(store: Store) -> None:
-    now = dt.datetime.now(dt.UTC)
-    hour_ago = now - dt.timedelta(hours=1)
-    for n, status in enumerate(["queued", "triaging", "no_model", "triaged", "queued"]):
-        uid = f"1.2.{n}"
-        store.run(
-            lambda s, uid=uid: record_instance(
-                s, item(study=uid, sop=f"{uid}.1", received_at=hour_ago - dt.timedelta(minutes=1))
-            )
-        )
-        queued = hour_ago if n < 4 else now  # the last one was queued just now
-        store.run(lambda s, uid=uid, queued=queued: mark_queued(s, [uid], at=queued))
-
-        def set_status(s, uid=uid, status=status):  # type: ignore[no-untyped-def]
-            s.scalar(select(Study).where(Study.study_instance_uid == uid)).status = status
-
-        store.run(set_status)
-    stale = now - dt.timedelta(minutes=15)
-    with store.read() as session:
-        assert studies_awaiting_queue(session, now) == []
-        found = studies_awaiting_queue(session, now, stale_before=stale)
-    assert sorted(found) == ["1.2.0", "1.2.1", "1.2.2"]
-    store.run(lambda s: mark_queued(s, found, at=now))  # queued again: not again for a while
-    with store.read() as session:
-        assert studies_awaiting_queue(session, now, stale_before=stale) == []
 
 
 def test_text_over_its_column_is_stored_cut_not_refused(store: Store) -> None:

@@ -66,6 +66,9 @@ def test_pos_weight_offset_undoes_weighted_training():
     assert calibration.probabilities(np.array([trained + calibration.pos_weight_offset(w)]))[
         0
     ] == pytest.approx(p)
+    for bad in (0.0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="pos_weight must be positive"):
+            calibration.pos_weight_offset(bad)
 
 
 def test_summary_metrics_on_a_known_confusion_matrix():

@@ -130,3 +130,9 @@ def test_study_level_takes_the_highest_image_and_any_positive() -> None:
     assert keys == ["s1", "s2", "s3"]
     np.testing.assert_array_equal(y, [1, 0, 1])
     np.testing.assert_allclose(p, [0.7, 0.9, 0.4])
+
+
+def test_make_criterion_refuses_a_weight_that_is_not_positive() -> None:
+    for bad in (0.0, -2.0, math.nan):
+        with pytest.raises(ValueError, match="pos_weight must be positive"):
+            make_criterion(bad, torch.device("cpu"))

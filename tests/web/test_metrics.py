@@ -84,6 +84,29 @@ def test_metrics_follow_the_store_between_scrapes(client: TestClient, scenario: 
     assert _value(after["cxr_triage_studies"], status="queued") == 0
 
 
+def test_a_shadow_flag_is_not_counted_as_flagged(client: TestClient, scenario: Scenario) -> None:
+    """A flag decided under a shadow policy (go-live sign-off) is kept but is not a priority."""
+    from governance.models import Study, StudyInference
+
+    _, before = _scrape(client)
+    assert _value(before["cxr_triage_studies_flagged"]) == 2
+
+    def shadow_one_flag(session) -> None:  # type: ignore[no-untyped-def]
+        result = (
+            session.query(StudyInference)
+            .join(Study, Study.result_id == StudyInference.id)
+            .filter(StudyInference.flagged.is_(True))
+            .first()
+        )
+        result.shadow = True
+
+    client.app.state.store.run(shadow_one_flag)  # type: ignore[attr-defined]
+    _, after = _scrape(client)
+    assert _value(after["cxr_triage_studies_flagged"]) == 1
+    # Still a result of its study: only the priority count leaves it out.
+    assert _value(after["cxr_triage_study_inferences"]) == scenario.study_inferences
+
+
 def test_metrics_of_an_empty_store(client: TestClient) -> None:
     _, families = _scrape(client)
     assert _value(families["cxr_triage_store_up"]) == 1

@@ -188,6 +188,24 @@ def test_login_flood_is_429_past_the_limit_and_audited_once_a_minute(
         assert events[1].actor_address == "testclient"
 
 
+def test_refusals_held_back_are_audited_when_the_web_stops(
+    store: Store, web_settings: Settings
+) -> None:
+    clock = FakeClock()
+    app = create_app(web_settings, store)
+    app.state.refusal_audit = RefusalAudit(clock=clock)
+    with TestClient(app) as client:
+        client.get("/login")
+        csrf = client.cookies["cxr_csrf"]
+        for n in range(4):
+            client.post("/login", data={"token": f"cxr_guess{n}", "csrf": csrf})
+        assert _refusal_rows(store) == 1  # the first now, three held back
+    events = _events(store, "token_refused")  # the lifespan's shutdown wrote what was held
+    assert [e.detail["count"] for e in events] == [1, 3]
+    assert events[1].actor_address == "testclient"
+    assert app.state.refusal_audit.drain() == []
+
+
 def test_wrong_token_flood_on_the_api_is_429_and_audited_once_a_minute(
     client: TestClient, store: Store, tokens: dict[str, str]
 ) -> None:

@@ -46,24 +46,22 @@
     box.replaceChildren(...[facts ? cxr.el("p", { text: facts }) : null,
       viewer ? cxr.el("p", {}, [viewer]) : null].filter(Boolean));
     box.hidden = !facts && !viewer;
-    const figure = document.getElementById("thumbnail");
-    if (s.thumbnail_url && figure.dataset.src !== s.thumbnail_url) {
-      figure.dataset.src = s.thumbnail_url;
-      figure.replaceChildren(
-        cxr.el("img", { src: s.thumbnail_url, alt: "The image that decided the score",
-          width: "256" }),
-        cxr.el("figcaption", { text: "Scored image (highest score)" }));
+    showFigure("thumbnail", s.thumbnail_url, "The image that decided the score",
+      "Scored image (highest score)");
+    showFigure("heatmap", s.heatmap_url,
+      "AI triage heatmap over the scored image, not for diagnostic use",
+      "AI triage heatmap \u2014 not for diagnostic use");
+  }
+
+  // An image figure shown while there is an image at `url` (redrawn only when it changes).
+  function showFigure(id, url, alt, caption) {
+    const figure = document.getElementById(id);
+    if (url && figure.dataset.src !== url) {
+      figure.dataset.src = url;
+      figure.replaceChildren(cxr.el("img", { src: url, alt, width: "256" }),
+        cxr.el("figcaption", { text: caption }));
     }
-    figure.hidden = !s.thumbnail_url;
-    const heat = document.getElementById("heatmap");
-    if (s.heatmap_url && heat.dataset.src !== s.heatmap_url) {
-      heat.dataset.src = s.heatmap_url;
-      heat.replaceChildren(
-        cxr.el("img", { src: s.heatmap_url, width: "256",
-          alt: "AI triage heatmap over the scored image, not for diagnostic use" }),
-        cxr.el("figcaption", { text: "AI triage heatmap \u2014 not for diagnostic use" }));
-    }
-    heat.hidden = !s.heatmap_url;
+    figure.hidden = !url;
   }
 
   function renderSummary(s) {
