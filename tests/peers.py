@@ -21,6 +21,8 @@ Functions (plain helpers, no fixture needed):
   compressed transfer syntax proposed as well (a storescu config profile written next to the
   test's files), so compressed files go as they are; returns the finished process.
 - :func:`start_storescp` starts dcmtk's storage SCP (bit-preserving) writing to a folder.
+- :func:`peer_missing` skips a test whose peer is not installed, or fails it under
+  ``scripts/test`` (``CXR_TEST_STRICT_PEERS=1``), which installs every peer first.
 - :func:`pynetdicom_store` sends Part-10 files byte for byte with a pynetdicom SCU, the
   request's UIDs taken from each file's meta header (so a test can make them differ from the
   data set's), and can abort instead of releasing; returns the statuses.
@@ -41,7 +43,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -74,11 +76,24 @@ STORESCU_SYNTAX_GROUPS = {
 # -- dcmtk -------------------------------------------------------------------------------------
 
 
+#: Set by scripts/test, which installs every peer first: there a missing peer fails the test
+#: rather than skip it (a skip would let a test that proves nothing pass quietly).
+STRICT_PEERS = os.environ.get("CXR_TEST_STRICT_PEERS") == "1"
+
+
+def peer_missing(reason: str) -> NoReturn:
+    """Skip the test (a developer's machine without the peer), or fail it where every peer was
+    installed (``CXR_TEST_STRICT_PEERS=1``)."""
+    if STRICT_PEERS:
+        pytest.fail(f"{reason} (CXR_TEST_STRICT_PEERS=1: scripts/test installs every peer)")
+    pytest.skip(reason)
+
+
 def dcmtk(name: str) -> str:
     """Absolute path of a dcmtk tool; skips the test when dcmtk is not installed."""
     path = DCMTK_BIN / name
     if not path.exists():
-        pytest.skip(f"dcmtk's {name} is not installed at {path} (apt-get install dcmtk)")
+        peer_missing(f"dcmtk's {name} is not installed at {path} (apt-get install dcmtk)")
     return str(path)
 
 
@@ -339,7 +354,7 @@ def make_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     from tests.conftest import free_port
 
     if not Path(ORTHANC_BIN).exists():
-        pytest.skip(f"Orthanc is not installed at {ORTHANC_BIN} (apt-get install orthanc)")
+        peer_missing(f"Orthanc is not installed at {ORTHANC_BIN} (apt-get install orthanc)")
     started: list[Orthanc] = []
 
     def make(

@@ -21,6 +21,7 @@ from tests.faults.harness import (
     activate_model_file,
     export_random_model,
 )
+from tests.peers import peer_missing
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +35,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     try:
         server = RedisServer(tmp_path / "redis")
     except Unavailable as exc:
-        pytest.skip(str(exc))
+        peer_missing(str(exc))
     server.start()
     yield server
     server.stop(kill=True)
@@ -46,7 +47,7 @@ def own_postgres() -> Iterator[PgCluster]:
     try:
         cluster = PgCluster()
     except Unavailable as exc:
-        pytest.skip(str(exc))
+        peer_missing(str(exc))
     try:
         cluster.start()
         yield cluster

@@ -29,6 +29,7 @@ from tests.faults.harness import (
     wait_settled,
 )
 from tests.faults.steps import make_studies, start_gateway_and_worker, wait_gateway
+from tests.peers import peer_missing
 from tests.services import Service, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -66,7 +67,7 @@ def test_a_full_spool_disk_refuses_with_a700_leaves_nothing_half_written_and_rec
     try:
         disk = SmallFilesystem(tmp_path / "spoolfs", size_mb=8)
     except Unavailable as exc:
-        pytest.skip(str(exc))
+        peer_missing(str(exc))
     try:
         paths, uids = make_studies(tmp_path / "studies", 4, seed=41)
         largest = max(p.stat().st_size for p in paths)

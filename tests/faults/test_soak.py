@@ -11,6 +11,7 @@ import pytest
 
 from tests.faults.harness import Unavailable
 from tests.faults.soak import SoakPlan, report, run_soak
+from tests.peers import peer_missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,7 +36,7 @@ def test_the_short_soak_triages_every_study_exactly_once_through_the_faults(
     try:
         result = run_soak(plan, tmp_path, fault_model, say=lines.append)
     except Unavailable as exc:
-        pytest.skip(str(exc))
+        peer_missing(str(exc))
     table = "\n".join(lines) + "\n" + report(result, STUDIES)
     print(table)
 
