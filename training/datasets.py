@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,6 +80,59 @@ class UnitImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     @property
     def targets(self) -> np.ndarray:
         return self.labels[self.indices]
+
+
+class ServedImageDataset(UnitImageDataset):
+    """(image, label) pairs as serving makes them: each image with a file is read again through
+    :func:`worker.preprocess.prepare` (its [0, 1] float32 image, not the uint8 cache row), so
+    the scores that set the temperature and every tau are the deployed model's on serving's own
+    input; an image without a file (synthetic: defined by its uint8 row) is its row / 255.
+
+    Parameters
+    ----------
+    images, labels, indices
+        As for :class:`UnitImageDataset`.
+    paths
+        The file of each image of ``images`` (None where there is none).
+    size
+        The model's input size.
+
+    Raises
+    ------
+    ValueError
+        As for :class:`UnitImageDataset`, or ``paths`` does not match ``images``.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        paths: Sequence[Path | None],
+        size: int,
+        indices: Sequence[int] | np.ndarray | None = None,
+    ) -> None:
+        super().__init__(images, labels, indices)
+        if len(paths) != len(images):
+            raise ValueError(f"paths has {len(paths)} entries for {len(images)} images")
+        self.paths = list(paths)
+        self.size = size
+
+    def _unit(self, row: int) -> np.ndarray:
+        from worker.preprocess import prepare
+
+        path = self.paths[row]
+        if path is None:
+            return np.asarray(self.images[row], dtype=np.float32) / np.float32(255)
+        return prepare(path, self.size).unit.astype(np.float32, copy=False)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = int(self.indices[item])
+        return torch.from_numpy(self._unit(row)), torch.tensor(self.labels[row])
+
+    def __getitems__(self, items: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.indices[np.asarray(items, dtype=np.int64)]
+        units = np.stack([self._unit(int(row)) for row in rows])
+        return torch.from_numpy(units), torch.from_numpy(self.labels[rows])
 
 
 def keep_batch(batch: Any) -> Any:

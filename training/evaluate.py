@@ -26,7 +26,7 @@ from training import metrics, plots, report
 from training.cache import build_cache
 from training.calibration import probabilities
 from training.data import deduplicate, load_source
-from training.datasets import UnitImageDataset, make_loader
+from training.datasets import ServedImageDataset, make_loader
 from training.export import MODEL_FILE, SUMMARY_FILE, score_exported
 from training.prepare import synthetic_source
 from training.thresholds import POLICY_CRITERIA
@@ -119,8 +119,9 @@ def evaluate_run(args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
     labels = np.array([r.label for r in records], dtype=np.int64)
     if len(set(labels.tolist())) < 2:
         raise ConfigError("the images to evaluate must hold both classes")
-    loader = make_loader(
-        UnitImageDataset(images, labels),
+    paths = [record.path for record in records]
+    loader = make_loader(  # serving's input: files through prepare(), not the uint8 cache
+        ServedImageDataset(images, labels, paths, size),
         batch_size=args.batch_size,
         train=False,
         workers=args.workers,

@@ -29,7 +29,7 @@ from governance.errors import ConfigError
 from governance.registry import sha256_file
 from training import metrics, report
 from training.calibration import probabilities
-from training.datasets import UnitImageDataset, default_workers, make_loader
+from training.datasets import ServedImageDataset, UnitImageDataset, default_workers, make_loader
 from training.engine import FitResult, fit, set_seed, zero_init_residual
 from training.export import MODEL_FILE, register_run, score_exported
 from training.finalize import Finalized, Scores, finalize
@@ -377,6 +377,10 @@ class Loaders:
     test: Any | None
     augment: TrainBatchPreset
     evaluation: EvalBatchPreset
+    #: validation and test as serving reads them (files through ``prepare``, not the uint8
+    #: cache): what the exported model is scored on to fit the temperature and every tau
+    val_served: Any
+    test_served: Any | None
 
 
 def build_loaders(args: argparse.Namespace, options: RunOptions, data: PreparedData) -> Loaders:
@@ -393,13 +397,22 @@ def build_loaders(args: argparse.Namespace, options: RunOptions, data: PreparedD
         dataset = UnitImageDataset(data.images, data.labels, idx)
         return make_loader(dataset, batch_size=batch_size * (1 if train else 2), train=train, **kw)
 
+    paths = [record.path for record in data.records]
+
+    def served(idx: np.ndarray) -> Any:
+        dataset = ServedImageDataset(data.images, data.labels, paths, args.input_size, idx)
+        return make_loader(dataset, batch_size=batch_size * 2, train=False, **kw)
+
     channels_last = options.channels_last
+    with_test = len(set(data.labels[test_idx].tolist())) == 2
     return Loaders(
         loader(train_idx, True),
         loader(val_idx, False),
-        loader(test_idx, False) if len(set(data.labels[test_idx].tolist())) == 2 else None,
+        loader(test_idx, False) if with_test else None,
         TrainBatchPreset.preset(args.augment, args.input_size, channels_last=channels_last),
         EvalBatchPreset(channels_last=channels_last),
+        served(val_idx),
+        served(test_idx) if with_test else None,
     )
 
 
@@ -446,7 +459,7 @@ def deployed_scores(
     raw = export_torchscript(model, args.input_size, options.run_dir / RAW_MODEL_FILE)
     kw = {"device": str(options.device), "precision": args.serving_precision}
     scores: list[Scores | None] = []
-    for loader in (loaders.val, loaders.test):
+    for loader in (loaders.val_served, loaders.test_served):
         if loader is None:
             scores.append(None)
             continue
@@ -471,7 +484,7 @@ def export_model(
     logits, _ = score_exported(
         path,
         args.input_size,
-        loaders.val,
+        loaders.val_served,
         device=str(options.device),
         precision=args.serving_precision,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 from PIL import Image
 
 import training.cache
@@ -23,6 +24,7 @@ from training.data import (
     load_source,
     read_gray,
 )
+from training.datasets import ServedImageDataset
 from training.prepare import load_data
 from worker.preprocess import prepare, preprocess, standardize
 
@@ -63,6 +65,25 @@ def test_rgb_jpeg_becomes_gray_and_cache_equals_serving(kaggle_dir: Path, tmp_pa
         np.testing.assert_array_equal(row, quantize(prepare(read_gray(record.path), 48).unit))
     again = build_cache(chosen, 48, tmp_path, progress=False)  # reused, not rebuilt
     assert isinstance(again, np.memmap) and len(list(tmp_path.glob("*.npy"))) == 1
+
+
+def test_served_dataset_gives_serving_input_not_the_cache(kaggle_dir: Path, tmp_path: Path):
+    """What the exported model is scored on to set tau: each file through ``prepare`` at full
+    precision (not its uint8 cache row); an image with no file is its row / 255."""
+    records, _ = deduplicate(load_kaggle(kaggle_dir).records)
+    chosen = records[:3]
+    cache = build_cache(chosen, 48, tmp_path, progress=False)
+    labels = np.array([r.label for r in chosen])
+    paths = [chosen[0].path, chosen[1].path, None]
+    images, _ = ServedImageDataset(cache, labels, paths, 48).__getitems__([0, 1, 2])
+    assert images.dtype == torch.float32 and tuple(images.shape) == (3, 48, 48)
+    for i in (0, 1):
+        exact = prepare(chosen[i].path, 48).unit
+        np.testing.assert_array_equal(images[i].numpy(), exact)
+        assert np.abs(cache[i] / np.float32(255) - exact).max() > 0  # the cache is not exact
+    np.testing.assert_array_equal(images[2].numpy(), cache[2] / np.float32(255))
+    with pytest.raises(ValueError, match="paths has 2 entries"):
+        ServedImageDataset(cache, labels, paths[:2], 48)
 
 
 def test_cache_name_changes_with_its_format(kaggle_dir: Path, tmp_path: Path, monkeypatch):

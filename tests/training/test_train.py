@@ -172,10 +172,10 @@ def test_registered_version_matches_the_run(trained_run):
 
 
 def test_worker_gives_the_probability_training_evaluated(trained_run):
-    """The registered file, loaded by the worker, gives for the training cache's image of a
-    JPEG (uint8) exactly the probability the run recorded, and for serving's own
-    preprocessing of the file the same within the cache's quantisation (1e-3, the tolerance
-    of the export check)."""
+    """The registered file, loaded by the worker, gives for serving's own preprocessing of a
+    JPEG exactly the probability the run recorded: test (and validation) are scored on the
+    files through ``prepare``, not on the uint8 training cache, whose quantisation alone moves
+    the probability (checked here too, so the test shows the difference it guards against)."""
     summary = _summary(trained_run)
     spec = ModelSpec(
         summary["version"],
@@ -187,14 +187,14 @@ def test_worker_gives_the_probability_training_evaluated(trained_run):
     loaded = load_model(spec, device="cpu", precision="fp32")
     with open(trained_run.run_dir / "predictions_test.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))[:12]
+    recorded = np.array([float(r["probability"]) for r in rows])
+    batch = np.stack([preprocess(trained_run.data / r["name"], 64) for r in rows])
+    served = calibrate(predict_logits(loaded, batch), spec.temperature)
+    np.testing.assert_allclose(served, recorded, rtol=0, atol=1e-5)
     units = [prepare(read_gray(trained_run.data / r["name"]), 64).unit for r in rows]
     cached = EvalBatchPreset(channels_last=False)(torch.from_numpy(quantize(np.stack(units))))
-    recorded = np.array([float(r["probability"]) for r in rows])
     from_cache = calibrate(predict_logits(loaded, cached.numpy()), spec.temperature)
-    np.testing.assert_allclose(from_cache, recorded, rtol=0, atol=1e-5)
-    batch = np.stack([preprocess(read_gray(trained_run.data / r["name"]), 64) for r in rows])
-    served = calibrate(predict_logits(loaded, batch), spec.temperature)
-    np.testing.assert_allclose(served, recorded, rtol=0, atol=EXPORT_TOLERANCE)
+    assert np.max(np.abs(from_cache - recorded)) < EXPORT_TOLERANCE
 
 
 def test_register_run_with_a_policy_activates(trained_run, store):
