@@ -2,7 +2,10 @@
 
 A handler never raises: it logs (UIDs, AE titles, addresses, statuses; never a patient
 attribute) and returns a DIMSE status. The C-STORE handler answers Success only once the file is
-durable in the spool and its row has committed in the store (DESIGN.md).
+durable in the spool and its row has committed in the store (DESIGN.md): it fdatasyncs the file
+and renames it into the study folder, then hands the row to the gateway's committer
+(:mod:`dicom_gateway.commit`), which fsyncs the folder and commits the rows of all the instances
+waiting at that moment in one transaction, and waits for that commit.
 
 Orphans: when the store does not take the row, the placed file is removed before 0xA700 goes
 out, so the spool holds no file the store does not know. A crash between placement and commit
@@ -24,15 +27,13 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, cast
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from sqlalchemy.exc import IntegrityError
 
 from dicom_gateway import incoming, status
 from dicom_gateway.assembly import StudyAssembly
+from dicom_gateway.commit import Committer
 from dicom_gateway.header import InstanceRejected, read_header
 from dicom_gateway.spool import Spool
-from governance.db import Store
-from governance.errors import InstanceConflict, StoreUnavailable
-from governance.studies import ReceivedInstance, record_instance
+from governance.errors import InstanceConflict, StoreRejected, StoreUnavailable
 from governance.text import clip_uid, printable
 
 if TYPE_CHECKING:
@@ -42,9 +43,6 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 
-# Two associations that bring the first instances of one study at once can both try to insert
-# the study row on PostgreSQL; the loser sees a unique violation and finds the row next time.
-_RECORD_ATTEMPTS = 3
 #: Error Comment is LO: 64 characters (PS3.7 C.4.2).
 _ERROR_COMMENT_LIMIT = 64
 
@@ -83,7 +81,7 @@ def _never_raises(
 def handle_store(
     event: Event,
     spool: Spool,
-    store: Store,
+    committer: Committer,
     assembly: StudyAssembly,
     pseudonym_key: bytes | None = None,
     policy: ReceivePolicy | None = None,
@@ -140,7 +138,10 @@ def handle_store(
         return _status(exc.status, exc.reason)
 
     try:
-        target, existed = spool.place(source, header.study_instance_uid, header.sop_instance_uid)
+        # The folder's fsync is the committer's, once for every rename of its batch.
+        target, existed = spool.place(
+            source, header.study_instance_uid, header.sop_instance_uid, sync_folder=False
+        )
     except OSError as exc:
         logger.error(
             "spool cannot take SOP Instance %s of study %s: %s -> %s",
@@ -156,34 +157,25 @@ def handle_store(
         header, path=str(target), calling_ae=requestor.ae_title, peer_address=requestor.address
     )
     try:
-        replaced = _record(store, item)
-    except InstanceConflict as exc:
-        # The UID belongs to another study's instance: keep that one, drop this copy.
+        replaced = committer.record(item)
+    except (InstanceConflict, StoreUnavailable, StoreRejected, OSError) as exc:
+        # No row, no file: a file the store does not know would be an orphan. A resent
+        # instance whose older copy was at the same path keeps the new (equivalent) file,
+        # which the existing row still points at; so does another study's instance whose
+        # SOP Instance UID this one reused.
         if not existed:
             spool.discard(target)
-        logger.warning(
-            "C-STORE of SOP Instance %s (study %s) from %s refused: %s -> %s",
+        value, comment, reason = _not_recorded(exc)
+        logger.log(
+            logging.WARNING if value == status.DATASET_MISMATCH else logging.ERROR,
+            "C-STORE of SOP Instance %s (study %s) from %s not recorded: %s -> %s",
             header.sop_instance_uid,
             header.study_instance_uid,
             _peer(event),
-            exc,
-            status.describe(status.DATASET_MISMATCH),
+            reason,
+            status.describe(value),
         )
-        return _status(status.DATASET_MISMATCH, "SOP Instance UID stored in another study")
-    except StoreUnavailable as exc:
-        # No row, no file: a file the store does not know would be an orphan. A resent
-        # instance whose older copy was at the same path keeps the new (equivalent) file,
-        # which the existing row still points at.
-        if not existed:
-            spool.discard(target)
-        logger.error(
-            "store cannot record SOP Instance %s of study %s: %s -> %s",
-            header.sop_instance_uid,
-            header.study_instance_uid,
-            exc,
-            status.describe(status.OUT_OF_RESOURCES),
-        )
-        return _status(status.OUT_OF_RESOURCES, "store unavailable")
+        return _status(value, comment)
     if replaced and replaced != str(target):
         spool.remove_replaced(replaced)
 
@@ -199,6 +191,21 @@ def handle_store(
         header.transfer_syntax_uid,
     )
     return status.SUCCESS
+
+
+def _not_recorded(exc: Exception) -> tuple[int, str, str]:
+    """The status, its Error Comment and the log's reason for an instance not recorded."""
+    if isinstance(exc, InstanceConflict):
+        # The UID belongs to another study's instance: that one is kept as it is.
+        return status.DATASET_MISMATCH, "SOP Instance UID stored in another study", str(exc)
+    if isinstance(exc, StoreRejected):
+        # The store will never take this row (a value it cannot hold): not worth a retry.
+        return status.PROCESSING_FAILURE, "store refused the instance", f"store refused: {exc}"
+    if isinstance(exc, OSError):
+        # The study folder could not be fsynced: the rename might not survive a crash.
+        reason = f"spool folder not durable: {exc.strerror or exc}"
+        return status.OUT_OF_RESOURCES, "spool full or not writable", reason
+    return status.OUT_OF_RESOURCES, "store unavailable", f"store unavailable: {exc}"
 
 
 def _check_request(event: Event, source: Path, sop_class_uid: str, policy: ReceivePolicy) -> None:
@@ -222,18 +229,6 @@ def _check_request(event: Event, source: Path, sop_class_uid: str, policy: Recei
             f"SOP class {clip_uid(sop_class_uid)} sent on a context for "
             f"{clip_uid(str(context.abstract_syntax))}",
         )
-
-
-def _record(store: Store, item: ReceivedInstance) -> str | None:
-    """Record the instance (retried by ``store.run``); the path of a replaced older copy."""
-    for attempt in range(1, _RECORD_ATTEMPTS + 1):
-        try:
-            _, replaced = store.run(lambda session: record_instance(session, item))
-            return replaced
-        except IntegrityError as exc:
-            if attempt == _RECORD_ATTEMPTS:
-                raise StoreUnavailable("the store kept refusing a concurrent write") from exc
-    raise AssertionError("unreachable")
 
 
 def handle_accepted(event: Event) -> None:

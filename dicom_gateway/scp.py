@@ -32,6 +32,7 @@ from sqlalchemy import select
 from cxr_triage.settings import Settings
 from dicom_gateway import handlers, incoming, limits
 from dicom_gateway.assembly import StudyAssembly
+from dicom_gateway.commit import Committer
 from dicom_gateway.handlers import ReceivePolicy
 from dicom_gateway.retention import prune_spool
 from dicom_gateway.spool import Spool
@@ -158,6 +159,7 @@ class Gateway:
             else retention_interval_s
         )
         self.pseudonym_key = load_key(settings)
+        self.committer = Committer(store, self.spool)
         self.assembly = StudyAssembly(
             store,
             celery_app,
@@ -216,6 +218,7 @@ class Gateway:
         # pydicom would log each invalid value it reads, value included; peers send many.
         self._previous_validation = pydicom_config.settings.reading_validation_mode
         pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+        self.committer.start()
         self.assembly.start()
         self.refusals.start()
         try:
@@ -230,6 +233,7 @@ class Gateway:
         except OSError as exc:
             self.refusals.stop()
             self.assembly.stop()
+            self.committer.stop()
             self._restore_process_settings()
             raise ConfigError(
                 f"cannot listen on {self.settings.dicom_host}:{self.settings.dicom_port}: "
@@ -296,7 +300,7 @@ class Gateway:
                 handlers.handle_store,
                 [
                     self.spool,
-                    self.store,
+                    self.committer,
                     self.assembly,
                     self.pseudonym_key,
                     self.policy,
@@ -350,6 +354,8 @@ class Gateway:
         for assoc in self.ae.active_associations:
             logger.warning("aborting the association with %s at shutdown", assoc.requestor.address)
             assoc.abort()
+        # After the associations: a handler still waiting for its batch gets its answer.
+        self.committer.stop()
         self._server = None
         self._janitor_stop.set()
         if self._janitor is not None:

@@ -2,8 +2,15 @@
 
 pynetdicom streams each C-STORE data set into a temporary file (chunked receive). The temporary
 folder is ``<spool>/.incoming`` on the same filesystem, so placing a file is a rename, not a
-copy: fsync the file, ``os.replace`` it into the study folder, fsync the folder. A file is
-durable when :meth:`Spool.place` returns; the caller then records it in the store.
+copy: fdatasync the file, ``os.replace`` it into the study folder, fsync the folder. A file is
+durable when :meth:`Spool.place` returns; the caller then records it in the store. The gateway
+places with ``sync_folder=False`` and leaves the folder fsync to its committer
+(:mod:`dicom_gateway.commit`), which fsyncs each study folder once for all the renames of a
+batch, before the batch's rows commit.
+
+fdatasync, not fsync: it writes the data and the metadata needed to read it back (the size and
+the blocks), and skips the timestamps, which nothing relies on after a crash. The rename is
+made durable by the folder's fsync.
 """
 
 from __future__ import annotations
@@ -131,11 +138,16 @@ class Spool:
             raise ValueError(f"sop_instance_uid is not a valid UID: {sop_instance_uid!r}")
         return self.root / study_uid / f"{sop_instance_uid}.dcm"
 
-    def place(self, source: Path, study_uid: str, sop_instance_uid: str) -> tuple[Path, bool]:
+    def place(
+        self, source: Path, study_uid: str, sop_instance_uid: str, *, sync_folder: bool = True
+    ) -> tuple[Path, bool]:
         """Make ``source`` durable at its spool path.
 
         Returns the path and whether a file was already there (a resent instance, which the
         new file replaced atomically).
+
+        With ``sync_folder=False`` the rename is not yet durable when this returns: the caller
+        must pass the path's folder to :meth:`sync_folders` before it relies on the file.
 
         Raises
         ------
@@ -145,7 +157,7 @@ class Spool:
         """
         target = self.path_for(study_uid, sop_instance_uid)
         folder = target.parent
-        _fsync_file(source)
+        _fdatasync_file(source)
         if not folder.is_dir():
             folder.mkdir(exist_ok=True)
             _fsync_dir(self.root)
@@ -170,14 +182,26 @@ class Spool:
             staging = self.incoming / f"{sop_instance_uid}.{os.getpid()}.copy"
             try:
                 shutil.copyfile(source, staging)
-                _fsync_file(staging)
+                _fdatasync_file(staging)
                 os.replace(staging, target)
             finally:
                 staging.unlink(missing_ok=True)
-        _fsync_dir(folder)
+        if sync_folder:
+            _fsync_dir(folder)
         if self.max_bytes:
             self._account(target.stat().st_size - old_size)
         return target, existed
+
+    def sync_folders(self, folders: set[Path]) -> None:
+        """Fsync study folders: the renames :meth:`place` made into them become durable.
+
+        Raises
+        ------
+        OSError
+            A folder could not be fsynced (its renames may not survive a crash).
+        """
+        for folder in folders:
+            _fsync_dir(folder)
 
     def discard(self, path: Path) -> None:
         """Remove a placed file whose store row was not written (best effort, logged)."""
@@ -286,10 +310,10 @@ class Spool:
         return removed
 
 
-def _fsync_file(path: Path) -> None:
+def _fdatasync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        os.fdatasync(fd)
     finally:
         os.close(fd)
 

@@ -11,6 +11,7 @@ import logging
 import math
 from typing import Any
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -228,3 +229,20 @@ def set_mode(
         detail={"from": current.mode, "to": mode, "reason": reason.strip()},
     )
     return policy
+
+
+def policy_probability(
+    policy: object | None, logit: float | None, probability: float | None
+) -> float | None:
+    """A study's probability under a policy: its recalibration where approved, else as scored.
+
+    ``policy`` is a ThresholdPolicy (or anything with ``temperature`` and ``logit_shift``).
+    """
+    temperature = getattr(policy, "temperature", None)
+    if temperature is None or logit is None:
+        return probability
+    shift = getattr(policy, "logit_shift", None) or 0.0
+    z = np.clip(np.float64(logit / temperature + shift), -500, 500)
+    # recalibration.sigmoid's expression (bit for bit), here: the gateway imports this module
+    # and must not load recalibration's scipy
+    return float(1.0 / (1.0 + np.exp(-z)))

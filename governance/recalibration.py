@@ -176,20 +176,6 @@ def recalibrate(
     }
 
 
-def policy_probability(
-    policy: object | None, logit: float | None, probability: float | None
-) -> float | None:
-    """A study's probability under a policy: its recalibration where approved, else as scored.
-
-    ``policy`` is a ThresholdPolicy (or anything with ``temperature`` and ``logit_shift``).
-    """
-    temperature = getattr(policy, "temperature", None)
-    if temperature is None or logit is None:
-        return probability
-    shift = getattr(policy, "logit_shift", None) or 0.0
-    return float(sigmoid(np.asarray(logit / temperature + shift)))
-
-
 # -- jobs ------------------------------------------------------------------------------------
 
 

@@ -36,8 +36,7 @@ from governance.models import (
     utcnow,
 )
 from governance.monitoring.features import InputFeatures, record_image_features
-from governance.policies import policy_in_force
-from governance.recalibration import policy_probability
+from governance.policies import policy_in_force, policy_probability
 from governance.registry import active_model
 from governance.studies import find_study, get_study
 from governance.text import clip

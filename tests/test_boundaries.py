@@ -91,6 +91,22 @@ def test_servers_without_models_never_import_torch(package: str) -> None:
     assert not bad, bad
 
 
+def test_the_running_gateway_loads_neither_torch_nor_scipy() -> None:
+    """What the gateway process actually loads, transitively: torch and scipy (about 70 MB of
+    resident memory for the statistics that only beat and the web run) stay out of it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dicom_gateway.scp, dicom_gateway.handlers, dicom_gateway.assembly;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy', 'sklearn'}))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.strip()
+    assert loaded == "[]", loaded
+
+
 def test_the_rule_catches_a_forbidden_import() -> None:
     assert not allowed("dicom_gateway", "worker.tasks")
     assert not allowed("governance", "worker.celery_app")

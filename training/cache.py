@@ -1,9 +1,13 @@
-"""Decode every image once into a memory-mapped array of serving's [0, 1] images.
+"""Decode every image once into a memory-mapped uint8 array of serving's [0, 1] images.
 
-Each row is ``worker.preprocess.prepare(file, size).unit`` (serving's one entry point), so
-``standardize(row)`` is exactly the input serving computes for that file. Rows are float32, so
-nothing is lost to quantisation. The cache's name hashes the files' SHA-256, the input size
-and the preprocessing source code: a change of any of them builds a new cache.
+Each row is ``worker.preprocess.prepare(file, size).unit`` (serving's one entry point, before
+the final standardisation) quantised to uint8 (:func:`quantize`): one channel of one byte per
+pixel, a twelfth of the 3-channel float32 input, so that a loader feeds a GPU and the whole
+Kaggle set fits in memory. ``standardize(row / 255)`` is serving's input for that file within
+half a grey level (:class:`training.presets.EvalBatchPreset` computes it on the device). The
+cache's name hashes :data:`CACHE_FORMAT`, the files' SHA-256, the input size and the
+preprocessing source code: a change of any of them builds a new cache, and a cache of another
+format (the float32 one before) is never reused.
 """
 
 from __future__ import annotations
@@ -27,10 +31,26 @@ from worker.preprocess import prepare
 logger = logging.getLogger(__name__)
 
 _CHUNK = 32
+CACHE_FORMAT = "unit-uint8-v2"  # v1: float32 [0, 1] rows
+CACHE_DTYPE = np.uint8
+
+
+def quantize(unit: np.ndarray) -> np.ndarray:
+    """[0, 1] images to uint8 grey levels, rounded to the nearest (half a level at most).
+
+    Raises
+    ------
+    ValueError
+        ``unit`` holds NaN.
+    """
+    x = np.asarray(unit, dtype=np.float32)
+    if np.isnan(x).any():
+        raise ValueError("unit must not hold NaN")
+    return np.rint(np.clip(x, 0.0, 1.0) * np.float32(255)).astype(np.uint8)
 
 
 def unit_image(kind: str, path: Path, size: int) -> np.ndarray:
-    """One file (DICOM, JPEG or PNG) as serving's (size, size) [0, 1] image.
+    """One file (DICOM, JPEG or PNG) as serving's (size, size) [0, 1] float32 image.
 
     Raises
     ------
@@ -45,12 +65,14 @@ def unit_image(kind: str, path: Path, size: int) -> np.ndarray:
 
 
 def _decode_chunk(items: list[tuple[str, str]], size: int) -> list[np.ndarray]:
-    return [unit_image(kind, Path(path), size) for kind, path in items]
+    return [quantize(unit_image(kind, Path(path), size)) for kind, path in items]
 
 
 def cache_key(records: Sequence[ImageRecord], size: int) -> str:
-    """Hash of the files' SHA-256 in order, the size and the preprocessing code."""
+    """Hash of the cache format, the files' SHA-256 in order, the size and the
+    preprocessing code."""
     digest = hashlib.sha256()
+    digest.update(f"format={CACHE_FORMAT}".encode())
     digest.update(inspect.getsource(worker.preprocess).encode())
     digest.update(f"size={size}".encode())
     for record in records:
@@ -66,7 +88,8 @@ def build_cache(
     workers: int = 0,
     progress: bool = True,
 ) -> np.ndarray:
-    """The (N, size, size) float32 memmap of every record's unit image, built if needed.
+    """The (N, size, size) uint8 memmap of every record's quantised unit image, built if
+    needed.
 
     The array is written under a temporary name and renamed when complete, so an
     interrupted build is never mistaken for a cache.
@@ -77,7 +100,7 @@ def build_cache(
         An image cannot be read; or the cache folder cannot be written.
     """
     key = cache_key(records, size)
-    path = cache_dir / f"units-{size}px-{len(records)}-{key}.npy"
+    path = cache_dir / f"units-u8-{size}px-{len(records)}-{key}.npy"
     if path.is_file():
         logger.info("using the decoded image cache %s", path)
         return np.load(path, mmap_mode="r")
@@ -87,7 +110,7 @@ def build_cache(
         raise ConfigError(f"cannot create the cache folder {cache_dir}: {exc.strerror}") from None
     partial = path.with_suffix(f".{os.getpid()}.partial")
     array = np.lib.format.open_memmap(
-        partial, mode="w+", dtype=np.float32, shape=(len(records), size, size)
+        partial, mode="w+", dtype=CACHE_DTYPE, shape=(len(records), size, size)
     )
     items = [(r.kind, str(r.path)) for r in records]
     chunks = [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]

@@ -25,11 +25,12 @@ from governance.db import Store
 from governance.models import ModelVersion, ThresholdPolicy
 from governance.policies import set_policy
 from governance.registry import activate_model, active_model, sha256_file
+from training.cache import quantize
 from training.datasets import UnitImageDataset, make_loader
 from training.engine import fit, set_seed, zero_init_residual
 from training.export import export_checked, json_safe, register_version
 from training.finalize import Finalized, eager_scores, finalize
-from training.presets import ClassificationPresetEval, ClassificationPresetTrain
+from training.presets import EvalBatchPreset, TrainBatchPreset
 from training.synthetic.studies import synthetic_arrays
 from training.thresholds import POLICY_CRITERIA
 from worker.model import build_model
@@ -86,9 +87,10 @@ def train_demo_model(
     }
     set_seed(seed)
     started = time.perf_counter()
-    images, labels = synthetic_arrays(
+    units, labels = synthetic_arrays(
         n_train + n_val + n_test, size, seed, render_size=render_size, progress=progress
     )
+    images = quantize(units)  # as the training cache holds them
     logger.info(
         "rendered %d synthetic images in %.1f s", len(images), time.perf_counter() - started
     )
@@ -97,12 +99,10 @@ def train_demo_model(
     test_idx = order[n_train + n_val :]
     pos = int(labels[train_idx].sum())
     pos_weight = (len(train_idx) - pos) / max(pos, 1)
-    train_set = UnitImageDataset(
-        images, labels, ClassificationPresetTrain(crop_size=size), train_idx
-    )
-    evaluation = ClassificationPresetEval()
+    train_set = UnitImageDataset(images, labels, train_idx)
+    evaluation = EvalBatchPreset(channels_last=False)
     loaders = [
-        make_loader(UnitImageDataset(images, labels, evaluation, idx), batch_size=128, train=False)
+        make_loader(UnitImageDataset(images, labels, idx), batch_size=128, train=False)
         for idx in (val_idx, test_idx)
     ]
     model = build_model()
@@ -117,10 +117,12 @@ def train_demo_model(
         weight_decay=1e-4,
         pos_weight=pos_weight,
         device=device,
+        train_transform=TrainBatchPreset(crop_size=size, channels_last=False),
+        eval_transform=evaluation,
         progress=progress,
     )
     model.load_state_dict(result.best_state)
-    val, test = (eager_scores(model, loader, device) for loader in loaders)
+    val, test = (eager_scores(model, loader, device, transform=evaluation) for loader in loaders)
     final = finalize(model, val, test, pos_weight=pos_weight, n_bootstrap=200, seed=seed)
     args.update(
         pos_weight=pos_weight,
@@ -173,7 +175,7 @@ def ensure_demo_model(
     folder = settings.model_path
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / f".demo-{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S%f}.pt"
-    probe = torch.stack([ClassificationPresetEval()(np.zeros((size, size), np.float32))] * 2)
+    probe = EvalBatchPreset(channels_last=False)(torch.zeros((2, size, size), dtype=torch.uint8))
     _, diff = export_checked(model, size, staging, probe, final.temperature)
     sha256 = sha256_file(staging)
     version = f"demo-r50-{size}px-{sha256[:10]}"

@@ -29,6 +29,8 @@ from training.calibration import checked_pos_weight
 logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# A batch preset of training.presets: the loader's batch, on the device, to the network's input.
+BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 def set_seed(seed: int) -> None:
@@ -97,8 +99,17 @@ def autocast(
     return torch.autocast(device.type, dtype=amp_dtype)
 
 
-def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+def to_input(
+    images: torch.Tensor,
+    device: torch.device,
+    transform: BatchTransform | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """A loader's batch to the network's input on ``device``: copied as it is (uint8 from the
+    cache; asynchronous from pinned memory), then ``transform`` there, on the whole batch."""
     images = images.to(device, non_blocking=True)
+    if transform is not None:
+        images = transform(images)
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
@@ -157,11 +168,13 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     channels_last: bool = False,
+    transform: BatchTransform | None = None,
     progress: bool = True,
 ) -> EpochStats:
     """One pass over ``loader``; the scheduler steps per batch (OneCycleLR).
 
-    The loss is summed on ``device`` and never read back during the epoch (no per-step host
+    Each batch is augmented and standardised by ``transform`` on ``device``. The loss is
+    summed on ``device`` and never read back during the epoch (no per-step host
     synchronisation); the caller checks that it is finite.
     """
     model.train()
@@ -169,7 +182,7 @@ def train_one_epoch(
     count, started = 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
     for images, targets in bar:
-        images = _to_device(images, device, channels_last)
+        images = to_input(images, device, transform, channels_last)
         targets = targets.to(device, non_blocking=True).float()
         loss = train_step(
             model, criterion, optimizer, images, targets, device, amp_dtype=amp_dtype, scaler=scaler
@@ -189,14 +202,16 @@ def infer(
     *,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    transform: BatchTransform | None = None,
     progress: bool = False,
     desc: str = "eval",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32) and labels over ``loader`` in its order, both on ``device``."""
+    """Logits (float32) and labels over ``loader`` in its order, both on ``device``; each
+    batch goes through ``transform`` (standardisation, no augmentation) on ``device``."""
     model.eval()
     logits, labels = [], []
     for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
-        images = _to_device(images, device, channels_last)
+        images = to_input(images, device, transform, channels_last)
         with autocast(device, amp_dtype):
             out = model(images)
         logits.append(out.float().reshape(-1))
@@ -444,6 +459,8 @@ def fit(
     patience: int | None = None,
     amp: bool = False,
     channels_last: bool = False,
+    train_transform: BatchTransform | None = None,
+    eval_transform: BatchTransform | None = None,
     checkpoint_dir: Path | None = None,
     args: dict[str, Any] | None = None,
     resume_from: Path | None = None,
@@ -451,6 +468,10 @@ def fit(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train with BCEWithLogitsLoss(pos_weight), AdamW and OneCycleLR; keep the best val AUC.
+
+    ``train_transform`` and ``eval_transform`` (batch presets of :mod:`training.presets`)
+    turn the loaders' batches into the network's input on ``device``; without them the
+    batches are the input already.
 
     With ``checkpoint_dir``, ``checkpoint.pth`` is written there each epoch and ``best.pth``
     (weights only) when validation AUC improves; ``resume_from`` continues from a
@@ -495,6 +516,7 @@ def fit(
             amp_dtype=training.amp_dtype,
             scaler=training.scaler,
             channels_last=channels_last,
+            transform=train_transform,
             progress=progress,
         )
         val = evaluate(
@@ -504,6 +526,7 @@ def fit(
             device,
             amp_dtype=training.amp_dtype,
             channels_last=channels_last,
+            transform=eval_transform,
         )
         row, improved = record_epoch(result, model, epoch, train, val, training.warmup_epochs)
         if on_epoch is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cxr_triage.settings import get_settings
 from governance.errors import ConfigError
@@ -25,10 +26,9 @@ from training import metrics, plots, report
 from training.cache import build_cache
 from training.calibration import probabilities
 from training.data import deduplicate, load_source
-from training.datasets import UnitImageDataset, make_loader
+from training.datasets import ServedImageDataset, make_loader
 from training.export import MODEL_FILE, SUMMARY_FILE, score_exported
 from training.prepare import synthetic_source
-from training.presets import ClassificationPresetEval
 from training.thresholds import POLICY_CRITERIA
 from worker.model import resolve_device
 
@@ -70,6 +70,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def evaluation_device(name: str) -> torch.device:
+    """The device ``--device`` names (``auto``: CUDA where there is one).
+
+    Raises
+    ------
+    ConfigError
+        CUDA is asked for and there is none, or the name is not auto, cpu or cuda.
+    """
+    try:
+        return resolve_device(name)
+    except ConfigError:
+        if name == "cuda":
+            raise ConfigError(
+                "--device cuda: no CUDA device is available here; use --device cpu"
+            ) from None
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {name!r}") from None
+
+
 def evaluate_run(args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
     """Score the chosen images and write the results; returns the metrics written.
 
@@ -80,6 +98,7 @@ def evaluate_run(args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
     ModelIntegrityError
         The model file differs from the one the run recorded.
     """
+    device = evaluation_device(args.device)
     summary_path = args.run_dir / SUMMARY_FILE
     if not summary_path.is_file():
         raise ConfigError(f"{args.run_dir} is not a finished training run (no {SUMMARY_FILE})")
@@ -100,16 +119,15 @@ def evaluate_run(args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
     labels = np.array([r.label for r in records], dtype=np.int64)
     if len(set(labels.tolist())) < 2:
         raise ConfigError("the images to evaluate must hold both classes")
-    loader = make_loader(
-        UnitImageDataset(images, labels, ClassificationPresetEval()),
+    paths = [record.path for record in records]
+    loader = make_loader(  # serving's input: files through prepare(), not the uint8 cache
+        ServedImageDataset(images, labels, paths, size),
         batch_size=args.batch_size,
         train=False,
         workers=args.workers,
     )
     precision = args.precision or summary.get("export_check", {}).get("precision", "fp32")
-    logits, _ = score_exported(
-        model_file, size, loader, device=str(resolve_device(args.device)), precision=precision
-    )
+    logits, _ = score_exported(model_file, size, loader, device=str(device), precision=precision)
     groups = [r.patient for r in records]
     probs = probabilities(logits, temperature)
     points = summary["operating_points"]
@@ -118,7 +136,7 @@ def evaluate_run(args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
         "run": summary["version"],
         "source": source.source,
         "images": len(records),
-        "device": args.device,
+        "device": str(device),
         "precision": precision,
         "overall": metrics.summarize(
             labels, probs, balanced_tau, n_bootstrap=args.bootstrap, seed=args.seed, groups=groups

@@ -36,6 +36,7 @@ from governance.registry import (
     verify_model_file,
 )
 from training.calibration import probabilities
+from training.presets import EvalBatchPreset
 from training.thresholds import POLICY_CRITERIA
 from worker.inference import ModelSpec, load_model, predict_logits
 from worker.model import export_torchscript, preprocessing_of
@@ -116,12 +117,18 @@ def score_exported(
     precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Raw logits (float64) and labels (int64) of ``loader`` through a TorchScript file as
-    serving loads it (:func:`worker.inference.load_model`) at ``precision``."""
+    serving loads it (:func:`worker.inference.load_model`) at ``precision``.
+
+    ``loader`` yields cached images (uint8 or [0, 1]); they are standardised by the same
+    :class:`~training.presets.EvalBatchPreset` as in training, on the host, and handed to
+    serving's own :func:`~worker.inference.predict_logits` (which copies them to ``device``).
+    """
     spec = ModelSpec(Path(path).name, str(path), sha256_file(Path(path)), input_size)
     loaded = load_model(spec, device=device, precision=precision)
+    standardize = EvalBatchPreset(channels_last=False)
     logits, labels = [], []
     for images, targets in loader:
-        logits.append(predict_logits(loaded, images.numpy()))
+        logits.append(predict_logits(loaded, standardize(images).numpy()))
         labels.append(targets.numpy().reshape(-1))
     return np.concatenate(logits), np.concatenate(labels).astype(np.int64)
 

@@ -18,7 +18,7 @@ import numpy as np
 from cxr_triage.settings import Settings
 from governance.errors import ConfigError
 from training import metrics
-from training.cache import build_cache
+from training.cache import CACHE_FORMAT, build_cache, quantize
 from training.data import ImageRecord, SourceData, deduplicate, load_source
 from training.splits import (
     assign_splits,
@@ -57,7 +57,8 @@ class PreparedData:
 
 def synthetic_source(n: int, size: int, seed: int) -> tuple[SourceData, np.ndarray]:
     """``n`` synthetic frontal images (half positive) rendered at 4x ``size`` (at least
-    256 px) and reduced by serving's path; one patient per image, no split provided."""
+    256 px), reduced by serving's path and quantised as the cache is; one patient per image,
+    no split provided."""
     from training.synthetic.studies import balanced_labels
 
     if n < 20:
@@ -67,7 +68,9 @@ def synthetic_source(n: int, size: int, seed: int) -> tuple[SourceData, np.ndarr
     render = max(256, 4 * size)
     images = np.stack(
         [
-            render_unit_image(np.random.default_rng(streams[i]), bool(labels[i]), size, render)
+            quantize(
+                render_unit_image(np.random.default_rng(streams[i]), bool(labels[i]), size, render)
+            )
             for i in range(n)
         ]
     )
@@ -150,6 +153,7 @@ def load_data(
         "patients": len(set(patients)),
         "train_val_patient_overlap": len(leaks),
         "train_test_patient_overlap": len(patient_overlap(splits, patients, "train", "test")),
+        "cache_format": CACHE_FORMAT,
     }
     for split, c in counts.items():
         logger.info(

@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import datetime as dt
 import logging
-import os
 import platform
 import subprocess
 import sys
@@ -30,16 +29,12 @@ from governance.errors import ConfigError
 from governance.registry import sha256_file
 from training import metrics, report
 from training.calibration import probabilities
-from training.datasets import UnitImageDataset, make_loader
+from training.datasets import ServedImageDataset, UnitImageDataset, default_workers, make_loader
 from training.engine import FitResult, fit, set_seed, zero_init_residual
 from training.export import MODEL_FILE, register_run, score_exported
 from training.finalize import Finalized, Scores, finalize
 from training.prepare import PreparedData, load_data, subgroup_metrics
-from training.presets import (
-    AUGMENTATION_PRESETS,
-    ClassificationPresetEval,
-    ClassificationPresetTrain,
-)
+from training.presets import AUGMENTATION_PRESETS, EvalBatchPreset, TrainBatchPreset
 from training.thresholds import POLICY_CRITERIA
 from worker.model import build_model, export_torchscript, resolve_device
 from worker.preprocess import preprocessing_record
@@ -50,6 +45,8 @@ RAW_MODEL_FILE = "model-uncalibrated.pt"
 EXPORT_TOLERANCE = 1e-3
 
 MIN_VAL_PER_CLASS = 10
+CUDA_BATCH_SIZE = 256  # what a bf16 channels_last ResNet-50 step needs to fill a large GPU
+CPU_BATCH_SIZE = 64
 NEEDS_PRETRAINED = (
     "training on real images needs ImageNet weights: download torchvision's "
     "resnet50-11ad3fa6.pth (https://download.pytorch.org/models/resnet50-11ad3fa6.pth) on a "
@@ -133,7 +130,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "jitter, no flip; the default) or light (small crops, a few degrees of rotation)",
     )
     model.add_argument("--epochs", type=int, default=30)
-    model.add_argument("--batch-size", type=int, default=64)
+    model.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"default {CUDA_BATCH_SIZE} on CUDA (with bf16 and channels_last), "
+        f"{CPU_BATCH_SIZE} on the CPU",
+    )
     model.add_argument(
         "--lr",
         type=float,
@@ -151,7 +154,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="data-loader and decoding processes (default min(8, CPUs - 1))",
+        help="data-loader and decoding processes (default: the CPUs this process may use "
+        "less one, at most 8)",
     )
     model.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     model.add_argument(
@@ -239,7 +243,7 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("val_fraction", "test_fraction"):
         if not 0.0 < getattr(args, name) < 0.5:
             raise ConfigError(f"--{name.replace('_', '-')} must be in (0, 0.5)")
-    if args.epochs < 1 or args.batch_size < 2:
+    if args.epochs < 1 or (args.batch_size is not None and args.batch_size < 2):
         raise ConfigError("--epochs must be at least 1 and --batch-size at least 2")
     if args.activate and not args.register:
         raise ConfigError("--activate needs --register")
@@ -275,6 +279,7 @@ class RunOptions:
     amp: bool
     channels_last: bool
     workers: int
+    batch_size: int
     lr: float
     progress: bool
 
@@ -284,6 +289,7 @@ class RunOptions:
         recorded.update(
             lr=self.lr,
             workers=self.workers,
+            batch_size=self.batch_size,
             amp=self.amp,
             channels_last=self.channels_last,
             device=str(self.device),
@@ -305,9 +311,8 @@ def resolve_options(args: argparse.Namespace, settings: Settings) -> RunOptions:
             split_manifest = run_dir / "split_manifest.csv"
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    workers = args.workers
-    if workers is None:
-        workers = max(0, min(8, len(os.sched_getaffinity(0)) - 1))
+    workers = default_workers() if args.workers is None else args.workers
+    batch_size = args.batch_size or (CUDA_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
     return RunOptions(
         run_dir=run_dir,
         stamp=stamp,
@@ -316,6 +321,7 @@ def resolve_options(args: argparse.Namespace, settings: Settings) -> RunOptions:
         amp=cuda if args.amp is None else args.amp,
         channels_last=cuda if args.channels_last is None else args.channels_last,
         workers=workers,
+        batch_size=batch_size,
         lr=args.lr or (3e-4 if args.pretrained else 1e-3),
         progress=not args.no_progress,
     )
@@ -363,34 +369,50 @@ def check_validation(labels: np.ndarray, force: bool) -> list[str]:
 
 @dataclass
 class Loaders:
+    """Loaders of cached uint8 batches and the batch presets that make them the network's
+    input on the training device (augmented for training, serving's input for the rest)."""
+
     train: Any
     val: Any
     test: Any | None
-    evaluation: ClassificationPresetEval
+    augment: TrainBatchPreset
+    evaluation: EvalBatchPreset
+    #: validation and test as serving reads them (files through ``prepare``, not the uint8
+    #: cache): what the exported model is scored on to fit the temperature and every tau
+    val_served: Any
+    test_served: Any | None
 
 
 def build_loaders(args: argparse.Namespace, options: RunOptions, data: PreparedData) -> Loaders:
-    """Training loader (augmented, shuffled) and validation/test loaders (serving's input)."""
+    """Training loader (shuffled) and validation/test loaders (in order), pinned on CUDA."""
     train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
-    size = args.input_size
     kw = {
         "workers": options.workers,
         "seed": args.seed,
         "pin_memory": options.device.type == "cuda",
     }
-    evaluation = ClassificationPresetEval()
-    augment = ClassificationPresetTrain.preset(args.augment, size)
-    train_set = UnitImageDataset(data.images, data.labels, augment, train_idx)
+    batch_size = options.batch_size
 
-    def eval_loader(idx: np.ndarray) -> Any:
-        dataset = UnitImageDataset(data.images, data.labels, evaluation, idx)
-        return make_loader(dataset, batch_size=args.batch_size * 2, train=False, **kw)
+    def loader(idx: np.ndarray, train: bool) -> Any:
+        dataset = UnitImageDataset(data.images, data.labels, idx)
+        return make_loader(dataset, batch_size=batch_size * (1 if train else 2), train=train, **kw)
 
+    paths = [record.path for record in data.records]
+
+    def served(idx: np.ndarray) -> Any:
+        dataset = ServedImageDataset(data.images, data.labels, paths, args.input_size, idx)
+        return make_loader(dataset, batch_size=batch_size * 2, train=False, **kw)
+
+    channels_last = options.channels_last
+    with_test = len(set(data.labels[test_idx].tolist())) == 2
     return Loaders(
-        make_loader(train_set, batch_size=args.batch_size, train=True, **kw),
-        eval_loader(val_idx),
-        eval_loader(test_idx) if len(set(data.labels[test_idx].tolist())) == 2 else None,
-        evaluation,
+        loader(train_idx, True),
+        loader(val_idx, False),
+        loader(test_idx, False) if with_test else None,
+        TrainBatchPreset.preset(args.augment, args.input_size, channels_last=channels_last),
+        EvalBatchPreset(channels_last=channels_last),
+        served(val_idx),
+        served(test_idx) if with_test else None,
     )
 
 
@@ -418,6 +440,8 @@ def train_model(
         patience=args.patience,
         amp=options.amp,
         channels_last=options.channels_last,
+        train_transform=loaders.augment,
+        eval_transform=loaders.evaluation,
         checkpoint_dir=options.run_dir,
         args=training_args,
         resume_from=args.resume,
@@ -435,7 +459,7 @@ def deployed_scores(
     raw = export_torchscript(model, args.input_size, options.run_dir / RAW_MODEL_FILE)
     kw = {"device": str(options.device), "precision": args.serving_precision}
     scores: list[Scores | None] = []
-    for loader in (loaders.val, loaders.test):
+    for loader in (loaders.val_served, loaders.test_served):
         if loader is None:
             scores.append(None)
             continue
@@ -460,7 +484,7 @@ def export_model(
     logits, _ = score_exported(
         path,
         args.input_size,
-        loaders.val,
+        loaders.val_served,
         device=str(options.device),
         precision=args.serving_precision,
     )

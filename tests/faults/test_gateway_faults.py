@@ -127,7 +127,9 @@ def test_a_gateway_killed_mid_association_loses_nothing_it_acknowledged(
     stack = fault_stack(make_database_url("postgresql"), own_redis.url)
     settings = stack.settings
     gateway, worker = start_gateway_and_worker(settings, start_service)
-    paths, uids = make_studies(tmp_path / "studies", 10, seed=42)
+    # 8 MB images: the gateway must still be receiving when the kill comes (small ones are all
+    # acknowledged in the time it takes to see the third row).
+    paths, uids = make_studies(tmp_path / "studies", 10, seed=42, size=2048)
     ledger = Ledger()
 
     sender = threading.Thread(

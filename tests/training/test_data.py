@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 from PIL import Image
 
+import training.cache
 from governance.errors import ConfigError
-from training.cache import build_cache, unit_image
+from training.cache import build_cache, cache_key, quantize, unit_image
 from training.data import (
     deduplicate,
     load_dicom_folder,
@@ -22,8 +24,9 @@ from training.data import (
     load_source,
     read_gray,
 )
+from training.datasets import ServedImageDataset
 from training.prepare import load_data
-from worker.preprocess import preprocess, standardize
+from worker.preprocess import prepare, preprocess, standardize
 
 
 def test_kaggle_reads_only_split_folders_and_skips_non_images(kaggle_dir: Path):
@@ -57,10 +60,47 @@ def test_rgb_jpeg_becomes_gray_and_cache_equals_serving(kaggle_dir: Path, tmp_pa
     assert gray.ndim == 2
     chosen = [rgb[0], records[0], records[-1]]
     cache = build_cache(chosen, 48, tmp_path, progress=False)
+    assert cache.dtype == np.uint8 and cache.shape == (3, 48, 48)  # one byte, one channel
     for row, record in zip(cache, chosen, strict=True):
-        np.testing.assert_array_equal(standardize(row), preprocess(read_gray(record.path), 48))
+        np.testing.assert_array_equal(row, quantize(prepare(read_gray(record.path), 48).unit))
     again = build_cache(chosen, 48, tmp_path, progress=False)  # reused, not rebuilt
     assert isinstance(again, np.memmap) and len(list(tmp_path.glob("*.npy"))) == 1
+
+
+def test_served_dataset_gives_serving_input_not_the_cache(kaggle_dir: Path, tmp_path: Path):
+    """What the exported model is scored on to set tau: each file through ``prepare`` at full
+    precision (not its uint8 cache row); an image with no file is its row / 255."""
+    records, _ = deduplicate(load_kaggle(kaggle_dir).records)
+    chosen = records[:3]
+    cache = build_cache(chosen, 48, tmp_path, progress=False)
+    labels = np.array([r.label for r in chosen])
+    paths = [chosen[0].path, chosen[1].path, None]
+    images, _ = ServedImageDataset(cache, labels, paths, 48).__getitems__([0, 1, 2])
+    assert images.dtype == torch.float32 and tuple(images.shape) == (3, 48, 48)
+    for i in (0, 1):
+        exact = prepare(chosen[i].path, 48).unit
+        np.testing.assert_array_equal(images[i].numpy(), exact)
+        assert np.abs(cache[i] / np.float32(255) - exact).max() > 0  # the cache is not exact
+    np.testing.assert_array_equal(images[2].numpy(), cache[2] / np.float32(255))
+    with pytest.raises(ValueError, match="paths has 2 entries"):
+        ServedImageDataset(cache, labels, paths[:2], 48)
+
+
+def test_cache_name_changes_with_its_format(kaggle_dir: Path, tmp_path: Path, monkeypatch):
+    """A cache of another format (the float32 one before) is never taken for this one."""
+    records, _ = deduplicate(load_kaggle(kaggle_dir).records)
+    key = cache_key(records[:3], 48)
+    monkeypatch.setattr(training.cache, "CACHE_FORMAT", "unit-float32-v1")
+    assert cache_key(records[:3], 48) != key
+
+
+def test_quantize_rounds_to_the_nearest_grey_level():
+    unit = np.array([[0.0, 0.5 / 255 - 1e-4, 0.5 / 255 + 1e-4, 1.0, 1.2, -0.1]], np.float32)
+    np.testing.assert_array_equal(quantize(unit), [[0, 0, 1, 255, 255, 0]])
+    grid = np.linspace(0, 1, 10001, dtype=np.float32)
+    assert np.abs(quantize(grid) / np.float32(255) - grid).max() <= 0.5 / 255 + 1e-7
+    with pytest.raises(ValueError, match="NaN"):
+        quantize(np.array([np.nan]))
 
 
 def test_dicom_folder_source_keeps_frontal_hashes_patients(
