@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +67,28 @@ def get_context(settings: Settings) -> WorkerContext:
                 ),
             )
         return _context
+
+
+# Studies being triaged in this process, with how many task threads hold or wait for each.
+_studies: dict[str, tuple[threading.Lock, list[int]]] = {}
+
+
+@contextmanager
+def _one_at_a_time(study_uid: str) -> Iterator[None]:
+    """Triage a study in one task thread at a time: a second message for it (a redelivery, a
+    copy left by a move to the backlog) waits, then finds nothing new instead of scoring and
+    recording the study a second time beside the first."""
+    with _lock:
+        lock, holders = _studies.setdefault(study_uid, (threading.Lock(), [0]))
+        holders[0] += 1
+    try:
+        with lock:
+            yield
+    finally:
+        with _lock:
+            holders[0] -= 1
+            if holders[0] == 0:
+                del _studies[study_uid]
 
 
 _results_hook: events.Subscriber | None = None
@@ -122,14 +146,15 @@ def triage_study_task(self: Task, study_uid: str) -> dict[str, Any] | None:
         _park(ctx.store, study_uid, reason)
         return None
     try:
-        outcome = triage_study(
-            ctx.store,
-            ctx.models,
-            study_uid,
-            batch_size=ctx.settings.batch_size,
-            limits=limits,
-            batcher=ctx.batcher,
-        )
+        with _one_at_a_time(study_uid):
+            outcome = triage_study(
+                ctx.store,
+                ctx.models,
+                study_uid,
+                batch_size=ctx.settings.batch_size,
+                limits=limits,
+                batcher=ctx.batcher,
+            )
     except NotFound:
         logger.error("study %s is not in the store; nothing to triage", study_uid)
         return None
