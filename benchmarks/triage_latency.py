@@ -546,7 +546,10 @@ def report(name: str, run: BrokerRun) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.drain and not args.burst:
+        parser.error("--drain needs --burst N (the drained burst has N studies)")
     base = args.workdir or Path(tempfile.mkdtemp(prefix="cxr-latency-"))
     data = base / "studies"
     if not (data / "labels.csv").is_file():
@@ -564,14 +567,11 @@ def main(argv: list[str] | None = None) -> int:
             write_studies(late_dir, 1, size=args.size, seed=8, positive_fraction=1.0)
         late = next(p for p in late_dir.iterdir() if p.is_dir())
     drain: list[Path] = []
-    if args.drain and args.burst:
+    if args.drain:
         drain_dir = base / f"drain-{args.burst}"
         if not (drain_dir / "labels.csv").is_file():
             write_studies(drain_dir, args.burst, size=args.size, seed=7, positive_fraction=0.1)
         drain = sorted(p for p in drain_dir.iterdir() if p.is_dir())
-    elif args.drain:
-        print("--drain needs --burst N (the drained burst has N studies)", file=sys.stderr)
-        return 2
     plan = Plan(folders[0], folders[1 : args.studies + 1], burst, late, args.model_size, drain)
     model = f"untrained ResNet-50 at {args.model_size} px" if args.model_size else "demo 64 px"
     print(
