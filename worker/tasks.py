@@ -53,20 +53,25 @@ def get_context(settings: Settings) -> WorkerContext:
     global _context
     with _lock:
         if _context is None:
-            from worker.batcher import Batcher
-            from worker.inference import ModelCache, predict_logits
-
-            _context = WorkerContext(
-                settings=settings,
-                store=Store.from_settings(settings),
-                models=ModelCache(device=settings.device, precision=settings.precision),
-                batcher=Batcher(
-                    predict_logits,
-                    batch_size=settings.batch_size,
-                    max_wait_s=settings.batch_wait_ms / 1000,
-                ),
-            )
+            _context = make_context(settings, Store.from_settings(settings))
         return _context
+
+
+def make_context(settings: Settings, store: Store) -> WorkerContext:
+    """A worker context on ``store``: the model cache and the cross-study batcher."""
+    from worker.batcher import Batcher
+    from worker.inference import ModelCache, predict_logits
+
+    return WorkerContext(
+        settings=settings,
+        store=store,
+        models=ModelCache(device=settings.device, precision=settings.precision),
+        batcher=Batcher(
+            predict_logits,
+            batch_size=settings.batch_size,
+            max_wait_s=settings.batch_wait_ms / 1000,
+        ),
+    )
 
 
 # Studies being triaged in this process, with how many task threads hold or wait for each.

@@ -140,11 +140,11 @@ def test_a_study_delivered_too_often_is_parked_not_looped(
     make_settings: Callable[..., Settings],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = make_settings(max_deliveries=3)
+    settings = make_settings(max_deliveries=3, device="cpu", precision="fp32")
     study_uid = generate_uid()
     add_image(store, tmp_path, study_uid, seed=1)
     activate(tau=0.0)
-    context = tasks.WorkerContext(settings, store, ModelCache(device="cpu", precision="fp32"))
+    context = tasks.make_context(settings, store)
     monkeypatch.setattr(tasks, "_context", context)
     monkeypatch.setattr(tasks.triage_study_task.app, "cxr_settings", settings, raising=False)
 
