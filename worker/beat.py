@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 
 from cxr_triage.settings import Settings, get_settings
 from governance.db import Store
@@ -50,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     app.conf.beat_schedule = schedule(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logger.info("beat: monitoring tick every %.0f s", min(settings.drift_interval_s, MAX_TICK_S))
-    app.Beat(
-        schedule=str(settings.data_dir / "beat-schedule"), loglevel=args.loglevel, quiet=True
-    ).run()
+    # A schedule file of this process's own: two beats sharing one (a second one started by
+    # mistake) crash each other in Python's dbm. The jobs themselves are idempotent per period
+    # in the store, so nothing is lost by not sharing the last-run times.
+    name = f"beat-schedule-{socket.gethostname()}-{os.getpid()}"
+    try:
+        app.Beat(schedule=str(settings.data_dir / name), loglevel=args.loglevel, quiet=True).run()
+    finally:
+        for leftover in settings.data_dir.glob(f"{name}*"):
+            leftover.unlink(missing_ok=True)
     return 0
