@@ -8,13 +8,18 @@ it: ``--concurrent`` studies at once in threads sharing one model, the prefetch 
 batcher (worker.batcher), each study committed on its own. The reference is the same loaded
 model's forward pass on random tensors at the same dtype and batch size. Prints images/s of
 each (median of ``--repeats`` runs) and their ratio (target >= 0.8), the same pipeline one
-study at a time and with the prefetch pool off (``workers=0``), and where the time goes: CPU
-seconds of reading + decoding + preprocessing and of the forward passes per image. With
+study at a time and with the prefetch pool off (``workers=0``), and where the time goes: the
+process's CPU milliseconds per image for the model alone and for the pipeline (their ratio is
+what the pipeline could reach at best with every CPU busy: the CPUs are shared by the forward
+pass and everything else), the mean batch and how busy the model was. With
 ``--profile``, a cProfile summary of the one-thread pipeline (every stage in one thread, so
-the profile sees them all).
+the profile sees them all; cProfile's own cost inflates the store's share). With ``--stages``,
+one more ``--concurrent`` run with each stage timed in the thread that runs it (wall and CPU
+milliseconds per image: plan, begin, read, decode + preprocess, forward, record).
 
     python benchmarks/worker_pipeline.py [--size 224] [--pixels 1024] [--studies 4]
         [--per-study 4] [--batch 8] [--concurrent 4] [--j2k] [--repeats 3] [--profile]
+        [--stages]
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ import os
 import pstats
 import statistics
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +54,7 @@ from governance.registry import activate_model, register_model
 from governance.studies import ReceivedInstance, record_instance
 from migrations import upgrade
 from training.synthetic.phantom import chest_radiograph
+from worker import triage
 from worker.batcher import Batcher
 from worker.inference import ModelCache, ModelSpec, predict_logits
 from worker.model import build_model, export_torchscript
@@ -62,7 +71,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2, help="prefetch threads (default 2)")
     parser.add_argument("--j2k", action="store_true", help="store images as JPEG 2000 lossless")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["fp32", "bf16", "auto"],
+        help="the model's precision (default auto, the worker's: bf16 where native and accurate)",
+    )
     parser.add_argument(
         "--concurrent", type=int, default=4, help="studies scored at once (default 4)"
     )
@@ -70,6 +84,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--batch-wait-ms", type=float, default=20.0, help="the batcher's longest wait (ms)"
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the inline pipeline")
+    parser.add_argument(
+        "--stages", action="store_true", help="wall and CPU per stage, in the threads that run it"
+    )
     return parser
 
 
@@ -152,22 +169,27 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(3):  # TorchScript's profiling executor specialises on the first calls
             predict_logits(loaded, batch)
 
+        cpu_ms: dict[str, list[float]] = {"model alone": [], "pipeline": []}
+
         def bare() -> float:
             rounds = max(5, images // args.batch)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             for _ in range(rounds):
                 predict_logits(loaded, batch)
+            cpu_ms["model alone"].append(1000 * (time.process_time() - cpu) / (rounds * args.batch))
             return rounds * args.batch / (time.perf_counter() - started)
 
         runs = iter(range(1, 1000))
         forward_s = [0.0]
+        forward_calls: list[tuple[float, float]] = []  # (wall s, CPU s of the batcher thread)
 
         def timed_forward(model, images):  # type: ignore[no-untyped-def]
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             try:
                 return predict_logits(model, images)
             finally:
                 forward_s[0] += time.perf_counter() - started
+                forward_calls.append((time.perf_counter() - started, time.thread_time() - cpu))
 
         def pipeline(workers: int, concurrent: int) -> float:
             cache.get(activate(f"bench-{next(runs)}"))  # loaded outside the timed part
@@ -180,10 +202,12 @@ def main(argv: list[str] | None = None) -> None:
                     store, cache, study_uid, batch_size=args.batch, workers=workers, batcher=batcher
                 )
 
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             with ThreadPoolExecutor(concurrent) as pool:
                 list(pool.map(one, studies))
             elapsed = time.perf_counter() - started
+            if concurrent == args.concurrent and workers == args.workers:
+                cpu_ms["pipeline"].append(1000 * (time.process_time() - cpu) / images)
             batches.append(batcher.stats.images / max(1, batcher.stats.batches))
             return images / elapsed
 
@@ -200,8 +224,15 @@ def main(argv: list[str] | None = None) -> None:
             rate = pipeline(args.workers, args.concurrent)
             rows[f"pipeline ({args.concurrent} at once)"].append(rate)
             busy = forward_s[0] * rate / images  # forward seconds / wall seconds
+            mean_batch = batches[-1]
             rows["pipeline, 1 at once"].append(pipeline(args.workers, 1))
             rows["pipeline, no prefetch"].append(pipeline(0, 1))
+        if args.stages:
+            with timed_stages() as stages:
+                forward_calls.clear()
+                rate = pipeline(args.workers, args.concurrent)
+            stages["forward pass (batcher thread)"] = list(forward_calls)
+            print_stages(stages, images, rate, batches[-1])
         if args.profile:
             profile_inline(store, cache, studies, args.batch, activate(f"bench-{next(runs)}"))
         store.dispose()
@@ -215,10 +246,71 @@ def main(argv: list[str] | None = None) -> None:
         value = statistics.median(values)
         print(f"{name:<26}{value:>8.2f}{value / reference:>8.2f}")
     print(
-        f"last run {args.concurrent} at once: mean batch {batches[-3]:.1f} images, the model "
+        f"last run {args.concurrent} at once: mean batch {mean_batch:.1f} images, the model "
         f"busy {100 * busy:.0f}% of the wall time (the rest: waiting for images to be read, "
         f"decoded, preprocessed, and for the store; {os.cpu_count()} CPUs shared)"
     )
+    model_cpu = statistics.median(cpu_ms["model alone"])
+    pipeline_cpu = statistics.median(cpu_ms["pipeline"])
+    print(
+        f"CPU per image (this process, all its threads): model alone {model_cpu:.1f} ms, "
+        f"pipeline ({args.concurrent} at once) {pipeline_cpu:.1f} ms, of which "
+        f"{pipeline_cpu - model_cpu:.1f} ms besides the forward pass (reading, decoding, "
+        f"preprocessing, the store, the threads); with every CPU busy the pipeline reaches at "
+        f"most {model_cpu / pipeline_cpu:.2f}x the model alone"
+    )
+
+
+#: What ``--stages`` times: (module, function name, label), in the order printed.
+STAGES = (
+    (triage.triage_results, "plan", "plan (read the store)"),
+    (triage.triage_results, "begin", "begin (set status triaging)"),
+    (triage, "_read", "read the file (dcmread)"),
+    (triage, "prepare", "decode + preprocess"),
+    (triage, "_hand_over", "record (one transaction)"),
+)
+
+
+@contextmanager
+def timed_stages() -> Iterator[dict[str, list[tuple[float, float]]]]:
+    """Wrap each stage's function so that every call notes (wall s, CPU s of its thread)."""
+    noted: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    lock = threading.Lock()
+    saved = [(module, name, getattr(module, name)) for module, name, _ in STAGES]
+
+    def timed(fn: Callable, label: str) -> Callable:  # type: ignore[type-arg]
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = (time.perf_counter() - wall, time.thread_time() - cpu)
+                with lock:
+                    noted[label].append(spent)
+
+        return call
+
+    for (module, name, label), (_, _, fn) in zip(STAGES, saved, strict=True):
+        setattr(module, name, timed(fn, label))
+    try:
+        yield noted
+    finally:
+        for module, name, fn in saved:
+            setattr(module, name, fn)
+
+
+def print_stages(
+    noted: dict[str, list[tuple[float, float]]], images: int, rate: float, batch: float
+) -> None:
+    """Per-image wall and CPU of each stage; the forward pass's CPU is its calling thread's
+    only (its intra-op threads are not counted), the others' is all of theirs."""
+    print(f"\nstages of one more run ({rate:.1f} img/s, mean batch {batch:.1f}), ms per image:")
+    print(f"  {'':<32}{'wall':>7}{'thread CPU':>12}")
+    for label in [label for _, _, label in STAGES] + ["forward pass (batcher thread)"]:
+        calls = noted.get(label, [])
+        wall = 1000 * sum(w for w, _ in calls) / images
+        cpu = 1000 * sum(c for _, c in calls) / images
+        print(f"  {label:<32}{wall:>7.1f}{cpu:>12.1f}")
 
 
 def profile_inline(
