@@ -22,10 +22,9 @@
 ARG PYTHON_IMAGE=python:3.13-slim-bookworm
 ARG WORKER_PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# --- source: what both images install, the one list of our packages ------------------------------
+# --- source: the one list of our packages, which both images install -----------------------------
 FROM scratch AS source
 WORKDIR /src
-COPY constraints.txt pyproject.toml README.md ./
 COPY cxr_triage ./cxr_triage
 COPY governance ./governance
 COPY worker ./worker
@@ -42,6 +41,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+COPY constraints.txt pyproject.toml README.md ./
 COPY --from=source /src ./
 RUN pip install -c constraints.txt . \
     && python -c "import cxr_triage.cli, dicom_gateway.scp, web.app, migrations" \
@@ -59,7 +59,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY constraints.txt ./
+COPY constraints.txt pyproject.toml README.md ./
 # torch first, from its own index: `pip install .[worker]` then finds it satisfied (a local
 # version such as 2.14.1+cpu matches the constraint 2.14.1) instead of fetching PyPI's build.
 RUN pip install -c constraints.txt --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" \
