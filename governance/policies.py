@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -236,6 +237,20 @@ def set_mode(
         detail={"from": current.mode, "to": mode, "reason": reason.strip()},
     )
     return policy
+
+
+def flag_mask(probabilities: npt.ArrayLike, tau: float) -> np.ndarray:
+    """The flag rule over many probabilities at once: at or above tau flags (a tie flags).
+
+    Evaluation, threshold reports and recalibration count flags with it, so they count what
+    the worker flags (``flags``, one study).
+    """
+    return np.greater_equal(probabilities, tau)
+
+
+def flags(probability: float | None, tau: float | None) -> bool:
+    """The flag rule for one study: ``flag_mask`` of its probability (none: no flag)."""
+    return probability is not None and tau is not None and bool(flag_mask(probability, tau))
 
 
 def policy_probability(
