@@ -18,7 +18,14 @@ from sqlalchemy.orm import Session
 
 from governance import audit
 from governance.errors import NoActiveModel
-from governance.models import ModelVersion, OperatingPoint, PolicyMode, ThresholdPolicy, utcnow
+from governance.models import (
+    ModelVersion,
+    OperatingPoint,
+    PolicyMode,
+    ThresholdPolicy,
+    policy_uid,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +114,7 @@ def set_policy(
         actor=actor or approved_by,
         action=audit.Action.POLICY_SET,
         object_type="threshold_policy",
-        object_uid=f"{model.version}/v{policy.version}",
+        object_uid=policy_uid(model.version, policy.version),
         detail={
             "model_version": model.version,
             "policy_version": policy.version,
@@ -226,7 +233,7 @@ def set_mode(
         actor=approved_by,
         action=audit.Action.POLICY_MODE_CHANGED,
         object_type="threshold_policy",
-        object_uid=f"{model.version}/v{policy.version}",
+        object_uid=policy_uid(model.version, policy.version),
         detail={"from": current.mode, "to": mode, "reason": reason.strip()},
     )
     return policy

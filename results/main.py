@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     from results import tasks
 
-    tasks._context = ctx
+    tasks._context.set(ctx)
     app = make_celery(settings)
     app.conf.imports = ("results.tasks",)
     name = args.name or f"cxr-results-{os.getpid()}@{socket.gethostname()}"
