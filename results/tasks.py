@@ -21,7 +21,8 @@ from worker.celery_app import DELIVER, DELIVER_EVENT, ProcessContext
 logger = logging.getLogger(__name__)
 
 
-def _build_context(settings: Settings) -> ResultsContext:
+def build_context(settings: Settings) -> ResultsContext:
+    """The store and the result destinations (``CXR_RESULTS_CONFIG``) of this process."""
     return ResultsContext(
         settings=settings,
         store=Store.from_settings(settings),
@@ -29,7 +30,7 @@ def _build_context(settings: Settings) -> ResultsContext:
     )
 
 
-_context: ProcessContext[ResultsContext] = ProcessContext(_build_context)
+_context: ProcessContext[ResultsContext] = ProcessContext(build_context)
 
 
 def get_context(settings: Settings) -> ResultsContext:
