@@ -22,6 +22,17 @@
 ARG PYTHON_IMAGE=python:3.13-slim-bookworm
 ARG WORKER_PYTHON_IMAGE=python:3.11-slim-bookworm
 
+# --- source: the one list of our packages, which both images install -----------------------------
+FROM scratch AS source
+WORKDIR /src
+COPY cxr_triage ./cxr_triage
+COPY governance ./governance
+COPY worker ./worker
+COPY dicom_gateway ./dicom_gateway
+COPY training ./training
+COPY web ./web
+COPY migrations ./migrations
+
 # --- slim-build: the base install (gateway, web, store, migrations, CLI), no torch ---------------
 FROM ${PYTHON_IMAGE} AS slim-build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -31,13 +42,7 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY constraints.txt pyproject.toml README.md ./
-COPY cxr_triage ./cxr_triage
-COPY governance ./governance
-COPY worker ./worker
-COPY dicom_gateway ./dicom_gateway
-COPY training ./training
-COPY web ./web
-COPY migrations ./migrations
+COPY --from=source /src ./
 RUN pip install -c constraints.txt . \
     && python -c "import cxr_triage.cli, dicom_gateway.scp, web.app, migrations" \
     && ! python -c "import torch" 2>/dev/null
@@ -59,13 +64,7 @@ COPY constraints.txt pyproject.toml README.md ./
 # version such as 2.14.1+cpu matches the constraint 2.14.1) instead of fetching PyPI's build.
 RUN pip install -c constraints.txt --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" \
         "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
-COPY cxr_triage ./cxr_triage
-COPY governance ./governance
-COPY worker ./worker
-COPY dicom_gateway ./dicom_gateway
-COPY training ./training
-COPY web ./web
-COPY migrations ./migrations
+COPY --from=source /src ./
 RUN pip install -c constraints.txt ".[${WORKER_EXTRAS}]" \
     && python -c "import torch, worker.model; print(torch.__version__)"
 
@@ -77,15 +76,10 @@ LABEL org.opencontainers.image.title="cxr-triage" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.cxr-triage.role="slim"
-RUN groupadd --system --gid 10001 cxr \
-    && useradd --system --uid 10001 --gid cxr --home-dir /var/lib/cxr-triage \
-        --shell /usr/sbin/nologin cxr \
-    && mkdir -p /var/lib/cxr-triage/spool /var/lib/cxr-triage/models /var/lib/cxr-triage/audit \
-       /var/lib/cxr-triage/heatmaps /var/lib/cxr-triage/results \
-    && chown -R cxr:cxr /var/lib/cxr-triage
+RUN --mount=type=bind,source=deploy/runtime-user.sh,target=/tmp/runtime-user.sh \
+    sh /tmp/runtime-user.sh
 COPY --from=slim-build /opt/venv /opt/venv
 COPY --chmod=0755 deploy/healthcheck.py /usr/local/bin/cxr-healthcheck
-# The data folders belong to the cxr user, so named volumes mounted there start owned by it.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -110,12 +104,8 @@ LABEL org.opencontainers.image.title="cxr-triage-worker" \
 RUN apt-get update -qq \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libopenjp2-7 \
     && rm -rf /var/lib/apt/lists/*
-RUN groupadd --system --gid 10001 cxr \
-    && useradd --system --uid 10001 --gid cxr --home-dir /var/lib/cxr-triage \
-        --shell /usr/sbin/nologin cxr \
-    && mkdir -p /var/lib/cxr-triage/spool /var/lib/cxr-triage/models /var/lib/cxr-triage/audit \
-       /var/lib/cxr-triage/heatmaps /var/lib/cxr-triage/results \
-    && chown -R cxr:cxr /var/lib/cxr-triage
+RUN --mount=type=bind,source=deploy/runtime-user.sh,target=/tmp/runtime-user.sh \
+    sh /tmp/runtime-user.sh
 COPY --from=worker-build /opt/venv /opt/venv
 COPY --chmod=0755 deploy/healthcheck.py /usr/local/bin/cxr-healthcheck
 ENV PATH=/opt/venv/bin:$PATH \

@@ -78,18 +78,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    options = vars(get_args_parser().parse_args(argv))
+    keep = options.pop("keep")
     try:
-        plan = SoakPlan(
-            studies=args.studies,
-            senders=args.senders,
-            kill_every=args.kill_every,
-            kills=args.kills,
-            pg_outage=args.pg_outage,
-            size=args.size,
-            settle_timeout=args.settle_timeout,
-            progress_every=args.progress_every,
-        )
+        plan = SoakPlan(**options)  # every other option is a field of the plan
     except ValueError as exc:
         raise SystemExit(f"fault_soak: {exc}") from None
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
@@ -101,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except Unavailable as exc:
         raise SystemExit(f"fault_soak: {exc}") from None
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(base, ignore_errors=True)
     print()
     print(report(result, plan.studies))

@@ -45,6 +45,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -334,9 +335,28 @@ def triaged_at(store: Store, uids: list[str]) -> dict[str, float]:
     return {uid: at.replace(tzinfo=dt.UTC).timestamp() for uid, at in rows if at is not None}
 
 
-def run_broker(
-    name: str, base: Path, plan: Plan, model_store: Store | None
-) -> tuple[BrokerRun, Store]:
+def open_model_store(base: Path, model_size: int) -> Store:
+    """The store that holds the benchmark's model, kept in the work folder between runs (the
+    demo model is trained once); each broker's run copies the model into a fresh store."""
+    settings = Settings(_env_file=None, data_dir=base / f"model-{model_size or 'demo'}")  # type: ignore[call-arg]
+    prepare_store(settings)
+    store = Store.from_url(settings.database_url)
+    with store.read() as session:
+        if active_model(session) is not None:
+            return store
+    if model_size:
+        make_model(store, base, model_size)
+    else:
+        from training.demo import ensure_demo_model
+
+        ensure_demo_model(settings, store, progress=False)
+    return store
+
+
+def run_broker(name: str, base: Path, plan: Plan, model_store: Store) -> tuple[BrokerRun, Store]:
+    # A fresh store and broker folder each run: studies left by an earlier run in the same
+    # --workdir would be found triaged already.
+    shutil.rmtree(base / name, ignore_errors=True)
     settings = Settings(
         _env_file=None,
         data_dir=base / name,  # type: ignore[call-arg]
@@ -347,14 +367,7 @@ def run_broker(
     )
     prepare_store(settings)
     store = Store.from_url(settings.database_url)
-    if model_store is not None:
-        copy_model(model_store, store)
-    elif plan.model_size:
-        make_model(store, base, plan.model_size)
-    else:
-        from training.demo import ensure_demo_model
-
-        ensure_demo_model(settings, store, progress=False)
+    copy_model(model_store, store)
     _, token = store.run(
         lambda s: create_token(s, name="bench", role=Role.RADIOLOGIST, created_by="benchmark")
     )
@@ -582,20 +595,21 @@ def main(argv: list[str] | None = None) -> int:
         + f"; work folder {base}"
     )
     results: dict[str, BrokerRun] = {}
-    model_store: Store | None = None
+    model_store = open_model_store(base, args.model_size)
+    first_store: Store | None = None
     for name in args.brokers.split(","):
         run, store = run_broker(name, base, plan, model_store)
-        model_store = model_store or store
+        first_store = first_store or store
         results[name] = run
     for name, run in results.items():
         report(name, run)
-    if burst and model_store is not None:
+    if burst and first_store is not None:
         settings = Settings(_env_file=None)  # type: ignore[call-arg]
         capacity, precision = bare_forward(model_store, settings.batch_size)
         print(f"\nmodel alone ({precision}, batch {settings.batch_size}): {capacity:.1f} img/s")
         pipeline = 0.0
         if drain:
-            pipeline, images = pipeline_capacity(model_store, [p.name for p in drain], settings)
+            pipeline, images = pipeline_capacity(first_store, [p.name for p in drain], settings)
             print(
                 f"pipeline capacity in this process ({settings.worker_studies} studies at once, "
                 f"batch {settings.batch_size}, {images} images of the drained studies): "

@@ -38,313 +38,252 @@ def _split_list(value: object) -> object:
 class Settings(BaseSettings):
     """Everything a cxr-triage process can be configured with (``CXR_*`` variables)."""
 
+    # Each setting's docstring is its description (``Settings.model_fields[name].description``).
     model_config = SettingsConfigDict(
-        env_prefix="CXR_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="CXR_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        use_attribute_docstrings=True,
     )
 
-    data_dir: Path = Field(
-        default=Path("var"),
-        description="Folder for the embedded defaults: SQLite store, spool, broker, models.",
-    )
-    database_url: str = Field(
-        default="",
-        description="SQLAlchemy URL of the store as the services' application role (never the "
-        "superuser, never the schema owner on PostgreSQL); empty: sqlite file in CXR_DATA_DIR.",
-    )
-    migration_database_url: str = Field(
-        default="",
-        description="URL of the same store as the schema owner, used only by `db upgrade` and "
-        "`db create-roles`; empty: CXR_DATABASE_URL. When its user differs from "
-        "CXR_DATABASE_URL's, that user is granted only what the services need.",
-    )
-    broker_url: str = Field(
-        default="",
-        description="Celery broker URL (redis://...); empty: kombu filesystem broker in "
-        "CXR_DATA_DIR.",
-    )
-    queue: str = Field(default="cxr-triage", description="Celery queue the studies go to.")
-    spool_dir: Path | None = Field(
-        default=None, description="Where received instances are kept; default CXR_DATA_DIR/spool."
-    )
-    model_dir: Path | None = Field(
-        default=None, description="Where model files are kept; default CXR_DATA_DIR/models."
-    )
+    data_dir: Path = Path("var")
+    """Folder for the embedded defaults: SQLite store, spool, broker, models."""
+
+    database_url: str = ""
+    """SQLAlchemy URL of the store as the services' application role (never the superuser, never the
+    schema owner on PostgreSQL); empty: sqlite file in CXR_DATA_DIR."""
+
+    migration_database_url: str = ""
+    """URL of the same store as the schema owner, used only by `db upgrade` and `db create-roles`;
+    empty: CXR_DATABASE_URL. When its user differs from CXR_DATABASE_URL's, that user is granted
+    only what the services need."""
+
+    broker_url: str = ""
+    """Celery broker URL (redis://...); empty: kombu filesystem broker in CXR_DATA_DIR."""
+
+    queue: str = "cxr-triage"
+    """Celery queue the studies go to."""
+
+    spool_dir: Path | None = None
+    """Where received instances are kept; default CXR_DATA_DIR/spool."""
+
+    model_dir: Path | None = None
+    """Where model files are kept; default CXR_DATA_DIR/models."""
 
     # DICOM gateway
-    ae_title: str = Field(default="CXRTRIAGE", description="Our AE title.")
-    dicom_host: str = Field(
-        default="127.0.0.1",
-        description="Address the DICOM gateway binds; 0.0.0.0 to accept PACS on the network "
-        "(then set CXR_ALLOWED_CALLING_AES).",
-    )
-    dicom_port: int = Field(default=11112, ge=1, le=65535, description="DICOM port.")
-    allowed_calling_aes: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Comma-separated calling AE titles accepted; empty accepts all (logged).",
-    )
-    max_pdu: int = Field(
-        default=1_048_576,
-        ge=0,
-        description="Largest PDU we accept, bytes (0: unlimited). 16 KB PDUs cost ~1.8x "
-        "throughput.",
-    )
-    stable_age_s: float = Field(
-        default=3.0,
-        gt=0,
-        description="A study on an open or aborted association is queued after this many "
-        "seconds without a new instance.",
-    )
-    network_timeout_s: float = Field(default=60.0, gt=0, description="DICOM network timeout.")
-    acse_timeout_s: float = Field(
-        default=5.0,
-        gt=0,
-        description="How long a peer that connected may take to request an association; one "
-        "that says nothing is disconnected after this (and frees its slot).",
-    )
-    max_associations: int = Field(
-        default=32,
-        ge=1,
-        description="Connections (associations and peers about to request one) the gateway "
-        "serves at once; more are refused with A-ASSOCIATE-RJ transient, local limit exceeded.",
-    )
-    max_associations_per_peer: int = Field(
-        default=8,
-        ge=1,
-        description="Connections one peer address may hold at once, so one host cannot take "
-        "every slot.",
-    )
-    max_instance_mb: float = Field(
-        default=200.0,
-        gt=0,
-        description="Largest instance the gateway keeps, MB; a larger one is refused as it "
-        "streams in (0xA700) and never fills the disk.",
-    )
-    dicom_tls_cert: Path | None = Field(
-        default=None,
-        description="PEM certificate (chain) of the gateway: with CXR_DICOM_TLS_KEY, the "
-        "gateway accepts only TLS associations (DICOM PS3.15 B.1).",
-    )
-    dicom_tls_key: Path | None = Field(
-        default=None, description="PEM private key of CXR_DICOM_TLS_CERT."
-    )
-    dicom_tls_ca: Path | None = Field(
-        default=None,
-        description="PEM CA bundle: when set, peers must present a client certificate it signed.",
-    )
-    requeue_after_s: float = Field(
-        default=900.0,
-        gt=0,
-        description="A study queued this long ago and still not triaged is queued again (its "
-        "message may have died with a worker; triage is idempotent, so a duplicate costs little).",
-    )
-    reconcile_max_attempts: int = Field(
-        default=5,
-        ge=1,
-        description="Automatic requeues of a study not triaged (each waiting twice as long as "
-        "the last, from CXR_REQUEUE_AFTER_S) before the reconciler parks it as failed.",
-    )
-    sweep_interval_s: float = Field(
-        default=30.0,
-        gt=0,
-        description="How often the gateway asks the store for studies to queue: never queued "
-        "(broker down, crash), stale (message lost), or found by the reconciler.",
-    )
-    spool_retention_h: float = Field(
-        default=72.0,
-        ge=0,
-        description="Hours a received file stays in the spool after its study was triaged by "
-        "the active model version (0: removed at the next retention run). Rows stay.",
-    )
-    spool_prune_interval_s: float = Field(
-        default=300.0, gt=0, description="How often the gateway runs spool retention."
-    )
-    spool_min_free_gb: float = Field(
-        default=1.0,
-        ge=0,
-        description="High-water mark: below this much free space on the spool's filesystem "
-        "the gateway answers C-STORE with 0xA700 (out of resources); 0: no floor.",
-    )
-    spool_max_gb: float = Field(
-        default=0.0,
-        ge=0,
-        description="High-water mark: the spool's files may take at most this much; 0: no cap.",
-    )
+    ae_title: str = "CXRTRIAGE"
+    """Our AE title."""
+
+    dicom_host: str = "127.0.0.1"
+    """Address the DICOM gateway binds; 0.0.0.0 to accept PACS on the network (then set
+    CXR_ALLOWED_CALLING_AES)."""
+
+    dicom_port: int = Field(default=11112, ge=1, le=65535)
+    """DICOM port."""
+
+    allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated calling AE titles accepted; empty accepts all (logged)."""
+
+    max_pdu: int = Field(default=1_048_576, ge=0)
+    """Largest PDU we accept, bytes (0: unlimited). 16 KB PDUs cost ~1.8x throughput."""
+
+    stable_age_s: float = Field(default=3.0, gt=0)
+    """A study on an open or aborted association is queued after this many seconds without a new
+    instance."""
+
+    network_timeout_s: float = Field(default=60.0, gt=0)
+    """DICOM network timeout."""
+
+    acse_timeout_s: float = Field(default=5.0, gt=0)
+    """How long a peer that connected may take to request an association; one that says nothing is
+    disconnected after this (and frees its slot)."""
+
+    max_associations: int = Field(default=32, ge=1)
+    """Connections (associations and peers about to request one) the gateway serves at once; more
+    are refused with A-ASSOCIATE-RJ transient, local limit exceeded."""
+
+    max_associations_per_peer: int = Field(default=8, ge=1)
+    """Connections one peer address may hold at once, so one host cannot take every slot."""
+
+    max_instance_mb: float = Field(default=200.0, gt=0)
+    """Largest instance the gateway keeps, MB; a larger one is refused as it streams in (0xA700) and
+    never fills the disk."""
+
+    dicom_tls_cert: Path | None = None
+    """PEM certificate (chain) of the gateway: with CXR_DICOM_TLS_KEY, the gateway accepts only TLS
+    associations (DICOM PS3.15 B.1)."""
+
+    dicom_tls_key: Path | None = None
+    """PEM private key of CXR_DICOM_TLS_CERT."""
+
+    dicom_tls_ca: Path | None = None
+    """PEM CA bundle: when set, peers must present a client certificate it signed."""
+
+    requeue_after_s: float = Field(default=900.0, gt=0)
+    """A study queued this long ago and still not triaged is queued again (its message may have died
+    with a worker; triage is idempotent, so a duplicate costs little)."""
+
+    reconcile_max_attempts: int = Field(default=5, ge=1)
+    """Automatic requeues of a study not triaged (each waiting twice as long as the last, from
+    CXR_REQUEUE_AFTER_S) before the reconciler parks it as failed."""
+
+    sweep_interval_s: float = Field(default=30.0, gt=0)
+    """How often the gateway asks the store for studies to queue: never queued (broker down, crash),
+    stale (message lost), or found by the reconciler."""
+
+    spool_retention_h: float = Field(default=72.0, ge=0)
+    """Hours a received file stays in the spool after its study was triaged by the active model
+    version (0: removed at the next retention run). Rows stay."""
+
+    spool_prune_interval_s: float = Field(default=300.0, gt=0)
+    """How often the gateway runs spool retention."""
+
+    spool_min_free_gb: float = Field(default=1.0, ge=0)
+    """High-water mark: below this much free space on the spool's filesystem the gateway answers
+    C-STORE with 0xA700 (out of resources); 0: no floor."""
+
+    spool_max_gb: float = Field(default=0.0, ge=0)
+    """High-water mark: the spool's files may take at most this much; 0: no cap."""
 
     # Worker
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Inference device.")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto",
-        description="CPU inference precision; auto uses bf16 where it is faster and agrees "
-        "with fp32 to 1e-2 in probability.",
-    )
-    batch_size: int = Field(default=8, ge=1, description="Images scored per forward pass.")
-    worker_studies: int = Field(
-        default=4,
-        ge=1,
-        le=64,
-        description="Studies one worker process takes from the broker and scores at once "
-        "(task threads); their images share forward passes of up to CXR_BATCH_SIZE.",
-    )
-    batch_wait_ms: float = Field(
-        default=20.0,
-        ge=0,
-        le=1000,
-        description="Longest an image waits for other studies' images to fill a batch; a "
-        "study scored alone never waits.",
-    )
-    backlog_lanes: bool = Field(
-        default=True,
-        description="Move studies that arrive behind others to a backlog queue that the "
-        "worker serves in turn with the queue of new arrivals, so a study arriving during a "
-        "burst is scored within a few studies instead of after the whole burst.",
-    )
-    heatmaps: bool = Field(
-        default=False,
-        description="Compute a Grad-CAM heatmap of each study's scored image (shown on the "
-        "study page; sent as a Secondary Capture to destinations that ask for it).",
-    )
-    max_pixels: int = Field(
-        default=50_000_000,
-        ge=1,
-        description="Largest image (rows x columns of one frame) the worker decodes; a larger "
-        "one is skipped with its reason, from the header, before any pixel is decoded.",
-    )
-    max_frames: int = Field(
-        default=4,
-        ge=1,
-        description="Most frames an image may have to be decoded (decoding reads every frame).",
-    )
-    max_deliveries: int = Field(
-        default=5,
-        ge=1,
-        description="A study whose triage task was delivered this many times without finishing "
-        "(its worker died each time) is parked as failed with the reason, not tried again.",
-    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Inference device."""
 
-    pseudonym_key: SecretStr | None = Field(
-        default=None,
-        description="Key (>= 16 characters) of the keyed patient pseudonyms; default: one "
-        "generated once in CXR_DATA_DIR/pseudonym.key. Every gateway of a site needs the same.",
-    )
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """CPU inference precision; auto uses bf16 where it is faster and agrees with fp32 to 1e-2 in
+    probability."""
+
+    batch_size: int = Field(default=8, ge=1)
+    """Images scored per forward pass."""
+
+    worker_studies: int = Field(default=4, ge=1, le=64)
+    """Studies one worker process takes from the broker and scores at once (task threads); their
+    images share forward passes of up to CXR_BATCH_SIZE."""
+
+    batch_wait_ms: float = Field(default=20.0, ge=0, le=1000)
+    """Longest an image waits for other studies' images to fill a batch; a study scored alone never
+    waits."""
+
+    backlog_lanes: bool = True
+    """Move studies that arrive behind others to a backlog queue that the worker serves in turn with
+    the queue of new arrivals, so a study arriving during a burst is scored within a few studies
+    instead of after the whole burst."""
+
+    heatmaps: bool = False
+    """Compute a Grad-CAM heatmap of each study's scored image (shown on the study page; sent as a
+    Secondary Capture to destinations that ask for it)."""
+
+    max_pixels: int = Field(default=50_000_000, ge=1)
+    """Largest image (rows x columns of one frame) the worker decodes; a larger one is skipped with
+    its reason, from the header, before any pixel is decoded."""
+
+    max_frames: int = Field(default=4, ge=1)
+    """Most frames an image may have to be decoded (decoding reads every frame)."""
+
+    max_deliveries: int = Field(default=5, ge=1)
+    """A study whose triage task was delivered this many times without finishing (its worker died
+    each time) is parked as failed with the reason, not tried again."""
+
+    pseudonym_key: SecretStr | None = None
+    """Key (>= 16 characters) of the keyed patient pseudonyms; default: one generated once in
+    CXR_DATA_DIR/pseudonym.key. Every gateway of a site needs the same."""
 
     # Worklist
-    worklist_phi: bool = Field(
-        default=False,
-        description="Keep and show Accession Number, study date, study description, age band "
-        "and sex on the worklist and study page. PHI: shown behind the radiologist role only, "
-        "never in logs, broker messages or audit details. On in the demo.",
-    )
-    viewer_url_template: str = Field(
-        default="",
-        description="Link to open a study in a viewer, with {study_instance_uid} (e.g. "
-        "https://pacs/ohif/viewer?StudyInstanceUIDs={study_instance_uid}); empty: no link.",
-    )
+    worklist_phi: bool = False
+    """Keep and show Accession Number, study date, study description, age band and sex on the
+    worklist and study page. PHI: shown behind the radiologist role only, never in logs, broker
+    messages or audit details. On in the demo."""
+
+    viewer_url_template: str = ""
+    """Link to open a study in a viewer, with {study_instance_uid} (e.g.
+    https://pacs/ohif/viewer?StudyInstanceUIDs={study_instance_uid}); empty: no link."""
 
     # Web
-    web_host: str = Field(default="127.0.0.1", description="Address the web server binds.")
-    web_port: int = Field(default=8000, ge=1, le=65535, description="Web server port.")
-    web_secure_cookies: bool = Field(
-        default=False,
-        description="Mark login cookies Secure even on plain HTTP requests: set it when a "
-        "TLS-terminating proxy is in front of the web (cookies are Secure on HTTPS anyway).",
-    )
-    web_session_idle_minutes: float = Field(
-        default=30.0, gt=0, description="A web login ends after this many minutes unused."
-    )
-    web_session_max_hours: float = Field(
-        default=12.0, gt=0, description="A web login ends this many hours after it began."
-    )
-    web_auth_limit: int = Field(
-        default=10,
-        ge=1,
-        description="Login attempts and refused requests per client address per minute; more "
-        "are answered 429 (refusals are audited once a minute per address, with a count).",
-    )
+    web_host: str = "127.0.0.1"
+    """Address the web server binds."""
+
+    web_port: int = Field(default=8000, ge=1, le=65535)
+    """Web server port."""
+
+    web_secure_cookies: bool = False
+    """Mark login cookies Secure even on plain HTTP requests: set it when a TLS-terminating proxy is
+    in front of the web (cookies are Secure on HTTPS anyway)."""
+
+    web_session_idle_minutes: float = Field(default=30.0, gt=0)
+    """A web login ends after this many minutes unused."""
+
+    web_session_max_hours: float = Field(default=12.0, gt=0)
+    """A web login ends this many hours after it began."""
+
+    web_auth_limit: int = Field(default=10, ge=1)
+    """Login attempts and refused requests per client address per minute; more are answered 429
+    (refusals are audited once a minute per address, with a count)."""
 
     # Results (SR and heatmap exports, flag notifications)
-    results_config: Path | None = Field(
-        default=None,
-        description="TOML file naming the result destinations: DICOM peers (SR, heatmap), "
-        "webhooks and HL7 MLLP receivers (see docs/deploy.md); empty: nothing is sent.",
-    )
-    results_queue: str = Field(
-        default="cxr-results",
-        description="Celery queue of exports and notifications (its own, so a slow PACS "
-        "never delays scoring).",
-    )
-    result_max_attempts: int = Field(
-        default=6, ge=1, le=100, description="Attempts of one export or notification."
-    )
-    result_backoff_s: float = Field(
-        default=30.0,
-        gt=0,
-        description="Delay before the first retry of a transient failure; doubles each time.",
-    )
-    result_sweep_s: float = Field(
-        default=15.0,
-        gt=0,
-        description="How often the results worker looks for due retries and for triage "
-        "events whose message was lost.",
-    )
-    result_timeout_s: float = Field(
-        default=30.0, gt=0, description="Network timeout of one export or notification."
-    )
+    results_config: Path | None = None
+    """TOML file naming the result destinations: DICOM peers (SR, heatmap), webhooks and HL7 MLLP
+    receivers (see docs/deploy.md); empty: nothing is sent."""
+
+    results_queue: str = "cxr-results"
+    """Celery queue of exports and notifications (its own, so a slow PACS never delays scoring)."""
+
+    result_max_attempts: int = Field(default=6, ge=1, le=100)
+    """Attempts of one export or notification."""
+
+    result_backoff_s: float = Field(default=30.0, gt=0)
+    """Delay before the first retry of a transient failure; doubles each time."""
+
+    result_sweep_s: float = Field(default=15.0, gt=0)
+    """How often the results worker looks for due retries and for triage events whose message was
+    lost."""
+
+    result_timeout_s: float = Field(default=30.0, gt=0)
+    """Network timeout of one export or notification."""
 
     # Audit
-    syslog_url: str = Field(
-        default="",
-        description="Syslog receiver for the audit events (IHE ATNA, RFC 5424): udp://HOST:514, "
-        "tcp://HOST:514 or tls://HOST:6514[?ca=FILE&cert=FILE&key=FILE]; empty: no export.",
-    )
+    syslog_url: str = ""
+    """Syslog receiver for the audit events (IHE ATNA, RFC 5424): udp://HOST:514, tcp://HOST:514 or
+    tls://HOST:6514[?ca=FILE&cert=FILE&key=FILE]; empty: no export."""
 
     # Monitoring
-    drift_window_days: float = Field(
-        default=7.0, gt=0, description="Drift window: at most the last this many days."
-    )
-    drift_window_studies: int = Field(
-        default=500, ge=10, description="Drift window: at most the last this many studies."
-    )
-    drift_baseline_studies: int = Field(
-        default=500,
-        ge=10,
-        description="Production baseline: the first this many studies after activation "
-        "(unless an admin pins a period).",
-    )
-    drift_min_studies: int = Field(
-        default=100, ge=2, description="Windows with fewer studies say 'too few studies'."
-    )
-    drift_alpha: float = Field(
-        default=0.01, gt=0, lt=1, description="Alert level of the BH-corrected drift p-values."
-    )
-    drift_interval_s: float = Field(
-        default=86_400.0, gt=0, description="How often beat runs the drift job (seconds)."
-    )
-    subgroup_min_studies: int = Field(
-        default=30, ge=2, description="Subgroups with fewer labelled studies say 'too few'."
-    )
-    recalibration_labels: int = Field(
-        default=200,
-        ge=20,
-        description="Labels a recalibration needs; beat starts one when this many new labels "
-        "have accumulated since the last.",
-    )
-    audit_key: SecretStr | None = Field(
-        default=None,
-        description="Key (>= 16 characters) of the audit chain's HMAC, which the database does "
-        "not hold; default: one generated once in CXR_DATA_DIR/audit.key. Every process of a "
-        "site needs the same.",
-    )
-    audit_anchor_file: Path | None = Field(
-        default=None,
-        description="Append-only file outside the store that receives the audit chain's head "
-        "(`audit verify --anchors` checks it); default CXR_DATA_DIR/audit-anchors.log.",
-    )
-    audit_anchor_interval_s: float = Field(
-        default=60.0,
-        ge=0,
-        description="Seconds between two anchors written by one process (0: after every write "
-        "that audits); a process also anchors when it stops.",
-    )
+    drift_window_days: float = Field(default=7.0, gt=0)
+    """Drift window: at most the last this many days."""
+
+    drift_window_studies: int = Field(default=500, ge=10)
+    """Drift window: at most the last this many studies."""
+
+    drift_baseline_studies: int = Field(default=500, ge=10)
+    """Production baseline: the first this many studies after activation (unless an admin pins a
+    period)."""
+
+    drift_min_studies: int = Field(default=100, ge=2)
+    """Windows with fewer studies say 'too few studies'."""
+
+    drift_alpha: float = Field(default=0.01, gt=0, lt=1)
+    """Alert level of the BH-corrected drift p-values."""
+
+    drift_interval_s: float = Field(default=86_400.0, gt=0)
+    """How often beat runs the drift job (seconds)."""
+
+    subgroup_min_studies: int = Field(default=30, ge=2)
+    """Subgroups with fewer labelled studies say 'too few'."""
+
+    recalibration_labels: int = Field(default=200, ge=20)
+    """Labels a recalibration needs; beat starts one when this many new labels have accumulated
+    since the last."""
+
+    audit_key: SecretStr | None = None
+    """Key (>= 16 characters) of the audit chain's HMAC, which the database does not hold; default:
+    one generated once in CXR_DATA_DIR/audit.key. Every process of a site needs the same."""
+
+    audit_anchor_file: Path | None = None
+    """Append-only file outside the store that receives the audit chain's head (`audit verify
+    --anchors` checks it); default CXR_DATA_DIR/audit-anchors.log."""
+
+    audit_anchor_interval_s: float = Field(default=60.0, ge=0)
+    """Seconds between two anchors written by one process (0: after every write that audits); a
+    process also anchors when it stops."""
 
     @field_validator("allowed_calling_aes", mode="before")
     @classmethod

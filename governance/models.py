@@ -221,6 +221,11 @@ class ThresholdPolicy(Base):
     model_version: Mapped[ModelVersion] = relationship(back_populates="policies")
 
 
+def policy_uid(model_version: str, policy_version: int) -> str:
+    """A threshold policy's object UID in the audit trail: ``<model version>/v<policy version>``."""
+    return f"{model_version}/v{policy_version}"
+
+
 class PolicyMode(enum.StrEnum):
     LIVE = "live"
     SHADOW = "shadow"

@@ -12,12 +12,20 @@ import math
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from governance import audit
 from governance.errors import NoActiveModel
-from governance.models import ModelVersion, OperatingPoint, PolicyMode, ThresholdPolicy, utcnow
+from governance.models import (
+    ModelVersion,
+    OperatingPoint,
+    PolicyMode,
+    ThresholdPolicy,
+    policy_uid,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +114,7 @@ def set_policy(
         actor=actor or approved_by,
         action=audit.Action.POLICY_SET,
         object_type="threshold_policy",
-        object_uid=f"{model.version}/v{policy.version}",
+        object_uid=policy_uid(model.version, policy.version),
         detail={
             "model_version": model.version,
             "policy_version": policy.version,
@@ -225,10 +233,24 @@ def set_mode(
         actor=approved_by,
         action=audit.Action.POLICY_MODE_CHANGED,
         object_type="threshold_policy",
-        object_uid=f"{model.version}/v{policy.version}",
+        object_uid=policy_uid(model.version, policy.version),
         detail={"from": current.mode, "to": mode, "reason": reason.strip()},
     )
     return policy
+
+
+def flag_mask(probabilities: npt.ArrayLike, tau: float) -> np.ndarray:
+    """The flag rule over many probabilities at once: at or above tau flags (a tie flags).
+
+    Evaluation, threshold reports and recalibration count flags with it, so they count what
+    the worker flags (``flags``, one study).
+    """
+    return np.greater_equal(probabilities, tau)
+
+
+def flags(probability: float | None, tau: float | None) -> bool:
+    """The flag rule for one study: ``flag_mask`` of its probability (none: no flag)."""
+    return probability is not None and tau is not None and bool(flag_mask(probability, tau))
 
 
 def policy_probability(

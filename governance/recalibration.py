@@ -36,7 +36,7 @@ from governance.models import (
 from governance.models import RecalibrationState as State
 from governance.monitoring.labels import labelled
 from governance.monitoring.performance import parse_targets
-from governance.policies import policy_in_force, set_policy
+from governance.policies import flag_mask, policy_in_force, set_policy
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def tau_for(p: np.ndarray, y: np.ndarray, target: dict[str, float]) -> float:
     positives, negatives = max(1, int(y.sum())), max(1, int((~y).sum()))
     if "sensitivity" in target:
         for tau in candidates:  # descending: the first that reaches the target is the largest
-            if ((p >= tau) & y).sum() / positives >= target["sensitivity"]:
+            if (flag_mask(p, tau) & y).sum() / positives >= target["sensitivity"]:
                 return float(tau)
         return float(candidates[-1])
     if "specificity" in target:

@@ -2,9 +2,10 @@
 
 Every change of a study's ``status`` goes through a function of this module. The decision that
 flags a patient is :func:`decide`, a pure function of the image scores and the policy in force:
-the flag rule ``p >= tau``, the study-level aggregation (the maximum over its scored frontal
-images) and "never lower a priority a person set" (a person's override stands; the decision
-reports the model's flag and the effective priority). :func:`record` writes the image and study
+the flag rule ``p >= tau`` (``governance.policies.flags``, beside tau's policies), the
+study-level aggregation (the maximum over its scored frontal images) and "never lower a
+priority a person set" (a person's override stands; the decision reports the model's flag and
+the effective priority). :func:`record` writes the image and study
 inferences, the audit events and the one "study triaged" event in the caller's transaction.
 """
 
@@ -36,7 +37,7 @@ from governance.models import (
     utcnow,
 )
 from governance.monitoring.features import InputFeatures, record_image_features
-from governance.policies import policy_in_force, policy_probability
+from governance.policies import flags, policy_in_force, policy_probability
 from governance.registry import active_model
 from governance.studies import find_study, get_study
 from governance.text import clip
@@ -96,11 +97,6 @@ class Decision:
     images_scored: int
     images_skipped: int
     shadow: bool = False  # decided under a shadow policy: the flag is never a priority
-
-
-def flags(probability: float | None, tau: float | None) -> bool:
-    """The flag rule: a probability at or above tau flags (a tie flags)."""
-    return probability is not None and tau is not None and probability >= tau
 
 
 def decide(

@@ -15,10 +15,8 @@ import os
 import socket
 import threading
 
-from cxr_triage.settings import Settings, get_settings
+from cxr_triage.settings import get_settings
 from dicom_gateway.scu import echo
-from governance.db import Store
-from results import config as results_config
 from results.delivery import ResultsContext, sweep
 from worker.celery_app import make_celery
 
@@ -85,17 +83,13 @@ def start_sweeper(ctx: ResultsContext, stop: threading.Event) -> threading.Threa
     return thread
 
 
-def build_context(settings: Settings) -> ResultsContext:
-    config = results_config.load(settings.results_config)
-    store = Store.from_settings(settings)
-    store.check_schema()
-    return ResultsContext(settings=settings, store=store, config=config)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     settings = get_settings()
-    ctx = build_context(settings)
+    from results import tasks
+
+    ctx = tasks.build_context(settings)
+    ctx.store.check_schema()
     if ctx.config.empty:
         logger.warning("CXR_RESULTS_CONFIG names no destination: nothing will be sent")
     check_destinations(ctx)
@@ -106,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             "none, so those exports will fail after their attempts",
             ", ".join(wanting),
         )
-    from results import tasks
-
-    tasks._context = ctx
+    tasks._context.set(ctx)
     app = make_celery(settings)
     app.conf.imports = ("results.tasks",)
     name = args.name or f"cxr-results-{os.getpid()}@{socket.gethostname()}"

@@ -8,34 +8,34 @@ existing rows; a delivery is sent only by whoever claims it).
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any
 
 from celery import Task, shared_task
 
+from cxr_triage.settings import Settings
 from governance.db import Store
 from governance.errors import StoreUnavailable
 from results import config as results_config
 from results.delivery import ResultsContext, deliver, plan_event
-from worker.celery_app import DELIVER, DELIVER_EVENT
+from worker.celery_app import DELIVER, DELIVER_EVENT, ProcessContext
 
 logger = logging.getLogger(__name__)
 
-_context: ResultsContext | None = None
-_lock = threading.Lock()
+
+def build_context(settings: Settings) -> ResultsContext:
+    """The store and the result destinations (``CXR_RESULTS_CONFIG``) of this process."""
+    return ResultsContext(
+        settings=settings,
+        store=Store.from_settings(settings),
+        config=results_config.load(settings.results_config),
+    )
 
 
-def get_context(settings: Any) -> ResultsContext:
+_context: ProcessContext[ResultsContext] = ProcessContext(build_context)
+
+
+def get_context(settings: Settings) -> ResultsContext:
     """The process-wide store and destinations, built once from the worker's settings."""
-    global _context
-    with _lock:
-        if _context is None:
-            _context = ResultsContext(
-                settings=settings,
-                store=Store.from_settings(settings),
-                config=results_config.load(settings.results_config),
-            )
-        return _context
+    return _context.get(settings)
 
 
 @shared_task(name=DELIVER_EVENT, bind=True, acks_late=True, reject_on_worker_lost=True)

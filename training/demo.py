@@ -137,18 +137,23 @@ def ensure_demo_model(
     settings: Settings,
     store: Store,
     *,
-    size: int = 64,
-    n_train: int = 800,
-    n_val: int = 300,
-    n_test: int = 300,
-    epochs: int = 3,
-    seed: int = 0,
     progress: bool = True,
+    **recipe: Any,
 ) -> str:
     """The active model version; trains, registers and activates the demo model if none is.
 
     The model file goes to ``settings.model_path / f"{version}.pt"``. The version is
     registered with ``clinical=False`` and a ``balanced`` policy (Youden's J on validation).
+
+    Parameters
+    ----------
+    settings, store
+        Where the model file goes; the store it is registered and activated in.
+    progress
+        Show progress bars while training.
+    **recipe
+        Passed on to :func:`train_demo_model` (``size``, ``n_train``, ``epochs``, ``seed``,
+        ...); its defaults are the demo model's.
 
     Returns
     -------
@@ -163,15 +168,8 @@ def ensure_demo_model(
         "no active model: training the NON-CLINICAL demo model on synthetic images "
         "(a couple of minutes on a CPU)"
     )
-    model, final, args = train_demo_model(
-        size=size,
-        n_train=n_train,
-        n_val=n_val,
-        n_test=n_test,
-        epochs=epochs,
-        seed=seed,
-        progress=progress,
-    )
+    model, final, args = train_demo_model(progress=progress, **recipe)
+    size = args["size"]
     folder = settings.model_path
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / f".demo-{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S%f}.pt"

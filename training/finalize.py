@@ -8,6 +8,7 @@ gives ``sigmoid(output / T)`` = the calibrated probability the report describes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -179,23 +180,14 @@ def _split_metrics(
     groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """Overall metrics (at the balanced tau) and each frozen operating point's metrics."""
-    overall = metrics.summarize(
-        scores.labels, scores.probs, balanced_tau, n_bootstrap=n_bootstrap, seed=seed, groups=groups
+    summarize = functools.partial(
+        metrics.summarize, n_bootstrap=n_bootstrap, seed=seed, groups=groups
     )
-    per_point = {
-        name: metrics.summarize(
-            scores.labels,
-            scores.probs,
-            point.tau,
-            n_bootstrap=n_bootstrap,
-            seed=seed,
-            ranking=False,
-            groups=groups,
-        )
-        for name, point in points.items()
-    }
     return {
-        "overall": overall,
-        "operating_points": per_point,
+        "overall": summarize(scores.labels, scores.probs, balanced_tau),
+        "operating_points": {
+            name: summarize(scores.labels, scores.probs, point.tau, ranking=False)
+            for name, point in points.items()
+        },
         "prevalence": float(scores.labels.mean()) if len(scores.labels) else math.nan,
     }

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from governance.policies import flag_mask
+
 logger = logging.getLogger(__name__)
 
 THRESHOLD_METRICS = ("accuracy", "f1", "precision", "sensitivity", "specificity")
@@ -36,7 +38,7 @@ def _check(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def confusion(labels: np.ndarray, probs: np.ndarray, tau: float) -> dict[str, int]:
     """TP, FP, TN, FN when flagging ``probs >= tau``."""
     y, p = _check(labels, probs)
-    flagged = p >= tau
+    flagged = flag_mask(p, tau)
     return {
         "tp": int((flagged & (y == 1)).sum()),
         "fp": int((flagged & (y == 0)).sum()),
@@ -225,7 +227,7 @@ def summarize(
     elif n_bootstrap > 0:
         idx = bootstrap_indices(len(y), n_bootstrap, seed)
         ys, ps = y[idx], p[idx]
-        flagged = ps >= tau
+        flagged = flag_mask(ps, tau)
         tp = (flagged & (ys == 1)).sum(1)
         fp = (flagged & (ys == 0)).sum(1)
         tn = (~flagged & (ys == 0)).sum(1)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from governance.policies import flag_mask
 from training import plots
 from training.export import SUMMARY_FILE, json_safe
 from training.finalize import Finalized
@@ -56,7 +57,7 @@ def error_examples(
     labels: np.ndarray, probs: np.ndarray, tau: float, k: int
 ) -> tuple[list[int], list[int]]:
     """Indices of the ``k`` most confident false positives and false negatives at ``tau``."""
-    flagged = probs >= tau
+    flagged = flag_mask(probs, tau)
     fp = np.flatnonzero(flagged & (labels == 0))
     fn = np.flatnonzero(~flagged & (labels == 1))
     return (

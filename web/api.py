@@ -17,6 +17,8 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.types import DecoratedCallable
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from cxr_triage.settings import Settings
@@ -251,20 +253,32 @@ def _png_response(png: bytes) -> Response:
     )
 
 
+def _study_action(name: str, summary: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """Route ``POST /api/studies/{study_instance_uid}/NAME``, answered with the study's entry."""
+    return router.post(
+        f"/studies/{{study_instance_uid}}/{name}",
+        response_model=WorklistEntry,
+        responses=NOT_FOUND,
+        summary=summary,
+    )
+
+
 def _act(
     request: Request,
     identity: Identity,
     uid: str,
     action: Callable[..., actions.ActionResult],
-    **fields: Any,
+    body: BaseModel | None = None,
 ) -> dict[str, Any]:
     """Run ``action(session, uid, actor=..., actor_address=..., **fields)``; the study after it.
 
-    A refused action (a bad value, a state it cannot leave) is answered 422 with its reason.
+    ``fields`` are the request ``body``'s fields, which are named as the action's arguments. A
+    refused action (a bad value, a state it cannot leave) is answered 422 with its reason.
     """
     store = get_store(request)
     settings = get_settings(request)
     address = client_address(request)
+    fields = body.model_dump() if body is not None else {}
 
     def work(session: Session) -> dict[str, Any]:
         with http_errors(((ValueError, TypeError), 422)):
@@ -275,62 +289,34 @@ def _act(
     return store.run(work)
 
 
-@router.post(
-    "/studies/{study_instance_uid}/acknowledge",
-    response_model=WorklistEntry,
-    responses=NOT_FOUND,
-    summary="Acknowledge a study (the first acknowledgement stands)",
-)
+@_study_action("acknowledge", "Acknowledge a study (the first acknowledgement stands)")
 def acknowledge(
     request: Request, identity: Radiologist, study_instance_uid: StudyUid
 ) -> dict[str, Any]:
     return _act(request, identity, study_instance_uid, actions.acknowledge)
 
 
-@router.post(
-    "/studies/{study_instance_uid}/override",
-    response_model=WorklistEntry,
-    responses=NOT_FOUND,
-    summary="Set a study's priority (upwards or downwards) with a reason; triage never changes it",
+@_study_action(
+    "override",
+    "Set a study's priority (upwards or downwards) with a reason; triage never changes it",
 )
 def override(
     request: Request, identity: Radiologist, study_instance_uid: StudyUid, body: OverrideIn
 ) -> dict[str, Any]:
-    return _act(
-        request,
-        identity,
-        study_instance_uid,
-        actions.override,
-        priority=body.priority,
-        reason=body.reason,
-    )
+    return _act(request, identity, study_instance_uid, actions.override, body)
 
 
-@router.post(
-    "/studies/{study_instance_uid}/override/clear",
-    response_model=WorklistEntry,
-    responses=NOT_FOUND,
-    summary="Hand a study's priority back to the model's flag, with a reason",
-)
+@_study_action("override/clear", "Hand a study's priority back to the model's flag, with a reason")
 def clear_override(
     request: Request, identity: Radiologist, study_instance_uid: StudyUid, body: ClearOverrideIn
 ) -> dict[str, Any]:
-    return _act(request, identity, study_instance_uid, actions.clear_override, reason=body.reason)
+    return _act(request, identity, study_instance_uid, actions.clear_override, body)
 
 
-@router.post(
-    "/studies/{study_instance_uid}/final-read",
-    response_model=WorklistEntry,
-    responses=NOT_FOUND,
-    summary="Record the final read (pneumonia yes/no): the ground truth monitoring uses",
+@_study_action(
+    "final-read", "Record the final read (pneumonia yes/no): the ground truth monitoring uses"
 )
 def final_read(
     request: Request, identity: Radiologist, study_instance_uid: StudyUid, body: FinalReadIn
 ) -> dict[str, Any]:
-    return _act(
-        request,
-        identity,
-        study_instance_uid,
-        actions.record_final_read,
-        pneumonia=body.pneumonia,
-    )
+    return _act(request, identity, study_instance_uid, actions.record_final_read, body)

@@ -60,6 +60,7 @@ def _login_page(
     response = render(
         "login.html",
         status_code=status_code,
+        title="Log in",
         csrf=html.escape(csrf),
         next=html.escape(next_path),
         message=notice,

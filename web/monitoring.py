@@ -60,4 +60,4 @@ def monitoring_page(request: Request, store: StoreDep) -> Response:
         if exc.status_code == 401:
             return RedirectResponse(login_url(request.url.path), status_code=303)
         return error_page(exc.status_code, str(exc.detail))
-    return render("monitoring.html")
+    return render("monitoring.html", title="Monitoring")

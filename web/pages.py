@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import re
 from pathlib import Path
 from string import Template
 from typing import Annotated, Any
@@ -36,9 +37,21 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 router = APIRouter(include_in_schema=False)
 
 
+# A line that stands for another file of ``web/static``: the head every full page shares.
+INCLUDE = re.compile(r'^<!--#include file="([\w.-]+)" -->\n', re.MULTILINE)
+
+
 @functools.cache
 def _template(name: str) -> Template:
-    return Template((STATIC_DIR / name).read_text(encoding="utf-8"))
+    """The template ``name`` of ``web/static``, each of its include lines replaced by that file.
+
+    ``head.html`` opens the document and its ``<head>`` (charset, viewport, ``$title``,
+    stylesheet, icon); the page goes on with its scripts and ``</head>``.
+    """
+    text = (STATIC_DIR / name).read_text(encoding="utf-8")
+    return Template(
+        INCLUDE.sub(lambda match: (STATIC_DIR / match[1]).read_text(encoding="utf-8"), text)
+    )
 
 
 def model_banner(model: dict[str, Any] | None) -> str:
@@ -89,7 +102,7 @@ def render_page(
 def error_page(status_code: int, message: str) -> HTMLResponse:
     """A plain page for a person (the JSON API answers JSON instead)."""
     return render(
-        "error.html", status_code=status_code, message=html.escape(message), code=str(status_code)
+        "error.html", status_code=status_code, message=html.escape(message), title=str(status_code)
     )
 
 

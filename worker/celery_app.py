@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from celery import Celery
 from kombu.exceptions import ChannelError
@@ -37,6 +39,8 @@ PUBLISH_RETRY_POLICY = {
 }
 
 REDIS_VISIBILITY_TIMEOUT_S = 300
+
+T = TypeVar("T")
 
 
 class _AtomicFilesystemChannel(filesystem.Channel):  # type: ignore[misc]
@@ -146,3 +150,33 @@ def queue_results(app: Celery, event_id: int, queue: str) -> None:
         The broker did not take the message (the results worker's sweep finds the event).
     """
     app.send_task(DELIVER_EVENT, args=[event_id], queue=queue)
+
+
+class ProcessContext(Generic[T]):
+    """What the tasks of one worker process share (the store, a model cache, destinations).
+
+    Built from the worker's settings on first use, once, by whichever task thread gets there
+    first; an entry point that has built it already hands it over with :meth:`set`.
+
+    Parameters
+    ----------
+    build
+        Builds the context from the settings (called at most once until :meth:`set`).
+    """
+
+    def __init__(self, build: Callable[[Settings], T]) -> None:
+        self._build = build
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    def get(self, settings: Settings) -> T:
+        """The context, built from ``settings`` if this process has none yet."""
+        with self._lock:
+            if self._value is None:
+                self._value = self._build(settings)
+            return self._value
+
+    def set(self, value: T | None) -> None:
+        """Use ``value`` from now on (None: build again on the next :meth:`get`)."""
+        with self._lock:
+            self._value = value

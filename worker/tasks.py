@@ -24,7 +24,7 @@ from governance import events, triage_results
 from governance.db import Store
 from governance.errors import ModelIntegrityError, NotFound, StoreRejected, StoreUnavailable
 from governance.studies import finish_delivery, note_delivery
-from worker.celery_app import TRIAGE_STUDY, queue_results
+from worker.celery_app import TRIAGE_STUDY, ProcessContext, queue_results
 from worker.limits import ImageLimits
 
 if TYPE_CHECKING:
@@ -44,17 +44,9 @@ class WorkerContext:
     batcher: Batcher
 
 
-_context: WorkerContext | None = None
-_lock = threading.Lock()
-
-
 def get_context(settings: Settings) -> WorkerContext:
     """The process-wide store and model cache, built once from the worker's settings."""
-    global _context
-    with _lock:
-        if _context is None:
-            _context = make_context(settings, Store.from_settings(settings))
-        return _context
+    return _context.get(settings)
 
 
 def make_context(settings: Settings, store: Store) -> WorkerContext:
@@ -73,6 +65,12 @@ def make_context(settings: Settings, store: Store) -> WorkerContext:
         ),
     )
 
+
+_context: ProcessContext[WorkerContext] = ProcessContext(
+    lambda settings: make_context(settings, Store.from_settings(settings))
+)
+# Guards the per-study locks below and the results hook.
+_lock = threading.Lock()
 
 # Studies being triaged in this process, with how many task threads hold or wait for each.
 _studies: dict[str, tuple[threading.Lock, list[int]]] = {}

@@ -246,6 +246,30 @@ def _hand_over(
     raise AssertionError("unreachable")
 
 
+def _plan(store: Store, study_uid: str) -> tuple[TriagePlan, ModelSpec | None, ScoringModel | None]:
+    """The study's plan and, when a version is active, its model as the worker scores it."""
+    with store.read() as session:
+        plan = triage_results.plan(session, study_uid)
+        active = plan.model
+        if active is None:
+            return plan, None, None
+        return plan, ModelSpec.of(active), ScoringModel(active.id, active.version, active.sha256)
+
+
+def _log_outcome(study_uid: str, outcome: TriageOutcome, spec: ModelSpec) -> None:
+    logger.info(
+        "study %s: %s p=%s tau=%s flagged=%s (%d scored, %d skipped, model %s)",
+        study_uid,
+        outcome.status,
+        f"{outcome.probability:.4f}" if outcome.probability is not None else "-",
+        outcome.tau,
+        outcome.flagged,
+        outcome.images_scored,
+        outcome.images_skipped,
+        spec.version,
+    )
+
+
 def triage_study(
     store: Store,
     models: ModelCache,
@@ -258,9 +282,8 @@ def triage_study(
 ) -> TriageOutcome:
     """Triage one study with the active model version and the policy in force.
 
-    With a ``batcher`` (the worker's, shared by its task threads) the study's images are
-    scored in forward passes together with those of the other studies scoring at the time;
-    the study's result is still recorded on its own, in its own transaction.
+    With a ``batcher`` (shared by the worker's task threads) its images share forward passes
+    with other studies'; its result is still recorded alone, in its own transaction.
 
     Raises
     ------
@@ -272,11 +295,7 @@ def triage_study(
         The active model's file is missing or its checksum differs.
     """
     started = utcnow()
-    with store.read() as session:
-        plan = triage_results.plan(session, study_uid)
-        active = plan.model
-        spec = ModelSpec.of(active) if active is not None else None
-        model = ScoringModel(active.id, active.version, active.sha256) if active else None
+    plan, spec, model = _plan(store, study_uid)
     if spec is None or model is None:
         store.run(lambda session: triage_results.no_model(session, plan.study_id))
         logger.warning("study %s: no active model version", study_uid)
@@ -299,15 +318,5 @@ def triage_study(
             batcher=batcher,
         )
     outcome = _hand_over(store, plan, model, scores, started)
-    logger.info(
-        "study %s: %s p=%s tau=%s flagged=%s (%d scored, %d skipped, model %s)",
-        study_uid,
-        outcome.status,
-        f"{outcome.probability:.4f}" if outcome.probability is not None else "-",
-        outcome.tau,
-        outcome.flagged,
-        outcome.images_scored,
-        outcome.images_skipped,
-        spec.version,
-    )
+    _log_outcome(study_uid, outcome, spec)
     return outcome

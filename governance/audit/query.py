@@ -19,7 +19,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from governance.audit.chain import TRIAGE_ACTIONS, Action, event_fields
-from governance.models import AuditEvent, ModelVersion, ThresholdPolicy
+from governance.models import AuditEvent, ModelVersion, ThresholdPolicy, policy_uid
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -248,7 +248,7 @@ def add_decided_by(session: Session, records: list[AuditRecord]) -> list[AuditRe
         .where(AuditEvent.action.in_(_ACTIVATIONS), AuditEvent.object_uid.in_(versions))
         .order_by(AuditEvent.id)
     ).all()
-    policy_uids = [f"{version}/v{number}" for version, number in policies]
+    policy_uids = [policy_uid(version, number) for version, number in policies]
     setters: dict[str | None, str] = {}
     if policy_uids:
         for uid, actor in session.execute(
@@ -281,7 +281,7 @@ def add_decided_by(session: Session, records: list[AuditRecord]) -> list[AuditRe
                 "rationale": policy.rationale,
                 "target_metric": policy.target_metric,
                 "effective_from": policy.effective_from.isoformat(),
-                "set_by": setters.get(f"{version}/v{policy.version}"),
+                "set_by": setters.get(policy_uid(version, policy.version)),
             },
         }
     return records

@@ -23,12 +23,7 @@ def latest_alert(session: Session) -> dict[str, Any] | None:
     model = active_model(session)
     if model is None:
         return None
-    run = session.scalar(
-        select(DriftRun)
-        .where(DriftRun.model_version_id == model.id)
-        .order_by(DriftRun.started_at.desc(), DriftRun.id.desc())
-        .limit(1)
-    )
+    run = next(iter(latest_runs(session, model.id, 1)), None)
     if run is None or not run.alerted:
         return None
     return {

@@ -7,10 +7,24 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from governance.errors import NoActiveModel
-from governance.monitoring.labels import labelled
+from governance.models import ModelVersion, ThresholdPolicy
+from governance.monitoring.labels import Labelled, labelled
 from governance.monitoring.performance import by_subgroup, parse_targets, performance
 from governance.policies import policy_in_force
 from governance.registry import active_model, get_model
+
+
+def _evidence(
+    session: Session, model_version: str | None, *, shadow: bool = False
+) -> tuple[ModelVersion, ThresholdPolicy | None, dict[str, float], Labelled]:
+    """A model version (the active one by default), its policy in force, the policy's targets
+    and the version's labelled studies (under a shadow policy with ``shadow``)."""
+    model = get_model(session, model_version) if model_version else active_model(session)
+    if model is None:
+        raise NoActiveModel("no active model version (cxr-triage model activate)")
+    policy = policy_in_force(session, model.id)
+    targets = parse_targets(policy.target_metric if policy else None)
+    return model, policy, targets, labelled(session, model.id, shadow=shadow)
 
 
 def subgroup_report(
@@ -27,12 +41,7 @@ def subgroup_report(
     NoActiveModel
         No version is named and none is active.
     """
-    model = get_model(session, model_version) if model_version else active_model(session)
-    if model is None:
-        raise NoActiveModel("no active model version (cxr-triage model activate)")
-    policy = policy_in_force(session, model.id)
-    targets = parse_targets(policy.target_metric if policy else None)
-    data = labelled(session, model.id)
+    model, policy, targets, data = _evidence(session, model_version)
     rows = (
         by_subgroup(
             data.labels,
@@ -66,12 +75,7 @@ def shadow_period(session: Session, *, min_count: int = 30, bootstrap: int = 300
     NoActiveModel
         No version is active.
     """
-    model = active_model(session)
-    if model is None:
-        raise NoActiveModel("no active model version (cxr-triage model activate)")
-    policy = policy_in_force(session, model.id)
-    targets = parse_targets(policy.target_metric if policy else None)
-    data = labelled(session, model.id, shadow=True)
+    model, _, targets, data = _evidence(session, None, shadow=True)
     result = performance(
         "shadow period",
         "all",

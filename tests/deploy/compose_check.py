@@ -346,6 +346,15 @@ def dockerfile_stages(text: str) -> dict[str, str]:
     return stages
 
 
+def with_mounted_files(stage: str, root: Path) -> str:
+    """A stage's text followed by the files of the build context its RUN lines bind-mount
+    (``RUN --mount=type=bind,source=deploy/runtime-user.sh,...``), which it runs."""
+    sources = re.findall(r"--mount=type=bind,source=([^,\s]+)", stage)
+    return stage + "".join(
+        (root / source).read_text() for source in sources if (root / source).is_file()
+    )
+
+
 def pip_installs(text: str) -> list[str]:
     """Each ``pip install`` command of a Dockerfile's RUN lines, continuation lines joined."""
     joined = re.sub(r"\\\n\s*", " ", text)
@@ -366,10 +375,13 @@ def constraint_pins(root: Path) -> dict[str, str]:
     }
 
 
-def check_targets(doc: Mapping[str, Any], dockerfile: str) -> list[str]:
+def check_targets(doc: Mapping[str, Any], dockerfile: str, root: Path) -> list[str]:
     """Each cxr-triage service builds the target of its role; one image name per target."""
     problems = []
-    stages = dockerfile_stages(dockerfile)
+    stages = {
+        name: with_mounted_files(stage, root)
+        for name, stage in dockerfile_stages(dockerfile).items()
+    }
     images: dict[str, tuple[str, str]] = {}
     for name, service in (doc.get("services") or {}).items():
         if not is_cxr_service(service):
@@ -488,5 +500,5 @@ def check_project(
             problems.append(f"{ignore_file} must list .env (it holds the passwords)")
     docker = dockerfile if dockerfile is not None else (root / "Dockerfile").read_text()
     problems += check_dockerfile(docker, root)
-    problems += check_targets(doc, docker)
+    problems += check_targets(doc, docker, root)
     return problems

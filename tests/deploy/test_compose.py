@@ -418,6 +418,18 @@ def test_orthanc_config_out_of_step_with_the_script_and_gateway_is_caught(tmp_pa
     )
 
 
+def test_a_volume_folder_the_runtime_images_do_not_create_is_caught(tmp_path: Path) -> None:
+    # Both runtime images create their user's data folders with deploy/runtime-user.sh.
+    root = copy_project(tmp_path)
+    script = root / "deploy" / "runtime-user.sh"
+    script.write_text(script.read_text().replace(" /var/lib/cxr-triage/heatmaps", ""))
+    problems = check_project(root)
+    assert any(
+        "mounted at /var/lib/cxr-triage/heatmaps, which the slim image does not create" in p
+        for p in problems
+    ), problems
+
+
 def test_env_file_stays_out_of_git_and_the_image(tmp_path: Path) -> None:
     root = copy_project(tmp_path)
     ignore = root / ".dockerignore"

@@ -16,7 +16,7 @@ from governance.db import Store
 from governance.policies import set_policy
 from governance.registry import activate_model, register_model
 from tests.web.conftest import Scenario
-from web.pages import STATIC_DIR
+from web.pages import STATIC_DIR, error_page
 
 HTML = {"Accept": "text/html"}
 
@@ -107,6 +107,20 @@ def test_static_files_are_served(client: TestClient, name: str) -> None:
     response = client.get(f"/static/{name}")
     assert response.status_code == 200
     assert response.text == (STATIC_DIR / name).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", ["page.html", "error.html", "login.html", "monitoring.html"])
+def test_every_full_page_starts_with_the_shared_head(name: str) -> None:
+    text = (STATIC_DIR / name).read_text(encoding="utf-8")
+    assert text.startswith('<!--#include file="head.html" -->\n')
+
+
+def test_an_include_line_is_replaced_by_its_file() -> None:
+    page = error_page(404, "No such study").body.decode()
+    head = (STATIC_DIR / "head.html").read_text(encoding="utf-8")
+    assert page.startswith(head.replace("$title", "404"))
+    assert "<!--#include" not in page and page.count("<head>") == 1
+    assert "</head>" in page and "No such study" in page
 
 
 def test_pages_load_nothing_from_outside() -> None:

@@ -19,6 +19,7 @@ from governance.models import ImageInference, Instance, ModelVersion, Study
 from tests.worker.builders import radiograph, write
 from tests.worker.test_triage import add_image, receive
 from worker import tasks
+from worker.celery_app import ProcessContext
 from worker.inference import ModelCache
 from worker.limits import ImageLimits, content_skip_reason, header_skip_reason
 from worker.triage import triage_study
@@ -145,7 +146,7 @@ def test_a_study_delivered_too_often_is_parked_not_looped(
     add_image(store, tmp_path, study_uid, seed=1)
     activate(tau=0.0)
     context = tasks.make_context(settings, store)
-    monkeypatch.setattr(tasks, "_context", context)
+    monkeypatch.setattr(tasks, "_context", ProcessContext(lambda _: context))
     monkeypatch.setattr(tasks.triage_study_task.app, "cxr_settings", settings, raising=False)
 
     def deliveries() -> tuple[int, str, str | None]:
