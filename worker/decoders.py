@@ -12,17 +12,25 @@ from the header, or glymur / libopenjp2 not installed. Lossless JPEG and JPEG-LS
 full but through imagecodecs (bit-identical to pydicom's plugins and several times faster)
 where it is installed.
 
-Which path decoded an image is returned as a short label (``full``, ``j2k-r2``, ``ljpeg-ic``,
-``jpegls-ic``), recorded
-with each image's inference so a score can be traced to how its pixels were read.
+Where CUDA is present and NVIDIA's nvImageCodec is installed (the ``gpu`` extra), JPEG 2000 is
+decoded in full on the GPU instead (nvJPEG2000), at a fraction of a CPU core: lossless
+codestreams give exactly the full decode's stored values; lossy ones may round differently
+(``benchmarks/gpu_decode.py`` prints the pixel and probability differences). Any failure there
+falls back to the CPU paths above.
+
+Which path decoded an image is returned as a short label (``full``, ``j2k-r2``,
+``j2k-nvimgcodec``, ``ljpeg-ic``, ``jpegls-ic``), recorded with each image's inference so a
+score can be traced to how its pixels were read.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +45,7 @@ from worker.preprocess import decode, fit_size
 logger = logging.getLogger(__name__)
 
 FULL = "full"
+NVIMGCODEC = "j2k-nvimgcodec"
 J2K_SYNTAXES = frozenset(
     {
         "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
@@ -50,6 +59,10 @@ J2K_SYNTAXES = frozenset(
 # plugins, several times faster (benchmarks/decode_throughput.py).
 LJPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"})
 JPEGLS_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
+# What the GPU path decodes: JPEG 2000 and HTJ2K (nvJPEG2000). nvJPEG also decodes lossless JPEG
+# (first-order prediction), but that path has not been checked bit for bit on a GPU yet
+# (benchmarks/gpu_decode.py does it), and imagecodecs already decodes it fast on the CPU.
+NVIMGCODEC_SYNTAXES = J2K_SYNTAXES
 # The reduced image's longer side is at least MARGIN * size: the resize to the model input
 # then still reduces (antialiased), and the score stays within 2e-3 of a full decode on the
 # encoding corpus (tests/worker/test_decoders.py).
@@ -109,6 +122,42 @@ def imagecodecs_available() -> bool:
     return bool(imagecodecs.LJPEG.available and imagecodecs.JPEGLS.available)
 
 
+def _import_nvimgcodec() -> Any | None:
+    """The ``nvidia.nvimgcodec`` module, or None where it is not installed or does not load."""
+    try:
+        from nvidia import nvimgcodec
+    except Exception:  # ImportError, or a wheel whose CUDA libraries do not load
+        return None
+    return nvimgcodec
+
+
+@functools.cache
+def gpu_decoder() -> Any | None:
+    """An nvImageCodec decoder on the current CUDA device, or None without CUDA or nvImageCodec.
+
+    Created once per process, on first use (after the worker's fork): never on a machine
+    without a CUDA device, where the CPU paths decode.
+    """
+    nvimgcodec = _import_nvimgcodec()
+    if nvimgcodec is None:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    try:
+        return nvimgcodec.Decoder(backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.GPU_ONLY)])
+    except Exception as exc:  # a driver or library problem: the CPU paths still decode
+        logger.warning("nvImageCodec decoder unavailable (%s); decoding on the CPU", exc)
+        return None
+
+
+# One decoder object per process, shared by the prefetch threads: one decode at a time on it.
+_GPU_LOCK = threading.Lock()
+
+
 def _plain_monochrome(ds: Dataset) -> bool:
     """One unsigned gray sample per pixel and no LUT sequences: what the fast paths handle."""
     return (
@@ -138,6 +187,48 @@ def _fast_imagecodecs(ds: Dataset, syntax: str) -> Decoded | None:
     if pixels.shape != (rows, columns):
         return None
     return Decoded(np.asarray(pixels), path)
+
+
+def _fast_nvimgcodec(ds: Dataset, decoder: Any) -> Decoded | None:
+    """JPEG 2000 decoded in full by nvImageCodec, or None where it does not apply or fails.
+
+    Returns the stored values as ``worker.preprocess.decode`` does for the same file (same
+    shape and dtype); only unsigned gray images whose codestream matches the header (size,
+    one component, precision = Bits Stored) take this path, the rest go to the CPU paths.
+    """
+    if not _plain_monochrome(ds) or int(ds.get("PixelRepresentation", 0) or 0) != 0:
+        return None
+    nvimgcodec = _import_nvimgcodec()
+    if nvimgcodec is None:
+        return None
+    codestream = _first_frame(ds)
+    if len(codestream) > MAX_CODESTREAM_BYTES:
+        return None
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    bits_allocated = int(ds.BitsAllocated)
+    code = nvimgcodec.CodeStream(codestream)
+    if (
+        int(code.num_channels) != 1
+        or (int(code.height), int(code.width)) != (rows, columns)
+        or int(code.precision) != int(ds.get("BitsStored", bits_allocated) or bits_allocated)
+    ):
+        return None  # header and codestream disagree: pydicom's corrections decide
+    params = nvimgcodec.DecodeParams(
+        color_spec=nvimgcodec.ColorSpec.UNCHANGED, allow_any_depth=True
+    )
+    with _GPU_LOCK:
+        image = decoder.decode(code, params=params)
+        if image is None:  # nvImageCodec's answer to any failure on this image
+            return None
+        pixels = np.asarray(image.cpu())
+    expected = np.dtype(f"u{max(bits_allocated // 8, 1)}")  # pydicom's for unsigned data
+    if (
+        pixels.size != rows * columns
+        or pixels.dtype.kind != "u"
+        or pixels.dtype.itemsize > expected.itemsize
+    ):
+        return None
+    return Decoded(pixels.reshape(rows, columns).astype(expected, copy=False), NVIMGCODEC)
 
 
 def _first_frame(ds: Dataset) -> bytes:
@@ -209,7 +300,8 @@ def resize_reduced(pixels: np.ndarray, r: int, rows: int, columns: int, size: in
 def decode_for_model(ds: Dataset, size: int, *, margin: float = DEFAULT_MARGIN) -> Decoded:
     """Decode the first frame at the coarsest resolution that still covers a ``size`` input.
 
-    The result feeds ``worker.preprocess.to_unit_image`` exactly as ``decode(ds)`` does
+    JPEG 2000 goes to the GPU (:func:`gpu_decoder`) where there is one, else to the reduced
+    decode; the result feeds ``worker.preprocess.to_unit_image`` exactly as ``decode(ds)`` does
     (whose resize leaves an already fitted image as it is).
 
     Raises
@@ -219,7 +311,15 @@ def decode_for_model(ds: Dataset, size: int, *, margin: float = DEFAULT_MARGIN) 
     """
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     fast: Decoded | None = None
-    if "PixelData" in ds and syntax in J2K_SYNTAXES | LJPEG_SYNTAXES | JPEGLS_SYNTAXES:
+    if "PixelData" in ds and syntax in NVIMGCODEC_SYNTAXES:
+        decoder = gpu_decoder()
+        if decoder is not None:
+            try:
+                fast = _fast_nvimgcodec(ds, decoder)
+            except Exception as exc:  # the GPU path is optional: the CPU paths decode
+                logger.info("GPU decode failed (%s); decoding on the CPU", type(exc).__name__)
+    cpu_syntaxes = J2K_SYNTAXES | LJPEG_SYNTAXES | JPEGLS_SYNTAXES
+    if fast is None and "PixelData" in ds and syntax in cpu_syntaxes:
         try:
             if syntax in J2K_SYNTAXES:
                 fast = _fast_j2k(ds, size, margin)
