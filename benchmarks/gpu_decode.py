@@ -6,13 +6,15 @@ milliseconds per image (read + decode + preprocess to the model input, one CPU t
 pydicom's full decode, the worker's CPU path (reduced JPEG 2000, imagecodecs) and nvImageCodec,
 the speed-up of the GPU over the CPU path, the largest |stored value| difference of the GPU
 decode to pydicom's and the largest |probability| difference of each path to the full decode
-(a random ResNet-50 with spread outputs). Lossless JPEG is decoded on the GPU here only to check
-it: the worker sends only JPEG 2000 there (``worker.decoders.NVIMGCODEC_SYNTAXES``).
+(a random ResNet-50 with spread outputs, or a TorchScript model with --model). Lossless JPEG is
+decoded on the GPU here only to check it: the worker sends only JPEG 2000 there
+(``worker.decoders.NVIMGCODEC_SYNTAXES``).
 
 Without CUDA or without the ``gpu`` extra it says so in one line and exits 0; ``--backend cpu``
 runs the same measurement with nvImageCodec's CPU backend (to check the script, not a figure).
 
     python benchmarks/gpu_decode.py [--size 224] [--images 2] [--repeats 10] [--backend gpu]
+        [--model FILE]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pydicom
 import torch
 from _common import load_line, median_ms
 from decode_throughput import encodings, load, reference_input
+from decode_throughput import get_args_parser as throughput_args_parser
 
 import worker.decoders as decoders
 from training.synthetic.phantom import chest_radiograph
@@ -37,11 +40,10 @@ MEASURED = ("j2k-lossless", "j2k-lossy-psnr60", "jpeg-lossless-sv1")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=224, help="model input (default 224)")
-    parser.add_argument("--pixels", type=int, default=2048, help="image side (default 2048)")
-    parser.add_argument("--images", type=int, default=2, help="images for the differences")
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs per cell")
+    """decode_throughput.py's arguments (size, pixels, images, repeats, model) and the backend."""
+    parser = throughput_args_parser()
+    parser.description = __doc__.splitlines()[0]
+    parser.set_defaults(images=2, repeats=10)
     parser.add_argument(
         "--backend",
         choices=("gpu", "cpu"),
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(1)
     print(load_line(), f"nvImageCodec backend {args.backend}")
-    model = load(None)
+    model = load(args.model)
     worst_px: dict[str, int] = {}
     worst_p: dict[str, tuple[float, float]] = {}
     left_out: set[str] = set()
