@@ -20,6 +20,7 @@ runs the same measurement with nvImageCodec's CPU backend (to check the script, 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     decoder = make_decoder(args.backend)
     if decoder is None:
-        reason = "no CUDA device" if decoders._import_nvimgcodec() else "nvImageCodec missing"
+        installed = importlib.util.find_spec("nvidia.nvimgcodec") is not None
+        reason = "no CUDA device" if installed else "nvImageCodec missing (the gpu extra)"
         print(f"{reason}: nothing to measure (the CPU paths: benchmarks/decode_throughput.py)")
         return
     torch.set_num_threads(1)

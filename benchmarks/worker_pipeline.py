@@ -72,6 +72,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--j2k", action="store_true", help="store images as JPEG 2000 lossless")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
+        "--device",
+        default="auto",
+        help="the model's device: auto (the worker's: CUDA where present), cpu, cuda, cuda:N",
+    )
+    parser.add_argument(
         "--precision",
         default="auto",
         choices=["fp32", "bf16", "auto"],
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
                 record(store, path, study_uid, path.stem, syntax)
             studies.append(study_uid)
         images = args.studies * args.per_study
-        cache = ModelCache(device="cpu", precision=args.precision)
+        cache = ModelCache(device=args.device, precision=args.precision)
         loaded = cache.get(spec)  # loaded and warmed once, as in the worker
         batch = np.random.default_rng(0).standard_normal(
             (args.batch, 3, args.size, args.size), dtype=np.float32
@@ -239,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     reference = statistics.median(rows["model alone"])
     print(
         f"{images} images {args.pixels}px{' j2k' if args.j2k else ''}, model {args.size}px "
-        f"{loaded.precision} batch {args.batch}, {args.workers} prefetch threads"
+        f"{loaded.precision} on {loaded.device} batch {args.batch}, {args.workers} prefetch "
+        "threads"
     )
     print(f"{'':<18}{'img/s':>8}{'ratio':>8}")
     for name, values in rows.items():

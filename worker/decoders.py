@@ -138,14 +138,14 @@ def gpu_decoder() -> Any | None:
     Created once per process, on first use (after the worker's fork): never on a machine
     without a CUDA device, where the CPU paths decode.
     """
-    nvimgcodec = _import_nvimgcodec()
-    if nvimgcodec is None:
-        return None
     try:
         import torch
     except ImportError:
         return None
     if not torch.cuda.is_available():
+        return None  # nvImageCodec not even imported: its import logs about missing codecs
+    nvimgcodec = _import_nvimgcodec()
+    if nvimgcodec is None:
         return None
     try:
         return nvimgcodec.Decoder(backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.GPU_ONLY)])
