@@ -10,6 +10,7 @@ store tests repeat the full suite's (there one backend proves the install; the s
 from __future__ import annotations
 
 import os
+import random
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,8 +34,34 @@ if not BACKENDS or set(BACKENDS) - {"sqlite", "postgresql"}:
     raise pytest.UsageError(f"CXR_TEST_BACKENDS names sqlite and/or postgresql, not {BACKENDS!r}")
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS = random.Random()
+
+
 def free_port() -> int:
-    """A TCP port that nothing listens on right now."""
+    """A TCP port that nothing listens on right now, below the ephemeral range.
+
+    A port the kernel picks (bind to 0) lies in the ephemeral range, where any outgoing
+    connection may take it before the peer we start binds it (seen in CI: Orthanc's HTTP port
+    "already in use"); ports below that range are only ever taken by a listener that asks.
+    """
+    low = max(1025, min(_ephemeral_low(), 65536) - 12000)
+    high = max(low + 1000, min(_ephemeral_low(), 65536) - 1)
+    for _ in range(200):
+        port = _PORTS.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

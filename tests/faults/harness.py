@@ -27,17 +27,12 @@ from governance.audit import Action
 from governance.db import Store
 from governance.models import AuditEvent, ImageInference, Instance, ModelVersion, Study
 from governance.registry import active_model
+from tests.conftest import free_port
 
 TERMINAL = ("triaged", "no_frontal")
 #: The fault tests' model: a randomly initialised ResNet-50 exported at this size. They count
 #: studies, not scores, so it needs no training.
 INPUT_SIZE = 32
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_port(port: int, timeout: float) -> bool:
