@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -453,6 +454,52 @@ def wait_settled(
 
 
 # -- sending ----------------------------------------------------------------------------------
+
+
+class StallingProxy:
+    """A TCP relay to ``127.0.0.1:target_port`` that passes the first ``stall_after`` bytes a
+    peer sends and holds the rest back, while the answers flow freely.
+
+    It puts a kill in the middle of an association by bytes instead of by timing: the server
+    receives exactly the instances that fit in ``stall_after`` and is left waiting inside the
+    next one, however fast or loaded the machine. When the server side closes (the server was
+    killed), the peer's connection is closed too. One connection at a time.
+    """
+
+    def __init__(self, target_port: int, stall_after: int) -> None:
+        self.target_port = target_port
+        self.stall_after = stall_after
+        self.forwarded = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            peer, _ = self._listener.accept()
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            answers = threading.Thread(target=self._answers, args=(server, peer), daemon=True)
+            answers.start()
+            with peer, server:
+                while self.forwarded < self.stall_after:
+                    data = peer.recv(min(65536, self.stall_after - self.forwarded))
+                    if not data:
+                        return
+                    server.sendall(data)
+                    self.forwarded += len(data)
+                answers.join()  # stalled: until the server goes
+
+    @staticmethod
+    def _answers(server: socket.socket, peer: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                peer.sendall(data)
+        with contextlib.suppress(OSError):
+            peer.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
 
 
 def storescu_send(

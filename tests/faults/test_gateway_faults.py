@@ -24,6 +24,7 @@ from tests.faults.harness import (
     Ledger,
     RedisServer,
     SmallFilesystem,
+    StallingProxy,
     Unavailable,
     storescu_send,
     wait_settled,
@@ -127,13 +128,15 @@ def test_a_gateway_killed_mid_association_loses_nothing_it_acknowledged(
     stack = fault_stack(make_database_url("postgresql"), own_redis.url)
     settings = stack.settings
     gateway, worker = start_gateway_and_worker(settings, start_service)
-    # 8 MB images: the gateway must still be receiving when the kill comes (small ones are all
-    # acknowledged in the time it takes to see the third row).
-    paths, uids = make_studies(tmp_path / "studies", 10, seed=42, size=2048)
+    paths, uids = make_studies(tmp_path / "studies", 10, seed=42, size=1024)
     ledger = Ledger()
+    # The gateway gets five whole instances and half of the sixth, then nothing more: it is
+    # killed inside an association and inside an instance, whatever the machine's speed.
+    sizes = [p.stat().st_size for p in paths]
+    proxy = StallingProxy(settings.dicom_port, sum(sizes[:5]) + sizes[5] // 2)
 
     sender = threading.Thread(
-        target=storescu_send, args=("127.0.0.1", settings.dicom_port, paths, ledger, uids)
+        target=storescu_send, args=("127.0.0.1", proxy.port, paths, ledger, uids)
     )
     sender.start()
 
@@ -141,12 +144,16 @@ def test_a_gateway_killed_mid_association_loses_nothing_it_acknowledged(
         with stack.store.read() as session:
             return len(session.scalars(select(Instance.id)).all())
 
-    wait_until(lambda: stored() >= 3, 60, "three instances stored", [gateway])
+    wait_until(lambda: stored() >= 5, 60, "five instances stored", [gateway])
+    wait_until(lambda: proxy.forwarded == proxy.stall_after, 30, "the proxy stalled", [gateway])
     gateway.proc.kill()
     gateway.proc.wait(10)
     sender.join(60)
+    proxy.close()
     assert not sender.is_alive()
-    assert 3 <= len(ledger.acknowledged) < 10, ledger
+    # storescu sends an instance only once the one before is answered.
+    assert 4 <= len(ledger.acknowledged) <= 5, ledger
+    assert ledger.acknowledged <= {uids[p][0] for p in paths[:5]}
 
     # A file placed by the dead gateway whose row never committed (its sender got no Success).
     orphan_study = settings.spool_path / "1.2.826.0.1.3680043.8.498.1"
