@@ -15,7 +15,7 @@ pass and everything else), the mean batch and how busy the model was. With
 ``--profile``, a cProfile summary of the one-thread pipeline (every stage in one thread, so
 the profile sees them all; cProfile's own cost inflates the store's share). With ``--stages``,
 one more ``--concurrent`` run with each stage timed in the thread that runs it (wall and CPU
-milliseconds per image: plan, begin, read, decode + preprocess, forward, record).
+milliseconds per image: start (plan and status), read, decode + preprocess, forward, record).
 
     python benchmarks/worker_pipeline.py [--size 224] [--pixels 1024] [--studies 4]
         [--per-study 4] [--batch 8] [--concurrent 4] [--j2k] [--repeats 3] [--profile]
@@ -269,8 +269,7 @@ def main(argv: list[str] | None = None) -> None:
 
 #: What ``--stages`` times: (module, function name, label), in the order printed.
 STAGES = (
-    (triage.triage_results, "plan", "plan (read the store)"),
-    (triage.triage_results, "begin", "begin (set status triaging)"),
+    (triage, "_start", "start (plan + status, one txn)"),
     (triage, "_read", "read the file (dcmread)"),
     (triage, "prepare", "decode + preprocess"),
     (triage, "_hand_over", "record (one transaction)"),
@@ -335,7 +334,7 @@ def profile_inline(
         "forward pass": ("predict_logits",),
         "read the file (dcmread)": ("_read",),
         "decode + preprocess": ("prepare",),
-        "store (plan, begin, record)": ("plan", "begin", "_hand_over"),
+        "store (start, record)": ("_start", "_hand_over"),
     }
     print(f"\ncProfile of the one-thread pipeline: {total:.2f} s")
     entries = stats.stats  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""A study's triage lifecycle: plan, begin, record, fail; the flag rule; the one writer of status.
+"""A study's triage lifecycle: start, record, fail; the flag rule; the one writer of status.
 
 Every change of a study's ``status`` goes through a function of this module. The decision that
 flags a patient is :func:`decide`, a pure function of the image scores and the policy in force:
@@ -234,6 +234,26 @@ def plan(session: Session, study_uid: str) -> TriagePlan:
         if i.id not in done
     ]
     return TriagePlan(study.id, model, pending, _current(session, study, model))
+
+
+def start(session: Session, study_uid: str) -> TriagePlan:
+    """Plan the study's triage and set its status in the same transaction: ``triaging`` when
+    there is something to score, ``no_model`` without an active version, and back to what its
+    recorded result says when nothing is new (see :func:`up_to_date`).
+
+    Raises
+    ------
+    NotFound
+        The study is not in the store.
+    """
+    triage = plan(session, study_uid)
+    if triage.model is None:
+        no_model(session, triage.study_id)
+    elif not triage.pending and triage.current is not None:
+        up_to_date(session, triage.study_id, triage.model.id)
+    else:
+        begin(session, triage.study_id)
+    return triage
 
 
 def _current(session: Session, study: Study, model: ModelVersion) -> TriageOutcome | None:

@@ -3,8 +3,9 @@
 The worker selects frontal images from the store's Instance columns, opens a selected file only
 to score it, and hands the scores to :func:`governance.triage_results.record`, which decides,
 sets the status and writes the result, the audit events and the "study triaged" event in one
-transaction. The steps that touch the store are short transactions around the slow part (decode
-and inference), so the embedded SQLite store is never locked while the model runs.
+transaction. The store is touched in two short transactions around the slow part (decode and
+inference): one that plans and sets the status, one that records; the embedded SQLite store is
+never locked while the model runs.
 
 Idempotent on (study, model version): an image already scored by the active version is not
 scored again, and a redelivered task with nothing new changes nothing.
@@ -24,6 +25,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from governance import triage_results
 from governance.db import Store
@@ -246,14 +248,20 @@ def _hand_over(
     raise AssertionError("unreachable")
 
 
-def _plan(store: Store, study_uid: str) -> tuple[TriagePlan, ModelSpec | None, ScoringModel | None]:
-    """The study's plan and, when a version is active, its model as the worker scores it."""
-    with store.read() as session:
-        plan = triage_results.plan(session, study_uid)
+def _start(
+    store: Store, study_uid: str
+) -> tuple[TriagePlan, ModelSpec | None, ScoringModel | None]:
+    """The study's plan and status in one transaction and, when a version is active, its model
+    as the worker scores it."""
+
+    def work(session: Session) -> tuple[TriagePlan, ModelSpec | None, ScoringModel | None]:
+        plan = triage_results.start(session, study_uid)
         active = plan.model
         if active is None:
             return plan, None, None
         return plan, ModelSpec.of(active), ScoringModel(active.id, active.version, active.sha256)
+
+    return store.run(work)
 
 
 def _log_outcome(study_uid: str, outcome: TriageOutcome, spec: ModelSpec) -> None:
@@ -295,17 +303,14 @@ def triage_study(
         The active model's file is missing or its checksum differs.
     """
     started = utcnow()
-    plan, spec, model = _plan(store, study_uid)
+    plan, spec, model = _start(store, study_uid)
     if spec is None or model is None:
-        store.run(lambda session: triage_results.no_model(session, plan.study_id))
         logger.warning("study %s: no active model version", study_uid)
         return TriageOutcome(study_uid, StudyStatus.NO_MODEL, detail="no active model version")
     if not plan.pending and plan.current is not None:
+        # A resent instance or a duplicate message set it queued: it is up to date again.
         logger.info("study %s: nothing new for model %s", study_uid, spec.version)
-        # A resent instance or a duplicate message set it queued: it is up to date.
-        store.run(lambda session: triage_results.up_to_date(session, plan.study_id, model.id))
         return plan.current
-    store.run(lambda session: triage_results.begin(session, plan.study_id))
     candidates, skipped = select_images(plan.pending, started)
     with batcher.session() if batcher else contextlib.nullcontext():
         scores = skipped + score_images(
