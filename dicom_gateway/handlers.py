@@ -138,6 +138,7 @@ def handle_store(
         return _status(exc.status, exc.reason)
 
     try:
+        incoming.settle(source)  # the fdatasync started while the data streamed
         # The folder's fsync is the committer's, once for every rename of its batch.
         target, existed = spool.place(
             source, header.study_instance_uid, header.sop_instance_uid, sync_folder=False

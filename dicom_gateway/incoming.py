@@ -5,9 +5,13 @@ False, mode="wb", suffix=".dcm")`` as its PDUs arrive and flushes after each one
 then fsyncs and renames it. :class:`IncomingFile` gives pynetdicom the same file in the spool's
 incoming folder and, every :data:`WRITEBACK_BYTES`, asks the kernel to start writing what has
 arrived (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, as PostgreSQL's ``*_flush_after`` settings
-do). The disk write then overlaps the network transfer and the fsync before Success finds
-little left to do: measured here, 7 ms less per 8 MB instance. Durability still comes from that
-fsync alone; this only moves the work earlier.
+do), and every :data:`SYNC_BYTES` it runs ``fdatasync`` in a background thread. On a disk whose
+cache flush costs in proportion to what it flushes (measured here: an 8 MB file's fdatasync
+took 13-15 ms even with its pages already written back, a 4 KB file's 0.3 ms), the flush then
+overlaps the network transfer and the fdatasync before Success finds only the tail left to do.
+Durability still comes from that last fdatasync; this only moves the work earlier. A failed
+background fdatasync fails the instance (:func:`settle`): its error is not lost to the last
+one, which opens the file anew.
 
 It also bounds what one data set may take: once more than ``max_bytes`` have arrived, the file
 is emptied, the rest of the transfer is counted but not written, and the file is marked
@@ -29,12 +33,15 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 WRITEBACK_BYTES = 1 << 20
+#: Bytes received between two background fdatasyncs of an incoming file.
+SYNC_BYTES = 2 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 
 _OVERSIZE = "oversize"
@@ -62,6 +69,54 @@ def _take(path: str | os.PathLike[str], mark: str) -> bool:
             return False
         del _marks[name]
         return True
+
+
+# The latest background fdatasync of each incoming file, by path, until :func:`settle` takes it
+# (a successful one removes itself; a failed one waits for settle, bounded like the marks).
+_syncs: dict[str, Future[None]] = {}
+_syncs_lock = threading.Lock()
+_sync_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cxr-incoming-sync")
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
+def _sync_and_close(fd: int) -> None:
+    try:
+        _fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _background_sync(name: str, fd: int) -> Future[None]:
+    """fdatasync ``fd`` (a duplicate of it: the caller may close its own) in the pool."""
+    future = _sync_pool.submit(_sync_and_close, os.dup(fd))
+    with _syncs_lock:
+        while len(_syncs) >= _MAX_MARKS:
+            del _syncs[next(iter(_syncs))]
+        _syncs[name] = future
+
+    def forget(done: Future[None]) -> None:
+        if done.exception() is None:
+            with _syncs_lock:
+                if _syncs.get(name) is done:
+                    del _syncs[name]
+
+    future.add_done_callback(forget)
+    return future
+
+
+def settle(path: str | os.PathLike[str]) -> None:
+    """Wait for the background fdatasync of the file received into ``path``, if one runs.
+
+    Raises
+    ------
+    OSError
+        That fdatasync failed (e.g. the disk is full or failing): the file is not durable,
+        and the fdatasync before Success might not see the error again.
+    """
+    with _syncs_lock:
+        future = _syncs.pop(os.fspath(path), None)
+    if future is not None:
+        future.result()
 
 
 def take_oversize(path: str | os.PathLike[str]) -> bool:
@@ -119,6 +174,8 @@ class IncomingFile:
         self._stream = os.fdopen(fd, "wb")
         self._fd = fd
         self._written_back = 0
+        self._synced = 0
+        self._sync: Future[None] | None = None
         self._max_bytes = max_bytes
         self._received = 0
         self.oversize = False
@@ -174,6 +231,16 @@ class IncomingFile:
         if _start_writeback is not None and end - self._written_back >= WRITEBACK_BYTES:
             _start_writeback(self._fd, self._written_back, end - self._written_back)
             self._written_back = end
+        if end - self._synced >= SYNC_BYTES and (self._sync is None or self._sync.done()):
+            error = self._sync.exception() if self._sync is not None else None
+            if isinstance(error, OSError):
+                self._fail(error)  # the handler answers 0xA700 (take_failure)
+                return
+            try:
+                self._sync = _background_sync(self.name, self._fd)
+            except (OSError, RuntimeError):  # no fd left, or the pool is shut down
+                return  # only the head start is lost: the fdatasync before Success still runs
+            self._synced = end
 
     def close(self) -> None:
         if self._failed:

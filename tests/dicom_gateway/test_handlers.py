@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from cxr_triage.settings import Settings
-from dicom_gateway import status
+from dicom_gateway import incoming, status
 from dicom_gateway.scp import Gateway
 from governance.models import Study
 from tests.conftest import PG_ADMIN_URL, _pg_conninfo
@@ -165,6 +166,33 @@ def test_a_full_spool_answers_out_of_resources_and_keeps_serving(
     blocker.unlink()
     assert pynetdicom_store("127.0.0.1", settings.dicom_port, [path]) == [status.SUCCESS]
     assert len(stored_instances(gateway.store)) == 1
+
+
+def test_a_background_fdatasync_that_fails_answers_out_of_resources_and_records_nothing(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Gateway],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = make_settings()
+    gateway = start_gateway(settings)
+    path = _instance(tmp_path, "im.dcm", size=512)  # 0.5 MB of pixels
+    # The file's fdatasync while it streams in fails (a failing disk): its error must reach
+    # the peer, though the fdatasync before Success opens the file anew and might not see it.
+    monkeypatch.setattr(incoming, "SYNC_BYTES", 64 * 1024)
+    monkeypatch.setattr(incoming, "_fdatasync", _failing_fdatasync)
+
+    assert pynetdicom_store("127.0.0.1", settings.dicom_port, [path]) == [status.OUT_OF_RESOURCES]
+    assert stored_instances(gateway.store) == []
+    assert _spooled_files(gateway) == []
+
+    monkeypatch.undo()
+    assert pynetdicom_store("127.0.0.1", settings.dicom_port, [path]) == [status.SUCCESS]
+    assert len(stored_instances(gateway.store)) == 1
+
+
+def _failing_fdatasync(fd: int) -> None:
+    raise OSError(errno.EIO, "Input/output error")
 
 
 @pytest.fixture

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
+import pytest
 from pynetdicom import dimse_messages
 
-from dicom_gateway.incoming import WRITEBACK_BYTES, IncomingFile, install
+from dicom_gateway import incoming as incoming_module
+from dicom_gateway.incoming import (
+    SYNC_BYTES,
+    WRITEBACK_BYTES,
+    IncomingFile,
+    install,
+    settle,
+    take_failure,
+)
+
+CHUNK = 131_072  # one PDU's worth, as pynetdicom writes and flushes it
 
 
 def test_incoming_file_keeps_every_byte_written(tmp_path: Path) -> None:
@@ -37,3 +49,61 @@ def test_install_makes_pynetdicom_receive_into_the_folder_and_restores(tmp_path:
     finally:
         restore()
     assert dimse_messages.NamedTemporaryFile is original
+
+
+def _syncs_noted(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> list[int]:
+    """Note (or fail) each background fdatasync; the real one still runs where none fails."""
+    noted: list[int] = []
+    real = incoming_module._fdatasync
+
+    def fdatasync(fd: int) -> None:
+        noted.append(os.fstat(fd).st_size)
+        if fail:
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(incoming_module, "_fdatasync", fdatasync)
+    return noted
+
+
+def test_the_file_is_synced_in_the_background_while_it_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    noted = _syncs_noted(monkeypatch)
+    chunks = [os.urandom(CHUNK) for _ in range(3 * SYNC_BYTES // CHUNK)]
+    with IncomingFile(tmp_path) as incoming:
+        for chunk in chunks:
+            incoming.write(chunk)
+            incoming.file.flush()
+
+    settle(incoming.name)
+    # At least one fdatasync ran before the last byte arrived: the flush overlapped the transfer.
+    assert noted and min(noted) < len(chunks) * CHUNK
+    assert Path(incoming.name).read_bytes() == b"".join(chunks)
+    settle(incoming.name)  # taken once; a second call has nothing to wait for
+
+
+def test_a_failed_background_sync_fails_the_file_while_data_still_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _syncs_noted(monkeypatch, fail=True)
+    with IncomingFile(tmp_path) as incoming:
+        for _ in range(4 * SYNC_BYTES // CHUNK):
+            incoming.write(os.urandom(CHUNK))
+            incoming.file.flush()
+
+    # Nothing half-durable stays in the spool, and the handler answers 0xA700.
+    assert take_failure(incoming.name)
+    assert not Path(incoming.name).exists()
+
+
+def test_a_background_sync_that_fails_after_the_last_byte_fails_settle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _syncs_noted(monkeypatch, fail=True)
+    with IncomingFile(tmp_path) as incoming:
+        incoming.write(os.urandom(SYNC_BYTES))
+        incoming.file.flush()  # the one background fdatasync of this file starts here
+
+    with pytest.raises(OSError, match="Input/output error"):
+        settle(incoming.name)
