@@ -9,7 +9,16 @@ committer does under concurrent associations, four per transaction (``record_bat
 savepoint each; per instance). Prints the median and p95 milliseconds per step: the profile
 the ingest target (1.5x storescp +B) is cut from.
 
+The fsync steps above see a file with only its last bytes dirty. Two more steps stream each
+file into the gateway's :class:`~dicom_gateway.incoming.IncomingFile` in 128 KB writes (one
+PDU each) paced at ``--stream-mbps`` (about what pynetdicom receives at here), as a C-STORE
+fills it, and time what is left before Success: the fdatasync with only the write-back
+started every MB, and with the gateway's background fdatasync every 2 MB as well (its wait
+and the last fdatasync). On a disk whose cache flush costs in proportion to what it flushes,
+the difference is the time the background fdatasync saves each instance.
+
     python benchmarks/durable_path.py [--files 30] [--size 2048] [--postgres URL]
+        [--stream-mbps 350]
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import sqlalchemy as sa
 from _common import load_line, radiograph_ds
 from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 
+from dicom_gateway import incoming as incoming_files
 from dicom_gateway.commit import record_batch
 from dicom_gateway.header import read_header
 from governance.db import Store
@@ -43,7 +53,51 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
         help="PostgreSQL URL ('' to skip); the benchmark works in its own schema there",
     )
+    parser.add_argument(
+        "--stream-mbps",
+        type=float,
+        default=350.0,
+        help="pace of the streamed writes, MB/s (default 350: pynetdicom's receive here)",
+    )
     return parser
+
+
+def stream(data: bytes, folder: Path, mbps: float) -> str:
+    """Write ``data`` into an IncomingFile as PDUs arrive at ``mbps``; its path."""
+    chunk = 128 * 1024
+    started = time.perf_counter()
+    with incoming_files.IncomingFile(folder) as received:
+        for offset in range(0, len(data), chunk):
+            received.write(data[offset : offset + chunk])
+            received.file.flush()
+            due = started + (offset + chunk) / (mbps * 1e6)
+            time.sleep(max(0.0, due - time.perf_counter()))
+    return received.name
+
+
+def streamed_steps(
+    paths: list[Path],
+    folder: Path,
+    mbps: float,
+    timed,  # type: ignore[no-untyped-def]
+) -> None:
+    """Time what is left before Success once a file has streamed in, without and with the
+    background fdatasync (alternating, one file each)."""
+    every = incoming_files.SYNC_BYTES
+    for i, path in enumerate(paths):
+        data = path.read_bytes()
+        background = i % 2 == 1
+        incoming_files.SYNC_BYTES = every if background else 1 << 62
+        try:
+            name = stream(data, folder, mbps)
+        finally:
+            incoming_files.SYNC_BYTES = every
+        label = "streamed: bg + fdatasync" if background else "streamed: fdatasync"
+        timed(
+            label,
+            lambda n=name: (incoming_files.settle(n), sync(Path(n), data_only=True)),
+        )
+        os.unlink(name)
 
 
 def write_received(folder: Path, size: int, seed: int) -> tuple[Path, str, str]:
@@ -139,6 +193,12 @@ def main(argv: list[str] | None = None) -> None:
                     f"commit {name}",
                     lambda s=store, it=item: s.run(lambda session: record_instance(session, it)),
                 )
+        streamed_steps(
+            [Path(it.path) for it in received[: 2 * (len(received) // 2)]],
+            incoming,
+            args.stream_mbps,
+            timed,
+        )
         # Group commit: the same rows again as new instances, four to a transaction.
         for start in range(0, len(received) - 3, 4):
             batch = [

@@ -50,10 +50,15 @@ def get_context(settings: Settings) -> WorkerContext:
 
 
 def make_context(settings: Settings, store: Store) -> WorkerContext:
-    """A worker context on ``store``: the model cache and the cross-study batcher."""
+    """A worker context on ``store``: the model cache and the cross-study batcher (and the
+    forward pass's CPU threads, where CXR_CPU_THREADS sets them)."""
+    import torch
+
     from worker.batcher import Batcher
     from worker.inference import ModelCache, predict_logits
 
+    if settings.cpu_threads:
+        torch.set_num_threads(settings.cpu_threads)
     return WorkerContext(
         settings=settings,
         store=store,
