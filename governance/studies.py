@@ -151,18 +151,6 @@ def studies_awaiting_queue(session: Session, older_than: dt.datetime) -> list[st
     )
 
 
-def note_delivery(session: Session, study_uid: str) -> int | None:
-    """Count one delivery of the study's triage task; the count since the last finished one.
-
-    None when the study is not in the store.
-    """
-    study = find_study(session, study_uid)
-    if study is None:
-        return None
-    study.deliveries = (study.deliveries or 0) + 1
-    return study.deliveries
-
-
 def finish_delivery(session: Session, study_uid: str) -> None:
     """The task finished (whatever its outcome): its deliveries no longer count."""
     study = find_study(session, study_uid)

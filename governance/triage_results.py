@@ -205,6 +205,7 @@ class TriagePlan:
     model: ModelVersion | None
     pending: list[PendingImage]
     current: TriageOutcome | None  # the recorded outcome for the active model, if any
+    parked: str | None = None  # why start() parked the study instead of beginning it
 
 
 def plan(session: Session, study_uid: str) -> TriagePlan:
@@ -236,10 +237,17 @@ def plan(session: Session, study_uid: str) -> TriagePlan:
     return TriagePlan(study.id, model, pending, _current(session, study, model))
 
 
-def start(session: Session, study_uid: str) -> TriagePlan:
-    """Plan the study's triage and set its status in the same transaction: ``triaging`` when
-    there is something to score, ``no_model`` without an active version, and back to what its
-    recorded result says when nothing is new (see :func:`up_to_date`).
+def start(session: Session, study_uid: str, *, max_deliveries: int | None = None) -> TriagePlan:
+    """Plan the study's triage and set its status in one transaction.
+
+    ``triaging`` when there is something to score, ``no_model`` without an active version, and
+    back to what its recorded result says when nothing is new (see :func:`up_to_date`).
+
+    The worker's poison guard counts in the same transaction (``Study.deliveries``, committed
+    before any image is opened): a run that begins scoring counts one delivery, and
+    :func:`record` resets the count when the run finishes; a run that finds nothing to score is
+    finished at once. When the count goes over ``max_deliveries`` (runs that kept killing their
+    worker), the study is parked as failed instead (``parked`` says why), for a person to retry.
 
     Raises
     ------
@@ -247,11 +255,23 @@ def start(session: Session, study_uid: str) -> TriagePlan:
         The study is not in the store.
     """
     triage = plan(session, study_uid)
+    study = get_row(session, Study, triage.study_id, "study vanished during triage")
     if triage.model is None:
         no_model(session, triage.study_id)
+        study.deliveries = 0
     elif not triage.pending and triage.current is not None:
         up_to_date(session, triage.study_id, triage.model.id)
+        study.deliveries = 0
     else:
+        study.deliveries = (study.deliveries or 0) + 1
+        if max_deliveries is not None and study.deliveries > max_deliveries:
+            reason = (
+                f"triage task delivered {study.deliveries} times without finishing (its worker "
+                "stopped each time, e.g. out of memory on an image); parked until a person "
+                "retries it"
+            )
+            fail(session, study_uid, reason)
+            return dataclasses.replace(triage, parked=reason)
         begin(session, triage.study_id)
     return triage
 
@@ -388,6 +408,7 @@ def record(
     _set_status(study, decision.status, None if decision.images_scored else NO_FRONTAL_DETAIL)
     study.triaged_at = result.finished_at
     study.reconcile_attempts = 0  # the reconciler's count starts again
+    study.deliveries = 0  # the run finished: the poison guard's count starts again (start)
     _audit_and_emit(session, study, model, result, decision, was_flagged)
     skipped = {
         s.sop_instance_uid: reason

@@ -23,7 +23,8 @@ from cxr_triage.settings import Settings
 from governance import events, triage_results
 from governance.db import Store
 from governance.errors import ModelIntegrityError, NotFound, StoreRejected, StoreUnavailable
-from governance.studies import finish_delivery, note_delivery
+from governance.models import StudyStatus
+from governance.studies import finish_delivery
 from worker.celery_app import TRIAGE_STUDY, ProcessContext, queue_results
 from worker.limits import ImageLimits
 
@@ -141,20 +142,9 @@ def triage_study_task(self: Task, study_uid: str) -> dict[str, Any] | None:
         return {"study_instance_uid": study_uid, "status": "backlog", "flagged": False}
     limits = ImageLimits(max_pixels=ctx.settings.max_pixels, max_frames=ctx.settings.max_frames)
     try:
-        deliveries = ctx.store.run(lambda session: note_delivery(session, study_uid))
-    except StoreUnavailable as exc:
-        logger.warning("study %s: store unavailable (%s); retrying", study_uid, exc)
-        raise self.retry(countdown=STORE_RETRY_DELAYS[0], max_retries=50) from None
-    if deliveries is not None and deliveries > ctx.settings.max_deliveries:
-        reason = (
-            f"triage task delivered {deliveries} times without finishing (its worker stopped "
-            "each time, e.g. out of memory on an image); parked until a person retries it"
-        )
-        logger.error("study %s: %s", study_uid, reason)
-        _park(ctx.store, study_uid, reason)
-        return None
-    try:
         with _one_at_a_time(study_uid):
+            # Counts this delivery (the poison guard) in the transaction that begins the study,
+            # and resets the count in the one that records it.
             outcome = triage_study(
                 ctx.store,
                 ctx.models,
@@ -162,6 +152,7 @@ def triage_study_task(self: Task, study_uid: str) -> dict[str, Any] | None:
                 batch_size=ctx.settings.batch_size,
                 limits=limits,
                 batcher=ctx.batcher,
+                max_deliveries=ctx.settings.max_deliveries,
             )
     except NotFound:
         logger.error("study %s is not in the store; nothing to triage", study_uid)
@@ -182,7 +173,8 @@ def triage_study_task(self: Task, study_uid: str) -> dict[str, Any] | None:
         logger.exception("study %s: triage failed", study_uid)
         _mark_failed(ctx.store, study_uid, "triage failed; see the worker log")
         return None
-    _finish(ctx.store, study_uid)
+    if outcome.status == StudyStatus.FAILED:  # parked by the poison guard
+        return None
     if ctx.settings.heatmaps and outcome.images_scored:
         _heatmap(ctx, study_uid)
     return {
@@ -239,21 +231,6 @@ def _mark_failed(store: Store, study_uid: str, detail: str) -> None:
         store.run(work)
     except (StoreUnavailable, StoreRejected):
         logger.error("study %s: could not record the failure in the store", study_uid)
-
-
-def _park(store: Store, study_uid: str, detail: str) -> None:
-    """Park the study as failed, keeping its delivery count (a person's retry resets it)."""
-    try:
-        store.run(lambda session: triage_results.fail(session, study_uid, detail))
-    except (StoreUnavailable, StoreRejected):
-        logger.error("study %s: could not park it in the store", study_uid)
-
-
-def _finish(store: Store, study_uid: str) -> None:
-    try:
-        store.run(lambda session: finish_delivery(session, study_uid))
-    except (StoreUnavailable, StoreRejected):
-        logger.warning("study %s: could not reset its delivery count", study_uid)
 
 
 @worker_ready.connect

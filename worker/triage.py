@@ -249,13 +249,13 @@ def _hand_over(
 
 
 def _start(
-    store: Store, study_uid: str
+    store: Store, study_uid: str, max_deliveries: int | None = None
 ) -> tuple[TriagePlan, ModelSpec | None, ScoringModel | None]:
-    """The study's plan and status in one transaction and, when a version is active, its model
-    as the worker scores it."""
+    """The study's plan, status and delivery count in one transaction and, when a version is
+    active, its model as the worker scores it."""
 
     def work(session: Session) -> tuple[TriagePlan, ModelSpec | None, ScoringModel | None]:
-        plan = triage_results.start(session, study_uid)
+        plan = triage_results.start(session, study_uid, max_deliveries=max_deliveries)
         active = plan.model
         if active is None:
             return plan, None, None
@@ -287,11 +287,14 @@ def triage_study(
     workers: int = DEFAULT_WORKERS,
     limits: ImageLimits | None = None,
     batcher: Batcher | None = None,
+    max_deliveries: int | None = None,
 ) -> TriageOutcome:
     """Triage one study with the active model version and the policy in force.
 
     With a ``batcher`` (shared by the worker's task threads) its images share forward passes
-    with other studies'; its result is still recorded alone, in its own transaction.
+    with other studies'; its result is still recorded alone, in its own transaction. With
+    ``max_deliveries`` (the worker's poison guard), a study whose runs kept stopping their
+    worker is parked as failed instead (status ``failed``, nothing scored).
 
     Raises
     ------
@@ -303,7 +306,10 @@ def triage_study(
         The active model's file is missing or its checksum differs.
     """
     started = utcnow()
-    plan, spec, model = _start(store, study_uid)
+    plan, spec, model = _start(store, study_uid, max_deliveries)
+    if plan.parked is not None:
+        logger.error("study %s: %s", study_uid, plan.parked)
+        return TriageOutcome(study_uid, StudyStatus.FAILED, detail=plan.parked)
     if spec is None or model is None:
         logger.warning("study %s: no active model version", study_uid)
         return TriageOutcome(study_uid, StudyStatus.NO_MODEL, detail="no active model version")

@@ -14,6 +14,7 @@ from pydicom.uid import RLELossless, generate_uid
 from sqlalchemy import select
 
 from cxr_triage.settings import Settings
+from governance import triage_results
 from governance.db import Store
 from governance.models import ImageInference, Instance, ModelVersion, Study
 from tests.worker.builders import radiograph, write
@@ -158,9 +159,35 @@ def test_a_study_delivered_too_often_is_parked_not_looped(
     assert tasks.triage_study_task.run(study_uid)["status"] == "triaged"
     assert deliveries()[:2] == (0, "triaged")  # a finished task does not count
 
-    # Three deliveries whose worker died (nothing reset the count), then a fourth.
+    # A new image, and three deliveries whose worker died scoring it (nothing reset the
+    # count), then a fourth.
+    add_image(store, tmp_path, study_uid, seed=2)
     store.run(lambda s: setattr(s.scalar(select(Study)), "deliveries", 3))
     assert tasks.triage_study_task.run(study_uid) is None
     count, status, detail = deliveries()
     assert (count, status) == (4, "failed")
     assert detail is not None and "delivered 4 times" in detail
+
+
+def test_a_run_is_counted_in_the_transaction_that_begins_it(
+    store: Store, tmp_path: Path, activate: Callable[..., ModelVersion]
+) -> None:
+    study_uid = generate_uid()
+    add_image(store, tmp_path, study_uid, seed=1)
+
+    def start() -> triage_results.TriagePlan:
+        return store.run(lambda s: triage_results.start(s, study_uid, max_deliveries=2))
+
+    def counted() -> tuple[int, str]:
+        with store.read() as session:
+            study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+            assert study is not None
+            return study.deliveries, study.status
+
+    assert start().model is None and counted() == (0, "no_model")  # finished at once
+    activate(tau=0.0)
+    for runs in (1, 2):  # runs that began scoring and never recorded (their worker died)
+        assert start().parked is None and counted() == (runs, "triaging")
+    parked = start().parked
+    assert parked is not None and "delivered 3 times" in parked
+    assert counted() == (3, "failed")  # kept: only a person's retry starts it again
