@@ -21,9 +21,10 @@ retry (``cxr-triage study retry``, which starts the count again). A triage reset
 Studies whose every file was pruned by spool retention are never queued again.
 
 Two counters, two questions. ``studies.deliveries`` (the worker's poison guard,
-``CXR_MAX_DELIVERIES``) counts runs of the triage task that started and never finished: each
-one took its worker down. ``studies.reconcile_attempts`` counts requeues by this module: each
-is a message presumed lost, or a failure whose cause may be gone. A requeue whose run dies
+``CXR_MAX_DELIVERIES``) counts runs of the triage task that began scoring and never recorded
+a result (``triage_results.start`` and ``record``): each one took its worker down.
+``studies.reconcile_attempts`` counts requeues by this module: each is a message presumed
+lost, or a failure whose cause may be gone. A requeue whose run dies
 counts once in each, as it is both; neither resets the other, so a study that keeps killing
 workers is parked by the guard even while it is being requeued here. A study the guard parked
 (``failed`` with unfinished runs) is never requeued automatically, since another run would
