@@ -264,6 +264,23 @@ def _start(
     return store.run(work)
 
 
+def _nothing_to_score(
+    study_uid: str, plan: TriagePlan, spec: ModelSpec | None
+) -> TriageOutcome | None:
+    """The outcome of a run that scores nothing (parked, no active model, nothing new), or None."""
+    if plan.parked is not None:
+        logger.error("study %s: %s", study_uid, plan.parked)
+        return TriageOutcome(study_uid, StudyStatus.FAILED, detail=plan.parked)
+    if spec is None:
+        logger.warning("study %s: no active model version", study_uid)
+        return TriageOutcome(study_uid, StudyStatus.NO_MODEL, detail="no active model version")
+    if not plan.pending and plan.current is not None:
+        # A resent instance or a duplicate message set it queued: it is up to date again.
+        logger.info("study %s: nothing new for model %s", study_uid, spec.version)
+        return plan.current
+    return None
+
+
 def _log_outcome(study_uid: str, outcome: TriageOutcome, spec: ModelSpec) -> None:
     logger.info(
         "study %s: %s p=%s tau=%s flagged=%s (%d scored, %d skipped, model %s)",
@@ -307,16 +324,10 @@ def triage_study(
     """
     started = utcnow()
     plan, spec, model = _start(store, study_uid, max_deliveries)
-    if plan.parked is not None:
-        logger.error("study %s: %s", study_uid, plan.parked)
-        return TriageOutcome(study_uid, StudyStatus.FAILED, detail=plan.parked)
-    if spec is None or model is None:
-        logger.warning("study %s: no active model version", study_uid)
-        return TriageOutcome(study_uid, StudyStatus.NO_MODEL, detail="no active model version")
-    if not plan.pending and plan.current is not None:
-        # A resent instance or a duplicate message set it queued: it is up to date again.
-        logger.info("study %s: nothing new for model %s", study_uid, spec.version)
-        return plan.current
+    ended = _nothing_to_score(study_uid, plan, spec)
+    if ended is not None:
+        return ended
+    assert spec is not None and model is not None  # without a model, nothing is scored
     candidates, skipped = select_images(plan.pending, started)
     with batcher.session() if batcher else contextlib.nullcontext():
         scores = skipped + score_images(
