@@ -234,6 +234,8 @@ class IncomingFile:
         if end - self._synced >= SYNC_BYTES and (self._sync is None or self._sync.done()):
             error = self._sync.exception() if self._sync is not None else None
             if isinstance(error, OSError):
+                with _syncs_lock:
+                    _syncs.pop(self.name, None)  # reported through the mark instead
                 self._fail(error)  # the handler answers 0xA700 (take_failure)
                 return
             try:

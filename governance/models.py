@@ -119,7 +119,8 @@ class Study(Base):
     result_id: Mapped[int | None] = mapped_column(
         ForeignKey("study_inferences.id", use_alter=True, ondelete="SET NULL")
     )
-    # Triage task deliveries since the last one that finished: one that keeps killing its
+    # Triage runs that began scoring and never recorded a result (counted and reset by
+    # governance.triage_results.start and record): a study that keeps killing its
     # worker (a decoder crash, the OOM killer) is parked as failed instead of looping, and
     # the reconciler leaves it to a person (governance.reconciler: how the counts differ).
     deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))

@@ -95,6 +95,7 @@ def test_a_failed_background_sync_fails_the_file_while_data_still_arrives(
     # Nothing half-durable stays in the spool, and the handler answers 0xA700.
     assert take_failure(incoming.name)
     assert not Path(incoming.name).exists()
+    assert incoming.name not in incoming_module._syncs  # reported once, through the mark
 
 
 def test_a_background_sync_that_fails_after_the_last_byte_fails_settle(
