@@ -35,11 +35,9 @@ COPY migrations ./migrations
 
 # --- slim-build: the base install (gateway, web, store, migrations, CLI), no torch ---------------
 FROM ${PYTHON_IMAGE} AS slim-build
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+COPY --chmod=0755 deploy/healthcheck.py /opt/venv/bin/cxr-healthcheck
 WORKDIR /src
 COPY constraints.txt pyproject.toml README.md ./
 COPY --from=source /src ./
@@ -53,11 +51,9 @@ ARG TORCH_VARIANT=cu130
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 ARG WORKER_EXTRAS=train
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+COPY --chmod=0755 deploy/healthcheck.py /opt/venv/bin/cxr-healthcheck
 WORKDIR /src
 COPY constraints.txt pyproject.toml README.md ./
 # torch first, from its own index: `pip install .[worker]` then finds it satisfied (a local
@@ -76,14 +72,10 @@ LABEL org.opencontainers.image.title="cxr-triage" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.cxr-triage.role="slim"
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 CXR_DATA_DIR=/var/lib/cxr-triage
 RUN --mount=type=bind,source=deploy/runtime-user.sh,target=/tmp/runtime-user.sh \
     sh /tmp/runtime-user.sh
 COPY --from=slim-build /opt/venv /opt/venv
-COPY --chmod=0755 deploy/healthcheck.py /usr/local/bin/cxr-healthcheck
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    CXR_DATA_DIR=/var/lib/cxr-triage
 WORKDIR /var/lib/cxr-triage
 USER cxr:cxr
 EXPOSE 11112 8000
@@ -100,6 +92,8 @@ LABEL org.opencontainers.image.title="cxr-triage-worker" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.cxr-triage.role="worker" \
       io.cxr-triage.torch-variant="${TORCH_VARIANT}"
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    MPLCONFIGDIR=/tmp/matplotlib CXR_DATA_DIR=/var/lib/cxr-triage
 # libopenjp2: glymur decodes JPEG 2000 at a reduced resolution level (worker/decoders.py).
 RUN apt-get update -qq \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libopenjp2-7 \
@@ -107,12 +101,6 @@ RUN apt-get update -qq \
 RUN --mount=type=bind,source=deploy/runtime-user.sh,target=/tmp/runtime-user.sh \
     sh /tmp/runtime-user.sh
 COPY --from=worker-build /opt/venv /opt/venv
-COPY --chmod=0755 deploy/healthcheck.py /usr/local/bin/cxr-healthcheck
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    MPLCONFIGDIR=/tmp/matplotlib \
-    CXR_DATA_DIR=/var/lib/cxr-triage
 WORKDIR /var/lib/cxr-triage
 USER cxr:cxr
 ENTRYPOINT ["cxr-triage"]

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Health checks for the cxr-triage containers (``healthcheck:`` in docker-compose.yml).
 
-The image installs this file as ``cxr-healthcheck``; it reads the same ``CXR_*`` settings as the
-service it checks, so it probes exactly the port and AE title that service uses::
+Both images install this file as ``cxr-healthcheck`` (in the venv's bin, on PATH); it reads the
+same ``CXR_*`` settings as the service it checks, so it probes exactly the port and AE title that
+service uses::
 
     cxr-healthcheck gateway          # A-ASSOCIATE + C-ECHO to our own DICOM gateway
     cxr-healthcheck web              # GET /healthz answers 200 (ok, or degraded: broker down)

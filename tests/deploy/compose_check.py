@@ -460,7 +460,7 @@ def check_dockerfile(text: str, root: Path) -> list[str]:
     if 'org.opencontainers.image.version="${VERSION}"' not in text:
         problems.append("Dockerfile: no org.opencontainers.image.version label")
     if not re.search(
-        r"^COPY .*deploy/healthcheck\.py /usr/local/bin/cxr-healthcheck$", text, re.MULTILINE
+        r"^COPY .*deploy/healthcheck\.py /opt/venv/bin/cxr-healthcheck$", text, re.MULTILINE
     ):
         problems.append("Dockerfile: cxr-healthcheck (used by the compose health checks) missing")
     if 'ENTRYPOINT ["cxr-triage"]' not in text:
