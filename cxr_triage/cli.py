@@ -16,20 +16,17 @@ from collections.abc import Callable, Sequence
 # name -> (module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("cxr_triage.up", "run gateway + worker + web on this machine (embedded defaults)"),
-    "demo": ("cxr_triage.demo", "prepare a demo model and synthetic studies, run and push them"),
     "gateway": ("dicom_gateway.main", "run the DICOM gateway (C-ECHO, C-STORE SCP)"),
     "worker": ("worker.main", "run a Celery triage worker (one process per GPU)"),
-    "results-worker": (
-        "results.main",
-        "run the results worker: SR/heatmap exports and flag notifications",
-    ),
+    "results-worker": ("results.main", "run the results worker: SR, heatmaps, notifications"),
     "beat": ("worker.beat", "run the scheduler: drift and recalibration jobs (Celery beat)"),
     "web": ("web.main", "run the web server: worklist, study pages, API, metrics"),
-    "db": ("migrations.cli", "database schema: upgrade, current"),
-    "predict": ("worker.predict", "score DICOM files offline; JSON lines on stdout"),
+    "demo": ("cxr_triage.demo", "prepare a demo model and synthetic studies, run and push them"),
     "synth": ("training.synthetic.studies", "write synthetic chest radiograph studies as DICOM"),
     "train": ("training.train", "train, calibrate, export and register a ResNet-50"),
     "evaluate": ("training.evaluate", "evaluate a model on a dataset: metrics, plots, report"),
+    "predict": ("worker.predict", "score DICOM files offline; JSON lines on stdout"),
+    "db": ("migrations.cli", "database schema: upgrade, current"),
     "model": ("cxr_triage.model_cli", "model versions: list, show, register, activate, rollback"),
     "policy": ("cxr_triage.policy_cli", "threshold policies: list, set"),
     "token": ("cxr_triage.token_cli", "API tokens: create, list, revoke"),
@@ -37,11 +34,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("cxr_triage.export_cli", "result exports and notifications: list, retry"),
     "monitor": ("cxr_triage.monitor_cli", "monitoring: drift, subgroup performance"),
     "labels": ("cxr_triage.labels_cli", "reference labels: import a CSV file"),
-    "recalibrate": (
-        "cxr_triage.recalibrate_cli",
-        "recalibration jobs: run, list, show, approve, reject",
-    ),
+    "recalibrate": ("cxr_triage.recalibrate_cli", "recalibration jobs: run, list, approve, reject"),
     "study": ("cxr_triage.study_cli", "studies: list (e.g. --status failed), retry"),
+}
+# The headings --help lists the commands under.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "services": ("up", "gateway", "worker", "results-worker", "beat", "web"),
+    "models and data": ("demo", "synth", "train", "evaluate", "predict"),
+    "administration": (
+        "db",
+        "model",
+        "policy",
+        "token",
+        "audit",
+        "export",
+        "monitor",
+        "labels",
+        "recalibrate",
+        "study",
+    ),
 }
 
 # Commands that need an optional part of the install (cxr_triage.extras): checked before their
@@ -65,11 +76,12 @@ def _usage() -> str:
         "",
         "Chest X-ray pneumonia triage beside a PACS (research software; assistive triage only).",
         "",
-        "commands:",
     ]
-    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    for heading, names in GROUPS.items():
+        lines += [f"{heading}:"]
+        lines += [f"  {name:<{width}}  {COMMANDS[name][1]}" for name in names]
+        lines += [""]
     lines += [
-        "",
         "Run `cxr-triage COMMAND --help` for a command's options. Settings come from CXR_*",
         "environment variables or a .env file (see README.md).",
     ]

@@ -342,26 +342,18 @@ class Settings(BaseSettings):
         self.data_dir = Path(self.data_dir).expanduser().absolute()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'cxr-triage.db'}"
-        if self.spool_dir is None:
-            self.spool_dir = self.data_dir / "spool"
-        if self.model_dir is None:
-            self.model_dir = self.data_dir / "models"
-        if self.audit_anchor_file is None:
-            self.audit_anchor_file = self.data_dir / "audit-anchors.log"
-        self.audit_anchor_file = Path(self.audit_anchor_file).expanduser().absolute()
-        self.spool_dir = Path(self.spool_dir).expanduser().absolute()
-        self.model_dir = Path(self.model_dir).expanduser().absolute()
+        for field, name in _UNDER_DATA_DIR.items():
+            path = getattr(self, field) or self.data_dir / name
+            setattr(self, field, Path(path).expanduser().absolute())
         return self
 
     @property
     def spool_path(self) -> Path:
-        assert self.spool_dir is not None
-        return self.spool_dir
+        return _filled(self.spool_dir)
 
     @property
     def model_path(self) -> Path:
-        assert self.model_dir is not None
-        return self.model_dir
+        return _filled(self.model_dir)
 
     def heatmap_file(self, study_uid: str, model_version: str) -> Path:
         """Where the worker keeps a study's heatmap arrays by a model version (``.npz``)."""
@@ -370,8 +362,7 @@ class Settings(BaseSettings):
 
     @property
     def anchor_path(self) -> Path:
-        assert self.audit_anchor_file is not None
-        return self.audit_anchor_file
+        return _filled(self.audit_anchor_file)
 
     @property
     def owner_database_url(self) -> str:
@@ -386,6 +377,20 @@ class Settings(BaseSettings):
     @property
     def embedded_broker(self) -> bool:
         return not self.broker_url or self.broker_url.startswith("filesystem://")
+
+
+# The paths that default to a name under CXR_DATA_DIR: field -> that name.
+_UNDER_DATA_DIR = {
+    "spool_dir": "spool",
+    "model_dir": "models",
+    "audit_anchor_file": "audit-anchors.log",
+}
+
+
+def _filled(path: Path | None) -> Path:
+    """A path field that ``Settings._fill_defaults`` has set (optional only as an input)."""
+    assert path is not None, "Settings._fill_defaults fills every path under CXR_DATA_DIR"
+    return path
 
 
 @functools.cache

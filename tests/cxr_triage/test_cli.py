@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_triage.cli import COMMANDS, NEEDS_EXTRA, main
+from cxr_triage.cli import COMMANDS, GROUPS, NEEDS_EXTRA, main
 from cxr_triage.extras import extra_providing, missing_modules
 
 
@@ -33,6 +33,11 @@ def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     for name in COMMANDS:
         assert f"  {name}" in out
+
+
+def test_help_lists_each_command_under_one_heading() -> None:
+    listed = [name for names in GROUPS.values() for name in names]
+    assert sorted(listed) == sorted(COMMANDS)
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
