@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import os
 import pstats
 import statistics
@@ -41,17 +42,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import load_line, radiograph_ds
-from pydicom.uid import (
-    ComputedRadiographyImageStorage,
-    ExplicitVRLittleEndian,
-    JPEG2000Lossless,
-    generate_uid,
-)
+from pydicom.uid import ComputedRadiographyImageStorage, JPEG2000Lossless, generate_uid
 
+from dicom_gateway.header import read_header
 from governance.db import Store
 from governance.policies import set_policy
 from governance.registry import activate_model, register_model
-from governance.studies import ReceivedInstance, record_instance
+from governance.studies import record_instance
 from migrations import upgrade
 from training.synthetic.phantom import chest_radiograph
 from worker import triage
@@ -105,20 +102,14 @@ def write_image(folder: Path, study_uid: str, seed: int, pixels: int, j2k: bool)
     return path
 
 
-def record(store: Store, path: Path, study_uid: str, sop_uid: str, syntax: str) -> None:
-    item = ReceivedInstance(
-        study_instance_uid=study_uid,
-        series_instance_uid=None,
-        sop_instance_uid=sop_uid,
-        sop_class_uid=ComputedRadiographyImageStorage,
-        transfer_syntax_uid=syntax,
-        path=str(path),
-        size_bytes=path.stat().st_size,
-        calling_ae="BENCH",
-        modality="CR",
-        view_position="PA",
-        body_part="CHEST",
+def record(store: Store, path: Path) -> None:
+    """Record the file as the gateway does: its header read, as sent by a peer ``BENCH``."""
+    header = read_header(
+        path,
+        affected_sop_class_uid=ComputedRadiographyImageStorage,
+        affected_sop_instance_uid=path.stem,
     )
+    item = dataclasses.replace(header, calling_ae="BENCH")
     store.run(lambda session: record_instance(session, item))
 
 
@@ -158,12 +149,11 @@ def main(argv: list[str] | None = None) -> None:
 
         spec = activate("bench-0")
         studies = []
-        syntax = JPEG2000Lossless if args.j2k else ExplicitVRLittleEndian
         for s in range(args.studies):
             study_uid = generate_uid()
             for i in range(args.per_study):
                 path = write_image(folder, study_uid, s * 100 + i, args.pixels, args.j2k)
-                record(store, path, study_uid, path.stem, syntax)
+                record(store, path)
             studies.append(study_uid)
         images = args.studies * args.per_study
         cache = ModelCache(device=args.device, precision=args.precision)

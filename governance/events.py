@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from governance.models import TriageEvent
+from governance.rows import from_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,10 @@ AFTER_COMMIT_KEY = "cxr_after_commit"
 
 @dataclass(frozen=True, slots=True)
 class StudyTriaged:
-    """What a triage decided for one study; no patient identifiers."""
+    """What a triage decided for one study; no patient identifiers.
+
+    Each field but ``event_id`` is named as the ``triage_events`` column it is read from.
+    """
 
     event_id: int
     study_id: int
@@ -67,17 +71,10 @@ class StudyTriaged:
 
     @classmethod
     def of(cls, row: TriageEvent) -> StudyTriaged:
-        return cls(
+        return from_attributes(
+            cls,
+            row,
             event_id=row.id,
-            study_id=row.study_id,
-            study_instance_uid=row.study_instance_uid,
-            status=row.status,
-            model_version_id=row.model_version_id,
-            model_version=row.model_version,
-            study_inference_id=row.study_inference_id,
-            probability=row.probability,
-            tau=row.tau,
-            policy_version=row.policy_version,
             flagged=bool(row.flagged),
             previously_flagged=bool(row.previously_flagged),
             shadow=bool(row.shadow),

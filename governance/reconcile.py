@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from governance import audit, triage_results
 from governance.errors import NotFound
 from governance.models import Study, StudyStatus, utcnow
+from governance.rows import from_attributes
 
 #: The most studies one retry or listing handles (a person runs it again for more).
 MAX_STUDIES = 1000
@@ -27,7 +28,10 @@ ALL_STATUSES = tuple(StudyStatus)
 
 @dataclass(frozen=True, slots=True)
 class StudySummary:
-    """One study as ``cxr-triage study list`` shows it (UIDs and times, no patient data)."""
+    """One study as ``cxr-triage study list`` shows it (UIDs and times, no patient data).
+
+    Each field is named as the Study attribute it comes from.
+    """
 
     study_instance_uid: str
     status: str
@@ -59,15 +63,10 @@ def list_studies(
     if status is not None:
         query = query.where(Study.status == status)
     return [
-        StudySummary(
-            study_instance_uid=study.study_instance_uid,
-            status=study.status,
-            status_detail=study.status_detail,
+        from_attributes(
+            StudySummary,
+            study,
             instances=len(study.instances),
-            first_received_at=study.first_received_at,
-            last_received_at=study.last_received_at,
-            queued_at=study.queued_at,
-            triaged_at=study.triaged_at,
             reconcile_attempts=study.reconcile_attempts or 0,
         )
         for study in session.scalars(query)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from governance.audit.chain import TRIAGE_ACTIONS, Action, event_fields
 from governance.models import AuditEvent, ModelVersion, ThresholdPolicy, policy_uid
+from governance.rows import attributes
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -274,18 +275,19 @@ def add_decided_by(session: Session, records: list[AuditRecord]) -> list[AuditRe
             "tau": r.detail.get("tau"),
             "policy": None
             if policy is None
-            else {
-                "operating_point": policy.operating_point,
-                "tau": policy.tau,
-                "approved_by": policy.approved_by,
-                "rationale": policy.rationale,
-                "target_metric": policy.target_metric,
-                "effective_from": policy.effective_from.isoformat(),
-                "set_by": setters.get(policy_uid(version, policy.version)),
-            },
+            else _policy(policy, set_by=setters.get(policy_uid(version, policy.version))),
         }
     return records
 
 
+def _policy(policy: ThresholdPolicy, *, set_by: str | None) -> dict[str, Any]:
+    """What ``decided_by`` tells of the policy in force: its terms, approver and setter."""
+    return {
+        **attributes(policy, "operating_point", "tau", "approved_by", "rationale", "target_metric"),
+        "effective_from": policy.effective_from.isoformat(),
+        "set_by": set_by,
+    }
+
+
 def _fields(query: AuditQuery) -> dict[str, Any]:
-    return {name: getattr(query, name) for name in query.__dataclass_fields__}
+    return attributes(query, *query.__dataclass_fields__)

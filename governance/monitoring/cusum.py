@@ -18,14 +18,12 @@ import numpy as np
 from scipy.sparse import csr_matrix, identity
 from scipy.sparse.linalg import spsolve
 
-#: Grid resolution: the smaller weight becomes about this many integer steps.
-_RESOLUTION = 30
-#: Upper bound of grid steps per unit of S, so that a rare flag rate cannot blow up the chain.
-_MAX_SCALE = 250.0
-
 
 @dataclass(frozen=True, slots=True)
 class CusumDesign:
+    """A designed CUSUM: the rates, the decision limit ``h`` with its run lengths, and what a
+    flagged and a clear study add to the statistic."""
+
     p0: float
     p1: float
     h: float
@@ -52,6 +50,18 @@ def shifted_rate(p0: float, odds_ratio: float) -> float:
 
 def _weights(p0: float, p1: float) -> tuple[float, float]:
     return math.log(p1 / p0), math.log((1 - p1) / (1 - p0))
+
+
+#: Grid resolution: the smaller weight becomes about this many integer steps.
+_RESOLUTION = 30
+#: Upper bound of grid steps per unit of S, so that a rare flag rate cannot blow up the chain.
+_MAX_SCALE = 250.0
+
+
+def _grid(weight_flag: float, weight_clear: float) -> tuple[float, int, int]:
+    """The integer grid of the chain: its steps per unit of S, and each weight in steps."""
+    scale = min(_RESOLUTION / min(weight_flag, -weight_clear), _MAX_SCALE)
+    return scale, max(1, round(weight_flag * scale)), min(-1, round(weight_clear * scale))
 
 
 def _arl(p: float, step_flag: int, step_clear: int, limit: int) -> float:
@@ -92,10 +102,7 @@ def design(p0: float, *, arl0: float = 36_500.0, odds_ratio: float = 2.0) -> Cus
     if not odds_ratio > 1:
         raise ValueError(f"odds_ratio must exceed 1, got {odds_ratio}")
     p1 = shifted_rate(p0, odds_ratio)
-    a, b = _weights(p0, p1)
-    scale = min(_RESOLUTION / min(a, -b), _MAX_SCALE)
-    step_flag = max(1, round(a * scale))
-    step_clear = min(-1, round(b * scale))
+    scale, step_flag, step_clear = _grid(*_weights(p0, p1))
     # The smallest integer limit whose in-control ARL reaches arl0 (ARL grows with the limit).
     low, high = step_flag, step_flag
     while _arl(p0, step_flag, step_clear, high) < arl0:

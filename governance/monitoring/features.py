@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -18,24 +18,30 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance.models import ImageFeature, ImageInference, Instance, Study
+from governance.rows import attributes
 
 logger = logging.getLogger(__name__)
 
 AGE_BANDS = ((18, "0-17"), (40, "18-39"), (65, "40-64"), (200, "65+"))
+#: The columns of an image's Instance row that its feature row keeps as they are.
+_INSTANCE_COLUMNS = ("manufacturer", "view_position", "modality", "body_part", "calling_ae")
 
 
 @dataclass(frozen=True, slots=True)
 class InputFeatures:
-    """What the worker measured of one image: the unit image's statistics, a few header values."""
+    """What the worker measured of one image: the unit image's statistics, a few header values.
 
-    img_mean: float | None = None
-    img_std: float | None = None
-    img_frac_zero: float | None = None
-    img_frac_one: float | None = None
-    model_name: str | None = None
-    pixel_spacing: str | None = None
-    bits_stored: str | None = None
-    photometric: str | None = None
+    Each field is named as the ImageFeature column it is kept in.
+    """
+
+    img_mean: float | None
+    img_std: float | None
+    img_frac_zero: float | None
+    img_frac_one: float | None
+    model_name: str | None
+    pixel_spacing: str | None
+    bits_stored: str | None
+    photometric: str | None
 
     @classmethod
     def measure(cls, unit: np.ndarray, ds: Any) -> InputFeatures:
@@ -108,28 +114,18 @@ def record_image_features(
         )
     ).all()
     for inference, instance, study in rows:
-        features = measured.get(instance.id) or InputFeatures()
+        features = measured.get(instance.id)
         session.add(
             ImageFeature(
                 image_inference_id=inference.id,
                 study_id=study_id,
                 model_version_id=model_version_id,
                 probability=inference.probability,
-                img_mean=features.img_mean,
-                img_std=features.img_std,
-                img_frac_zero=features.img_frac_zero,
-                img_frac_one=features.img_frac_one,
-                manufacturer=instance.manufacturer,
-                model_name=features.model_name,
-                view_position=instance.view_position,
-                modality=instance.modality,
-                body_part=instance.body_part,
-                pixel_spacing=features.pixel_spacing,
-                bits_stored=features.bits_stored,
-                photometric=features.photometric,
                 age_band=age_band(study.patient_age_years),
                 sex=study.patient_sex,
-                calling_ae=instance.calling_ae,
+                **attributes(instance, *_INSTANCE_COLUMNS),
+                # None where the worker did not reach the pixels: those columns stay NULL.
+                **(asdict(features) if features is not None else {}),
             )
         )
     return len(rows)

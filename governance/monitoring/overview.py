@@ -7,13 +7,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from governance.models import DriftRun, ModelVersion, RecalibrationJob
+from governance.models import DriftRun, ModelVersion, RecalibrationJob, ThresholdPolicy
 from governance.monitoring.labels import concordance
 from governance.monitoring.performance import parse_targets
 from governance.monitoring.runs import latest_runs
 from governance.monitoring.subgroups import shadow_period, subgroup_report
 from governance.policies import policy_in_force
 from governance.registry import active_model
+from governance.rows import attributes
 
 HISTORY = 60
 
@@ -50,27 +51,9 @@ def overview(session: Session, *, subgroup_min: int = 30) -> dict[str, Any]:
     ).all()
     return {
         "model_version": model.version,
-        "policy": None
-        if policy is None
-        else {
-            "version": policy.version,
-            "mode": policy.mode,
-            "tau": policy.tau,
-            "target_metric": policy.target_metric,
-            "targets": parse_targets(policy.target_metric),
-        },
+        "policy": None if policy is None else _policy(policy),
         "alert": latest_alert(session),
-        "latest": None
-        if latest is None
-        else {
-            "id": latest.id,
-            "status": latest.status,
-            "n_studies": latest.n_studies,
-            "histogram": latest.results.get("score_histogram"),
-            "tests": latest.results.get("tests", []),
-            "cusum": latest.results.get("cusum"),
-            "flag_rate_interval": latest.results.get("flag_rate_interval"),
-        },
+        "latest": None if latest is None else _latest_run(latest),
         "runs": [
             {
                 "id": r.id,
@@ -104,6 +87,25 @@ def overview(session: Session, *, subgroup_min: int = 30) -> dict[str, Any]:
             }
             for j in jobs
         ],
+    }
+
+
+def _policy(policy: ThresholdPolicy) -> dict[str, Any]:
+    """The policy in force, with the targets its target metric names."""
+    return {
+        **attributes(policy, "version", "mode", "tau", "target_metric"),
+        "targets": parse_targets(policy.target_metric),
+    }
+
+
+def _latest_run(run: DriftRun) -> dict[str, Any]:
+    """The latest run in full: its score histogram, tests, CUSUM and flag-rate interval too."""
+    return {
+        **attributes(run, "id", "status", "n_studies"),
+        "histogram": run.results.get("score_histogram"),
+        "tests": run.results.get("tests", []),
+        "cusum": run.results.get("cusum"),
+        "flag_rate_interval": run.results.get("flag_rate_interval"),
     }
 
 

@@ -65,26 +65,45 @@ class Performance:
         return asdict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class Criteria:
+    """What a group of studies is judged by.
+
+    Attributes
+    ----------
+    targets
+        The policy's targets (:func:`parse_targets`), e.g. ``{"sensitivity": 0.95}``.
+    min_count
+        The fewest studies a group needs for any figure (fewer: "too few").
+    min_per_class
+        The fewest positives and negatives for an AUC, and for a target to be judged.
+    bootstrap, seed
+        Replicates and seed of the AUC's bootstrap interval.
+    """
+
+    targets: dict[str, float]
+    min_count: int = 30
+    min_per_class: int = 5
+    bootstrap: int = 300
+    seed: int = 0
+
+
 def performance(
     attribute: str,
     value: str,
     labels: np.ndarray,
     flags: np.ndarray,
     scores: np.ndarray,
-    *,
-    targets: dict[str, float],
-    min_count: int = 30,
-    min_per_class: int = 5,
-    bootstrap: int = 300,
-    seed: int = 0,
+    criteria: Criteria,
 ) -> Performance:
-    """Performance of one group of studies against the policy's ``targets``."""
+    """Performance of one group of studies against the policy's targets."""
+    min_per_class = criteria.min_per_class
     y = np.asarray(labels, dtype=bool)
     f = np.asarray(flags, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
     pos, neg = int(y.sum()), int((~y).sum())
     out = Performance(attribute, value, int(y.size), pos, neg)
-    if y.size < min_count:
+    if y.size < criteria.min_count:
         out.status = TOO_FEW
         return out
     tp, fn = int((f & y).sum()), int((~f & y).sum())
@@ -94,8 +113,8 @@ def performance(
     out.ppv = Proportion.of(tp, tp + fp)
     out.npv = Proportion.of(tn, tn + fn)
     if pos >= min_per_class and neg >= min_per_class:
-        out.auc = stats.auc_bootstrap(s, y, replicates=bootstrap, seed=seed)
-    for name, target in targets.items():
+        out.auc = stats.auc_bootstrap(s, y, replicates=criteria.bootstrap, seed=criteria.seed)
+    for name, target in criteria.targets.items():
         measured = out.sensitivity if name == "sensitivity" else out.specificity
         # A class too small for its own figure cannot be judged against the target.
         if measured is None or measured.n < min_per_class or measured.high is None:
@@ -114,41 +133,15 @@ def by_subgroup(
     flags: np.ndarray,
     scores: np.ndarray,
     attributes: dict[str, np.ndarray],
-    *,
-    targets: dict[str, float],
-    min_count: int = 30,
-    bootstrap: int = 300,
-    seed: int = 0,
+    criteria: Criteria,
 ) -> list[Performance]:
     """Overall, then each value of each attribute (None is named ``(absent)``)."""
-    rows = [
-        performance(
-            "overall",
-            "all",
-            labels,
-            flags,
-            scores,
-            targets=targets,
-            min_count=min_count,
-            bootstrap=bootstrap,
-            seed=seed,
-        )  # fmt: skip
-    ]
+    rows = [performance("overall", "all", labels, flags, scores, criteria)]
     for attribute, values in attributes.items():
         named = np.array(["(absent)" if v is None else str(v) for v in values], dtype=object)
         for value in sorted(set(named.tolist())):
             mask = named == value
             rows.append(
-                performance(
-                    attribute,
-                    value,
-                    labels[mask],
-                    flags[mask],
-                    scores[mask],
-                    targets=targets,
-                    min_count=min_count,
-                    bootstrap=bootstrap,
-                    seed=seed,
-                )  # fmt: skip
+                performance(attribute, value, labels[mask], flags[mask], scores[mask], criteria)
             )
     return rows

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from governance.models import DriftBaseline, ImageFeature, ModelVersion, StudyInference
 from governance.monitoring.drift import CATEGORICAL_FEATURES, IMAGE_FEATURES
+from governance.rows import newest
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +39,7 @@ def _scored(model_version_id: int) -> ColumnElement[bool]:
 
 def baseline_span(session: Session, model: ModelVersion, *, size: int) -> Span | None:
     """The admin-pinned period, else the first ``size`` scored studies after activation."""
-    pinned = session.scalar(
-        select(DriftBaseline)
-        .where(DriftBaseline.model_version_id == model.id)
-        .order_by(DriftBaseline.created_at.desc(), DriftBaseline.id.desc())
-        .limit(1)
-    )
+    pinned = newest(session, DriftBaseline, model.id)
     if pinned is not None:
         n = session.scalar(
             select(func.count()).where(

@@ -162,26 +162,16 @@ def run_drift(
         return None
 
     def record(session: Session) -> DriftRun:
-        status = NO_BASELINE if report is None else report.status
-        results = report.as_dict() if report is not None else {}
         run = DriftRun(
             model_version_id=model_id,
             window_key=key,
             trigger=trigger,
-            status=status,
             started_at=started,
             finished_at=utcnow(),
             window_start=span.start if span is not None else None,
             window_end=span.end if span is not None else None,
-            n_studies=report.n_studies if report is not None else 0,
-            psi=next((t.effect for t in report.tests if t.test == "psi"), None)
-            if report is not None
-            else None,
-            flag_rate=report.flag_rate if report is not None else None,
-            expected_flag_rate=report.expected_flag_rate if report is not None else None,
-            alerted=bool(report is not None and report.alerts),
             inputs=json_safe(inputs),
-            results=json_safe(results),
+            **_report_columns(report),
         )
         session.add(run)
         session.flush()
@@ -218,6 +208,21 @@ def run_drift(
     elif report is not None and report.status == TOO_FEW:
         logger.info("drift run %s: too few studies (%d)", key, report.n_studies)
     return run
+
+
+def _report_columns(report: DriftReport | None) -> dict[str, Any]:
+    """The columns of a run that its report fills; a run without a baseline has no report."""
+    if report is None:
+        return {"status": NO_BASELINE, "n_studies": 0, "alerted": False, "results": {}}
+    return {
+        "status": report.status,
+        "n_studies": report.n_studies,
+        "psi": next((t.effect for t in report.tests if t.test == "psi"), None),
+        "flag_rate": report.flag_rate,
+        "expected_flag_rate": report.expected_flag_rate,
+        "alerted": bool(report.alerts),
+        "results": json_safe(report.as_dict()),
+    }
 
 
 def latest_runs(session: Session, model_version_id: int, limit: int = 50) -> list[DriftRun]:

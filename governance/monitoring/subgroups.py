@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from governance.errors import NoActiveModel
 from governance.models import ModelVersion, ThresholdPolicy
 from governance.monitoring.labels import Labelled, labelled
-from governance.monitoring.performance import by_subgroup, parse_targets, performance
+from governance.monitoring.performance import Criteria, by_subgroup, parse_targets, performance
 from governance.policies import policy_in_force
 from governance.registry import active_model, get_model
 
@@ -42,16 +42,9 @@ def subgroup_report(
         No version is named and none is active.
     """
     model, policy, targets, data = _evidence(session, model_version)
+    criteria = Criteria(targets, min_count=min_count, bootstrap=bootstrap)
     rows = (
-        by_subgroup(
-            data.labels,
-            data.flags,
-            data.scores,
-            data.attributes,
-            targets=targets,
-            min_count=min_count,
-            bootstrap=bootstrap,
-        )  # fmt: skip
+        by_subgroup(data.labels, data.flags, data.scores, data.attributes, criteria)
         if data.n
         else []
     )
@@ -76,16 +69,8 @@ def shadow_period(session: Session, *, min_count: int = 30, bootstrap: int = 300
         No version is active.
     """
     model, _, targets, data = _evidence(session, None, shadow=True)
-    result = performance(
-        "shadow period",
-        "all",
-        data.labels,
-        data.flags,
-        data.scores,
-        targets=targets,
-        min_count=min_count,
-        bootstrap=bootstrap,
-    )
+    criteria = Criteria(targets, min_count=min_count, bootstrap=bootstrap)
+    result = performance("shadow period", "all", data.labels, data.flags, data.scores, criteria)
     agree = int((data.labels == data.flags).sum()) if data.n else 0
     return {
         "model_version": model.version,

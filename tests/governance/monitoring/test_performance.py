@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from governance.monitoring.performance import TOO_FEW, by_subgroup, parse_targets
+from governance.monitoring.performance import TOO_FEW, Criteria, by_subgroup, parse_targets
 
 
 def test_targets_are_read_from_the_policy() -> None:
@@ -28,9 +28,12 @@ def test_only_the_subgroup_with_lower_sensitivity_is_flagged_and_small_ones_say_
     tau = 0.5
     flags = scores >= tau
     rows = by_subgroup(
-        labels, flags, scores, {"manufacturer": manufacturer, "sex": sex},
-        targets={"sensitivity": 0.9}, bootstrap=100,
-    )  # fmt: skip
+        labels,
+        flags,
+        scores,
+        {"manufacturer": manufacturer, "sex": sex},
+        Criteria({"sensitivity": 0.9}, bootstrap=100),
+    )
     flagged = [(r.attribute, r.value) for r in rows if r.flagged]
     assert flagged == [("manufacturer", "Bravo")], flagged
     bravo = next(r for r in rows if r.value == "Bravo")

@@ -1,0 +1,46 @@
+"""Rows as plain values: named attributes as a dict, a dataclass filled from a row, and the
+newest row a table keeps for a model version.
+
+What the JSON API, the audit answers and the listings show of a row is mostly its attributes
+under their own names; these helpers say that once instead of copying attribute by attribute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from governance.models import DriftBaseline, RecalibrationJob
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    Record = TypeVar("Record", bound=DataclassInstance)
+
+#: The tables that keep rows per model version, each with its creation time.
+Row = TypeVar("Row", DriftBaseline, RecalibrationJob)
+
+
+def attributes(source: object, *names: str) -> dict[str, Any]:
+    """``{name: source.<name>}`` for each of ``names``, in their order."""
+    return {name: getattr(source, name) for name in names}
+
+
+def from_attributes(cls: type[Record], source: object, **values: Any) -> Record:
+    """An instance of the dataclass ``cls``: ``values`` for the fields they name, and for every
+    other field the attribute of ``source`` with the field's name."""
+    names = [f.name for f in fields(cls) if f.name not in values]
+    return cls(**attributes(source, *names), **values)
+
+
+def newest(session: Session, table: type[Row], model_version_id: int) -> Row | None:
+    """The row of ``table`` for the model version created last (the higher id of a tie)."""
+    return session.scalar(
+        select(table)
+        .where(table.model_version_id == model_version_id)
+        .order_by(table.created_at.desc(), table.id.desc())
+        .limit(1)
+    )
