@@ -23,6 +23,7 @@ from celery import Celery
 
 from governance import audit
 from governance.audit import Action
+from governance.checks import positive
 from governance.db import Store
 from governance.errors import StoreRejected, StoreUnavailable
 from governance.models import AuditEvent, utcnow
@@ -81,19 +82,15 @@ class StudyAssembly:
         celery_app: Celery,
         *,
         stable_age_s: float,
-        sweep_interval_s: float = 30.0,
-        requeue_after_s: float = 900.0,
-        max_attempts: int = 5,
+        sweep_interval_s: float,
+        requeue_after_s: float,
+        max_attempts: int,
         send: Callable[[Celery, str], None] = queue_study,
     ) -> None:
-        if stable_age_s <= 0:
-            raise ValueError(f"stable_age_s must be positive, got {stable_age_s}")
-        if sweep_interval_s <= 0:
-            raise ValueError(f"sweep_interval_s must be positive, got {sweep_interval_s}")
         self.store = store
         self.celery_app = celery_app
-        self.stable_age_s = stable_age_s
-        self.sweep_interval_s = sweep_interval_s
+        self.stable_age_s = positive("stable_age_s", stable_age_s)
+        self.sweep_interval_s = positive("sweep_interval_s", sweep_interval_s)
         self.requeue_after_s = requeue_after_s
         self.max_attempts = max_attempts
         self._send_fn = send
@@ -241,11 +238,11 @@ class StudyAssembly:
             for item in batch:
                 audit.record(
                     session,
+                    "study",
+                    item.study_uid,
                     actor=clip(item.calling_ae, AuditEvent.actor) or "(none)",
                     actor_address=clip(item.peer_address, AuditEvent.actor_address),
                     action=Action.INSTANCES_RECEIVED,
-                    object_type="study",
-                    object_uid=item.study_uid,
                     detail={
                         "calling_ae": item.calling_ae,
                         "peer_address": item.peer_address,

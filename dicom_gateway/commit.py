@@ -37,6 +37,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from dicom_gateway.spool import Spool
+from governance.checks import at_least
 from governance.db import Store, is_transient
 from governance.errors import InstanceConflict, StoreRejected, StoreUnavailable
 from governance.studies import ReceivedInstance, record_instance
@@ -75,11 +76,9 @@ class Committer:
     """
 
     def __init__(self, store: Store, spool: Spool, *, max_batch: int = MAX_BATCH) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.store = store
         self.spool = spool
-        self.max_batch = max_batch
+        self.max_batch = at_least("max_batch", max_batch)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._waiting: deque[_Pending] = deque()

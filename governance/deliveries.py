@@ -15,19 +15,20 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from governance import audit
 from governance.db import get_row
-from governance.models import DeliveryState, ResultDelivery, TriageEvent, utcnow
+from governance.models import DeliveryKind, DeliveryState, ResultDelivery, TriageEvent, utcnow
+from governance.text import column_limit
 
 logger = logging.getLogger(__name__)
 
 #: A claim older than this is taken to have died with its worker and may be claimed again.
 CLAIM_LEASE_S = 300.0
-MAX_ERROR_CHARS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +152,7 @@ def record_sent(session: Session, delivery_id: int, *, actor: str, detail: dict)
     row.sent_at = utcnow()
     row.claimed_at = None
     row.next_attempt_at = None
-    _audit(session, row, actor=actor, outcome=audit.Outcome.SUCCESS, detail=detail)
+    _audit_attempt(session, row, actor=actor, outcome=audit.Outcome.SUCCESS, detail=detail)
 
 
 def record_failure(
@@ -165,7 +166,7 @@ def record_failure(
 ) -> str:
     """Record a failed attempt: ``retrying`` with a backoff, or ``failed`` (parked). The state."""
     row = _get(session, delivery_id)
-    row.last_error = error[:MAX_ERROR_CHARS]
+    row.last_error = error[: column_limit(ResultDelivery.last_error)]
     row.claimed_at = None
     if transient and row.attempts < row.max_attempts:
         row.state = DeliveryState.RETRYING
@@ -175,7 +176,7 @@ def record_failure(
     else:
         row.state = DeliveryState.FAILED
         row.next_attempt_at = None
-        _audit(
+        _audit_attempt(
             session,
             row,
             actor=actor,
@@ -185,35 +186,49 @@ def record_failure(
     return row.state
 
 
-def _audit(
+def _audit_attempt(
     session: Session,
     row: ResultDelivery,
     *,
     actor: str,
     outcome: str,
-    detail: dict,  # type: ignore[type-arg]
+    detail: dict[str, Any],
 ) -> None:
-    from governance.models import DeliveryKind
-
-    action = (
-        audit.Action.INSTANCES_EXPORTED
-        if row.kind in DeliveryKind.DICOM
-        else audit.Action.NOTIFICATION_SENT
+    """Audit the last attempt of a delivery: an export sent (or not), a notification."""
+    dicom = row.kind in DeliveryKind.DICOM
+    action = audit.Action.INSTANCES_EXPORTED if dicom else audit.Action.NOTIFICATION_SENT
+    _audit(
+        session,
+        row,
+        action,
+        actor=actor,
+        outcome=outcome,
+        detail={"event_id": row.event_id, "attempts": row.attempts, **detail},
     )
+
+
+def _audit(
+    session: Session,
+    row: ResultDelivery,
+    action: audit.Action,
+    *,
+    actor: str,
+    outcome: str = audit.Outcome.SUCCESS,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Audit something done to a delivery, as an event about its study."""
     audit.record(
         session,
+        "study",
+        row.study_instance_uid,
         actor=actor,
         action=action,
-        object_type="study",
-        object_uid=row.study_instance_uid,
         outcome=outcome,
         detail={
             "delivery_id": row.id,
-            "event_id": row.event_id,
             "destination": row.destination,
             "kind": row.kind,
-            "attempts": row.attempts,
-            **detail,
+            **(detail or {}),
         },
     )
 
@@ -243,30 +258,30 @@ def retry(session: Session, delivery_id: int, *, actor: str) -> ResultDelivery:
     row.attempts = 0
     row.next_attempt_at = None
     row.claimed_at = None
-    audit.record(
-        session,
-        actor=actor,
-        action=audit.Action.DELIVERY_RETRIED,
-        object_type="study",
-        object_uid=row.study_instance_uid,
-        detail={"delivery_id": row.id, "destination": row.destination, "kind": row.kind},
-    )
+    _audit(session, row, audit.Action.DELIVERY_RETRIED, actor=actor)
     return row
 
 
+#: What a delivery's listing shows of its row (no patient identifiers: there are none in it).
+LISTED_COLUMNS = (
+    "id",
+    "event_id",
+    "study_instance_uid",
+    "destination",
+    "kind",
+    "state",
+    "attempts",
+    "max_attempts",
+    "last_error",
+    "next_attempt_at",
+    "sent_at",
+    "sop_instance_uid",
+)
+
+
 def delivery_dict(row: ResultDelivery) -> dict[str, object]:
-    """A row as JSON-ready values (no patient identifiers: there are none in the row)."""
+    """A row's :data:`LISTED_COLUMNS` as JSON-ready values (times in ISO 8601)."""
     return {
-        "id": row.id,
-        "event_id": row.event_id,
-        "study_instance_uid": row.study_instance_uid,
-        "destination": row.destination,
-        "kind": row.kind,
-        "state": row.state,
-        "attempts": row.attempts,
-        "max_attempts": row.max_attempts,
-        "last_error": row.last_error,
-        "next_attempt_at": row.next_attempt_at.isoformat() if row.next_attempt_at else None,
-        "sent_at": row.sent_at.isoformat() if row.sent_at else None,
-        "sop_instance_uid": row.sop_instance_uid,
+        name: value.isoformat() if isinstance(value, dt.datetime) else value
+        for name, value in row.columns(*LISTED_COLUMNS).items()
     }

@@ -11,7 +11,7 @@ import enum
 import hashlib
 import hmac
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from sqlalchemy import (
     JSON,
@@ -33,6 +33,8 @@ from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 UID = String(64)
+#: Who did something: a user's or token's name, ``cli:USER``, an AE title or a component.
+Actor = Annotated[str, mapped_column(String(128))]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -70,8 +72,17 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 
 class Base(DeclarativeBase):
+    """Every table's base: its integer surrogate key ``id`` and the store's column types."""
+
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+    # First in each table, as the migrations create it (a base's columns would otherwise go last).
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, sort_order=-1)
+
+    def columns(self, *names: str) -> dict[str, Any]:
+        """The row's values by column name: those named, or every column in table order."""
+        return {name: getattr(self, name) for name in names or self.__table__.columns.keys()}
 
 
 class StudyStatus(enum.StrEnum):
@@ -88,7 +99,6 @@ class StudyStatus(enum.StrEnum):
 class Study(Base):
     __tablename__ = "studies"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     status: Mapped[str] = mapped_column(String(16), default=StudyStatus.RECEIVED)
     status_detail: Mapped[str | None] = mapped_column(Text)
@@ -109,12 +119,12 @@ class Study(Base):
     # What people did. A person's priority override stands: triage never changes these.
     priority_override: Mapped[str | None] = mapped_column(String(16))
     override_reason: Mapped[str | None] = mapped_column(Text)
-    overridden_by: Mapped[str | None] = mapped_column(String(128))
+    overridden_by: Mapped[Actor | None]
     overridden_at: Mapped[dt.datetime | None]
-    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+    acknowledged_by: Mapped[Actor | None]
     acknowledged_at: Mapped[dt.datetime | None]
     final_read: Mapped[bool | None] = mapped_column(Boolean)
-    final_read_by: Mapped[str | None] = mapped_column(String(128))
+    final_read_by: Mapped[Actor | None]
     final_read_at: Mapped[dt.datetime | None]
     result_id: Mapped[int | None] = mapped_column(
         ForeignKey("study_inferences.id", use_alter=True, ondelete="SET NULL")
@@ -137,7 +147,6 @@ class Study(Base):
 class Instance(Base):
     __tablename__ = "instances"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     sop_class_uid: Mapped[str] = mapped_column(UID)
@@ -168,7 +177,6 @@ class ModelStatus(enum.StrEnum):
 class ModelVersion(Base):
     __tablename__ = "model_versions"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[str] = mapped_column(String(64), unique=True)
     path: Mapped[str] = mapped_column(String(1024))
     sha256: Mapped[str] = mapped_column(String(64))
@@ -194,11 +202,16 @@ class OperatingPoint(enum.StrEnum):
     ALL = enum.nonmember((TRIAGE, BALANCED, PRECISION))
 
 
+class PolicyMode(enum.StrEnum):
+    LIVE = "live"
+    SHADOW = "shadow"
+    ALL = enum.nonmember((LIVE, SHADOW))
+
+
 class ThresholdPolicy(Base):
     __tablename__ = "threshold_policies"
     __table_args__ = (UniqueConstraint("model_version_id", "version"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_version_id: Mapped[int] = mapped_column(
         ForeignKey("model_versions.id", ondelete="RESTRICT"), index=True
     )
@@ -208,12 +221,12 @@ class ThresholdPolicy(Base):
     target_metric: Mapped[str | None] = mapped_column(String(64))
     validation: Mapped[dict[str, Any]] = mapped_column(default=dict)
     rationale: Mapped[str] = mapped_column(Text)
-    approved_by: Mapped[str] = mapped_column(String(128))
+    approved_by: Mapped[Actor]
     effective_from: Mapped[dt.datetime] = mapped_column(default=utcnow)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # "live" flags show as priority; "shadow" flags are computed, stored, audited and compared
     # with final reads, but never shown as priority, exported or notified (go-live sign-off).
-    mode: Mapped[str] = mapped_column(String(8), default="live", server_default="live")
+    mode: Mapped[str] = mapped_column(String(8), default=PolicyMode.LIVE, server_default="live")
     # A recalibration an admin approved: the study's probability is sigmoid(logit / temperature
     # + logit_shift) instead of the model's own calibration. None keeps the model's.
     temperature: Mapped[float | None] = mapped_column(Float)
@@ -225,12 +238,6 @@ class ThresholdPolicy(Base):
 def policy_uid(model_version: str, policy_version: int) -> str:
     """A threshold policy's object UID in the audit trail: ``<model version>/v<policy version>``."""
     return f"{model_version}/v{policy_version}"
-
-
-class PolicyMode(enum.StrEnum):
-    LIVE = "live"
-    SHADOW = "shadow"
-    ALL = enum.nonmember((LIVE, SHADOW))
 
 
 class _ModelScore:
@@ -249,7 +256,6 @@ class ImageInference(_ModelScore, Base):
     __tablename__ = "image_inferences"
     __table_args__ = (UniqueConstraint("instance_id", "model_version_id"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
     skipped_reason: Mapped[str | None] = mapped_column(String(256))
     started_at: Mapped[dt.datetime]
@@ -271,7 +277,6 @@ class StudyInference(_ModelScore, Base):
         Index("ix_study_inferences_model_finished", "model_version_id", "finished_at"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
     policy_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_policies.id"))
     policy_version: Mapped[int | None] = mapped_column(Integer)
@@ -301,7 +306,6 @@ class TriageEvent(Base):
 
     __tablename__ = "triage_events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     study_instance_uid: Mapped[str] = mapped_column(UID)
     study_inference_id: Mapped[int | None] = mapped_column(
@@ -354,7 +358,6 @@ class ResultDelivery(Base):
         Index("ix_result_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     event_id: Mapped[int] = mapped_column(
         ForeignKey("triage_events.id", ondelete="CASCADE"), index=True
     )
@@ -387,9 +390,8 @@ class AuditEvent(Base):
         Index("ix_audit_events_object_uid", "object_uid"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     occurred_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    actor: Mapped[str] = mapped_column(String(128))
+    actor: Mapped[Actor]
     actor_address: Mapped[str | None] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(64))
     event_code: Mapped[str | None] = mapped_column(String(16))
@@ -449,12 +451,11 @@ class ApiToken(Base):
 
     __tablename__ = "api_tokens"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     role: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     token_prefix: Mapped[str] = mapped_column(String(12))
-    created_by: Mapped[str] = mapped_column(String(128))
+    created_by: Mapped[Actor]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[dt.datetime | None]
     last_used_at: Mapped[dt.datetime | None]
@@ -470,7 +471,6 @@ class ImageFeature(Base):
     __tablename__ = "image_features"
     __table_args__ = (Index("ix_image_features_model_recorded", "model_version_id", "recorded_at"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_inference_id: Mapped[int] = mapped_column(
         ForeignKey("image_inferences.id", ondelete="CASCADE"), unique=True
     )
@@ -500,7 +500,6 @@ class DriftRun(Base):
 
     __tablename__ = "drift_runs"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
     # Idempotency: the scheduler's window ("beat:<model>:<period start>"); a second beat that
     # tries the same window hits the unique constraint and does nothing.
@@ -525,11 +524,10 @@ class DriftBaseline(Base):
 
     __tablename__ = "drift_baselines"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
     starts_at: Mapped[dt.datetime]
     ends_at: Mapped[dt.datetime]
-    pinned_by: Mapped[str] = mapped_column(String(128))
+    pinned_by: Mapped[Actor]
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
@@ -539,12 +537,11 @@ class StudyLabel(Base):
 
     __tablename__ = "study_labels"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), unique=True)
     label: Mapped[bool] = mapped_column(Boolean)
     subgroups: Mapped[dict[str, Any]] = mapped_column(default=dict)
     source: Mapped[str] = mapped_column(String(256))
-    imported_by: Mapped[str] = mapped_column(String(128))
+    imported_by: Mapped[Actor]
     imported_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -564,7 +561,6 @@ class RecalibrationJob(Base):
 
     __tablename__ = "recalibration_jobs"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
     base_policy_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_policies.id"))
     state: Mapped[str] = mapped_column(String(24))
@@ -580,7 +576,7 @@ class RecalibrationJob(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
-    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decided_by: Mapped[Actor | None]
     decided_at: Mapped[dt.datetime | None]
     decision_reason: Mapped[str | None] = mapped_column(Text)
     new_policy_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_policies.id"))
@@ -595,7 +591,6 @@ class WebSession(Base):
 
     __tablename__ = "web_sessions"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     session_hash: Mapped[str] = mapped_column(String(64), unique=True)
     token_id: Mapped[int] = mapped_column(
         ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True

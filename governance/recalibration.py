@@ -201,10 +201,10 @@ def create_job(
     session.flush()
     audit.record(
         session,
+        "recalibration_job",
+        str(job.id),
         actor=ACTOR,
         action=audit.Action.RECALIBRATION_STARTED,
-        object_type="recalibration_job",
-        object_uid=str(job.id),
         detail={"model_version": model.version, "trigger": trigger},
     )
     return job
@@ -306,12 +306,12 @@ def decide(
     new_version = new_policy.version if new_policy else None
     audit.record(
         session,
+        "recalibration_job",
+        str(job.id),
         actor=actor,
         action=(
             audit.Action.RECALIBRATION_APPROVED if approve else audit.Action.RECALIBRATION_REJECTED
         ),
-        object_type="recalibration_job",
-        object_uid=str(job.id),
         detail={
             "model_version": model.version,
             "reason": reason.strip(),

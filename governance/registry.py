@@ -112,10 +112,10 @@ def register_model(
     session.flush()
     audit.record(
         session,
+        "model_version",
+        version,
         actor=actor,
         action=audit.Action.MODEL_REGISTERED,
-        object_type="model_version",
-        object_uid=version,
         detail={
             "sha256": checksum,
             "architecture": architecture,
@@ -188,11 +188,11 @@ def activate_model(
     model.activated_at = utcnow()
     audit.record(
         session,
+        "model_version",
+        version,
         actor=actor,
         actor_address=actor_address,
         action=action,
-        object_type="model_version",
-        object_uid=version,
         detail={"sha256": model.sha256, "previous": previous.version if previous else None},
     )
     # Every activation starts a recalibration job (it waits for labels until there are some).

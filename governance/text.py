@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from governance.checks import at_least
+
 #: Limit for columns declared without a length (TEXT) and for free text in general.
 TEXT_LIMIT = 1000
 #: Longest UID (PS3.5 9.1).
@@ -28,8 +30,7 @@ def printable(value: object, limit: int = TEXT_LIMIT) -> str:
     ValueError
         ``limit`` is below 1.
     """
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
+    at_least("limit", limit)
     if value is None:
         return ""
     if isinstance(value, bytes | bytearray):

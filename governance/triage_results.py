@@ -56,6 +56,16 @@ REQUEUEABLE = (
     StudyStatus.FAILED,
     StudyStatus.NO_MODEL,
 )
+#: What a triage event repeats of the study's inference row (the same names in both tables).
+_EVENT_COLUMNS = (
+    "study_id",
+    "model_version_id",
+    "probability",
+    "tau",
+    "policy_version",
+    "flagged",
+    "shadow",
+)
 
 
 class Policy(Protocol):
@@ -525,24 +535,18 @@ def _audit_and_emit(
     for action in actions:
         audit.record(
             session,
+            "study",
+            study.study_instance_uid,
             actor=ACTOR,
             action=action,
-            object_type="study",
-            object_uid=study.study_instance_uid,
             detail=detail,
         )
     emit_study_triaged(
         session,
-        study_id=study.id,
+        **result.columns(*_EVENT_COLUMNS),
         study_instance_uid=study.study_instance_uid,
         status=study.status,
-        model_version_id=model.id,
         model_version=model.version,
         study_inference_id=result.id,
-        probability=decision.probability,
-        tau=decision.tau,
-        policy_version=result.policy_version,
-        flagged=decision.flagged,
         previously_flagged=was_flagged,
-        shadow=decision.shadow,
     )

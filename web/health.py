@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from cxr_triage.settings import Settings
+from governance.checks import positive
 from governance.db import Store
 from governance.errors import StoreUnavailable
 from governance.registry import active_model
@@ -42,10 +43,8 @@ class BrokerProbe:
         timeout_s: float = BROKER_TIMEOUT_S,
         cache_s: float = BROKER_CACHE_S,
     ) -> None:
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self.settings = settings
-        self.timeout_s = timeout_s
+        self.timeout_s = positive("timeout_s", timeout_s)
         self.cache_s = cache_s
         self._lock = threading.Lock()
         self._checked_at = -float("inf")

@@ -169,11 +169,11 @@ def _logout(store: Store, session_text: str, address: str | None) -> Identity | 
         if identity is not None:
             audit.record(
                 session,
+                "api_token",
+                identity.name,
                 actor=identity.name,
                 actor_address=address,
                 action=audit.Action.USER_LOGGED_OUT,
-                object_type="api_token",
-                object_uid=identity.name,
                 detail={"role": identity.role, "token_prefix": identity.token_prefix},
             )
         return identity

@@ -18,32 +18,31 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 
+from governance.checks import at_least
 from governance.tokens import Refusal
 
 WINDOW_S = 60.0
 MAX_ADDRESSES = 10_000
 
 
+@dataclass(eq=False)
 class AuthThrottle:
     """At most ``limit`` login attempts and refusals per address in ``window_s`` seconds."""
 
-    def __init__(
-        self,
-        limit: int,
-        *,
-        window_s: float = WINDOW_S,
-        max_addresses: int = MAX_ADDRESSES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        self.limit = limit
-        self.window_s = window_s
-        self.max_addresses = max_addresses
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+    limit: int
+    _: KW_ONLY
+    window_s: float = WINDOW_S
+    max_addresses: int = MAX_ADDRESSES
+    clock: Callable[[], float] = time.monotonic
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _hits: OrderedDict[str, deque[float]] = field(
+        default_factory=OrderedDict, init=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        at_least("limit", self.limit)
 
     def _recent(self, address: str, now: float) -> deque[float]:
         hits = self._hits.get(address)
@@ -61,12 +60,12 @@ class AuthThrottle:
     def blocked(self, address: str | None) -> bool:
         """Whether ``address`` has used up its limit for now."""
         with self._lock:
-            return len(self._recent(address or "-", self._clock())) >= self.limit
+            return len(self._recent(address or "-", self.clock())) >= self.limit
 
     def hit(self, address: str | None) -> bool:
         """Count one attempt or refusal; whether the address is now past its limit."""
         with self._lock:
-            now = self._clock()
+            now = self.clock()
             hits = self._recent(address or "-", now)
             blocked = len(hits) >= self.limit
             hits.append(now)
@@ -75,29 +74,25 @@ class AuthThrottle:
     def retry_after(self, address: str | None) -> int:
         """Seconds until ``address`` may try again (at least 1)."""
         with self._lock:
-            now = self._clock()
+            now = self.clock()
             hits = self._recent(address or "-", now)
             if len(hits) < self.limit:
                 return 1
             return max(1, int(hits[-self.limit] + self.window_s - now) + 1)
 
 
+@dataclass(eq=False, kw_only=True)
 class RefusalAudit:
     """Decides which refusals reach the audit trail: one per address per ``interval_s``."""
 
-    def __init__(
-        self,
-        *,
-        interval_s: float = WINDOW_S,
-        max_addresses: int = MAX_ADDRESSES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.interval_s = interval_s
-        self.max_addresses = max_addresses
-        self._clock = clock
-        self._lock = threading.Lock()
-        # address -> (time of its last audited refusal, refusals since then, the latest of them)
-        self._seen: OrderedDict[str, tuple[float, int, Refusal | None]] = OrderedDict()
+    interval_s: float = WINDOW_S
+    max_addresses: int = MAX_ADDRESSES
+    clock: Callable[[], float] = time.monotonic
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    # address -> (time of its last audited refusal, refusals since then, the latest of them)
+    _seen: OrderedDict[str, tuple[float, int, Refusal | None]] = field(
+        default_factory=OrderedDict, init=False, repr=False
+    )
 
     def note(self, address: str | None, refusal: Refusal | None = None) -> int:
         """Count a refusal; the number to audit now (this one and those held back), or 0.
@@ -106,7 +101,7 @@ class RefusalAudit:
         """
         key = address or "-"
         with self._lock:
-            now = self._clock()
+            now = self.clock()
             last, held, _ = self._seen.pop(key, (float("-inf"), 0, None))
             if now - last >= self.interval_s:
                 self._seen[key] = (now, 0, None)

@@ -29,6 +29,7 @@ import json
 import os
 import socket
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -57,21 +58,23 @@ ACTION_CODES = {
     Action.SPOOL_PRUNED: "D",
     Action.STUDIES_REQUEUED: "E",
 }
-# PS3.16 CID 401 Audit Event Type Codes, where one refines the event code.
-EVENT_TYPE_CODES = {
-    Action.APPLICATION_START: ("110120", "Application Start"),
-    Action.APPLICATION_STOP: ("110121", "Application Stop"),
-    Action.USER_AUTHENTICATED: ("110122", "Login"),
-    Action.USER_LOGGED_OUT: ("110123", "Logout"),
-    Action.TOKEN_REFUSED: ("110122", "Login"),
-    Action.ASSOCIATION_REFUSED: ("110126", "Node Authentication"),
-    Action.TOKEN_CREATED: ("110137", "User Security Attributes Changed"),
-    Action.TOKEN_REVOKED: ("110137", "User Security Attributes Changed"),
-    Action.CONFIGURATION_CHANGED: ("110131", "Software Configuration"),
-    Action.MODEL_ACTIVATED: ("110131", "Software Configuration"),
-    Action.MODEL_ROLLED_BACK: ("110131", "Software Configuration"),
-    Action.POLICY_SET: ("110131", "Software Configuration"),
+# PS3.16 CID 401 Audit Event Type Codes, where one refines the event code: each code and its
+# meaning, with the actions it types.
+_EVENT_TYPES = {
+    ("110120", "Application Start"): (Action.APPLICATION_START,),
+    ("110121", "Application Stop"): (Action.APPLICATION_STOP,),
+    ("110122", "Login"): (Action.USER_AUTHENTICATED, Action.TOKEN_REFUSED),
+    ("110123", "Logout"): (Action.USER_LOGGED_OUT,),
+    ("110126", "Node Authentication"): (Action.ASSOCIATION_REFUSED,),
+    ("110131", "Software Configuration"): (
+        Action.CONFIGURATION_CHANGED,
+        Action.MODEL_ACTIVATED,
+        Action.MODEL_ROLLED_BACK,
+        Action.POLICY_SET,
+    ),
+    ("110137", "User Security Attributes Changed"): (Action.TOKEN_CREATED, Action.TOKEN_REVOKED),
 }
+EVENT_TYPE_CODES = {action: coded for coded, actions in _EVENT_TYPES.items() for action in actions}
 # PS3.15 A.5.1 EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious failure.
 OUTCOME_INDICATORS = {Outcome.SUCCESS: "0", Outcome.REFUSED: "4", Outcome.FAILURE: "8"}
 # ParticipantObjectTypeCodeRole (RFC 3881): 3 report, 4 resource, 13 security resource.
@@ -119,46 +122,52 @@ def structured_data(fields: dict[str, Any]) -> str:
     return f"[{origin}][{SD_ID} {cxr}]"
 
 
-def format_message(
-    fields: dict[str, Any],
-    *,
-    hostname: str | None = None,
-    procid: int | None = None,
-    audit_source_id: str | None = None,
-) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who sends a message: its HOSTNAME and PROCID fields and the XML's AuditSourceID."""
+
+    hostname: str
+    procid: int
+    audit_source_id: str
+
+    @classmethod
+    def here(cls, audit_source_id: str | None = None) -> Origin:
+        """This machine's name and this process's id; the audit source is the host name unless
+        ``audit_source_id`` is given."""
+        hostname = socket.gethostname()
+        return cls(hostname, os.getpid(), audit_source_id or hostname)
+
+
+def format_message(fields: dict[str, Any], origin: Origin | None = None) -> bytes:
     """One audit event as an RFC 5424 syslog message (without transport framing).
 
     Parameters
     ----------
     fields
         The event, as :func:`governance.audit.event_fields` gives it.
-    hostname
-        HOSTNAME field (default: this machine's name).
-    procid
-        PROCID field (default: this process's id).
-    audit_source_id
-        AuditSourceID of the XML message (default: the host name).
+    origin
+        The sender (default: :meth:`Origin.here`).
 
     Returns
     -------
     bytes
         ``<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG``, UTF-8, MSG with a BOM.
     """
-    host = hostname or socket.gethostname()
+    origin = origin or Origin.here()
     success = fields["outcome"] == Outcome.SUCCESS
     pri = FACILITY_SECURITY * 8 + (SEVERITY_NOTICE if success else SEVERITY_WARNING)
     header = " ".join(
         (
             f"<{pri}>1",
             _timestamp(fields["occurred_at"]),
-            _header_field(host, 255),
+            _header_field(origin.hostname, 255),
             APP_NAME,
-            _header_field(str(procid if procid is not None else os.getpid()), 128),
+            _header_field(str(origin.procid), 128),
             MSGID,
             structured_data(fields),
         )
     )
-    body = audit_message_xml(fields, audit_source_id=audit_source_id or host)
+    body = audit_message_xml(fields, audit_source_id=origin.audit_source_id)
     return header.encode("utf-8") + b" " + BOM + body.encode("utf-8")
 
 

@@ -140,11 +140,11 @@ TRIAGE_ACTIONS = (Action.STUDY_TRIAGED, Action.STUDY_FLAGGED)
 
 def record(
     session: Session,
+    object_type: str | None = None,
+    object_uid: str | None = None,
     *,
     actor: str,
     action: str,
-    object_uid: str | None = None,
-    object_type: str | None = None,
     outcome: str = "success",
     detail: dict[str, Any] | None = None,
     actor_address: str | None = None,
@@ -161,12 +161,14 @@ def record(
     ----------
     session
         A write session (``Store.write()`` / ``Store.run()``); the event commits with it.
+    object_type, object_uid
+        What it was done to: ``"study"`` and a Study Instance UID, ``"model_version"`` and a
+        version, ``"threshold_policy"`` and :func:`governance.models.policy_uid`... Given by
+        position or by name: ``record(session, "study", uid, actor=..., action=...)``.
     actor
         Who acted: a user name, ``cli:USER``, a calling AE title or a component name.
     action
         One of :class:`Action`; its DICOM event code is filled in from :data:`EVENT_CODES`.
-    object_uid, object_type
-        What it was done to: a Study Instance UID (``"study"``), a model version, a policy.
     outcome
         One of :class:`Outcome`.
     detail
@@ -242,9 +244,9 @@ def record_audit_use(
     """
     return record(
         session,
+        "audit_trail",
         actor=actor,
         action=Action.AUDIT_LOG_USED,
-        object_type="audit_trail",
         outcome=outcome,
         actor_address=actor_address,
         detail={"operation": operation, **(detail or {})},
@@ -282,21 +284,11 @@ def is_phi_key(key: str) -> bool:
 
 
 def event_fields(event: AuditEvent) -> dict[str, Any]:
-    """A plain dict of an event's columns (what the export sink and the query output get)."""
-    return {
-        "id": event.id,
-        "occurred_at": event.occurred_at,
-        "actor": event.actor,
-        "actor_address": event.actor_address,
-        "action": event.action,
-        "event_code": event.event_code,
-        "object_type": event.object_type,
-        "object_uid": event.object_uid,
-        "outcome": event.outcome,
-        "detail": dict(event.detail or {}),
-        "prev_hash": event.prev_hash,
-        "row_hash": event.row_hash,
-    }
+    """A plain dict of an event's columns but its hash scheme, the detail copied (what the
+    export sink and the query output get)."""
+    fields = event.columns()
+    del fields["hash_scheme"]
+    return fields | {"detail": dict(event.detail or {})}
 
 
 AUDIT_LOCK_KEY = 0x63787261  # "cxra": any constant shared by every writer

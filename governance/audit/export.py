@@ -31,7 +31,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from governance.audit import chain
-from governance.audit.atna import format_message
+from governance.audit.atna import Origin, format_message
+from governance.checks import at_least
 from governance.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -41,15 +42,23 @@ MAX_UDP_PAYLOAD = 65_507
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The files of a TLS connection: the CA that signs the receiver's certificate (None: the
+    system's trust store), our client certificate and its key (None: no client certificate)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
 class SyslogTarget:
-    """Where audit messages go: transport, host, port and the TLS files."""
+    """Where audit messages go: transport, host, port and, for TLS, the files it uses."""
 
     transport: str
     host: str
     port: int
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    tls: TlsFiles = TlsFiles()
 
     def __str__(self) -> str:
         return f"{self.transport}://{self.host}:{self.port}"
@@ -94,9 +103,7 @@ def parse_syslog_url(url: str) -> SyslogTarget:
         transport=scheme,
         host=parts.hostname,
         port=port or DEFAULT_PORTS[scheme],
-        ca_file=files["ca"],
-        cert_file=files["cert"],
-        key_file=files["key"],
+        tls=TlsFiles(**files),
     )
 
 
@@ -109,14 +116,11 @@ class _Connection:
         self.sock: socket.socket | None = None
         self.context: ssl.SSLContext | None = None
         if target.transport == "tls":
-            context = ssl.create_default_context(
-                cafile=str(target.ca_file) if target.ca_file else None
-            )
+            files = target.tls
+            context = ssl.create_default_context(cafile=str(files.ca) if files.ca else None)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
-            if target.cert_file is not None:
-                context.load_cert_chain(
-                    str(target.cert_file), str(target.key_file) if target.key_file else None
-                )
+            if files.cert is not None:
+                context.load_cert_chain(str(files.cert), str(files.key) if files.key else None)
             self.context = context
 
     def send(self, message: bytes) -> None:
@@ -185,12 +189,10 @@ class SyslogExporter:
         timeout: float = 5.0,
         max_backoff: float = 30.0,
     ) -> None:
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
         self.target = target
         self.audit_source_id = audit_source_id
         self.max_backoff = max_backoff
-        self.queue_size = queue_size
+        self.queue_size = at_least("queue_size", queue_size)
         self.timeout = timeout
         self._start()
 
@@ -252,7 +254,7 @@ class SyslogExporter:
             fields = self._queue.get()
             if fields is None:
                 return
-            message = format_message(fields, audit_source_id=self.audit_source_id)
+            message = format_message(fields, Origin.here(self.audit_source_id))
             if not self._deliver(message, fields.get("id")):
                 return
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from governance import audit
-from governance.audit.atna import BOM, SD_ID, format_message
+from governance.audit.atna import BOM, SD_ID, Origin, format_message
 from governance.audit.export import SyslogExporter, configure_export, parse_syslog_url
 from governance.db import Store
 from governance.errors import ConfigError
@@ -79,7 +79,7 @@ def parse(message: bytes) -> tuple[dict[str, str], dict[str, dict[str, str]], ET
 
 
 def test_message_header_structured_data_and_xml() -> None:
-    header, sd, xml = parse(format_message(fields(), hostname="cxr-host", procid=123))
+    header, sd, xml = parse(format_message(fields(), Origin("cxr-host", 123, "cxr-host")))
     assert header == {
         "pri": "85",
         "time": "2026-11-25T08:30:01.250000Z",
