@@ -27,7 +27,7 @@ from governance.policies import set_policy
 from governance.registry import activate_model, active_model, sha256_file
 from training.cache import quantize
 from training.datasets import UnitImageDataset, make_loader
-from training.engine import fit, set_seed, zero_init_residual
+from training.engine import Hyperparameters, Placement, fit, set_seed, zero_init_residual
 from training.export import export_checked, json_safe, register_version
 from training.finalize import Finalized, eager_scores, finalize
 from training.presets import EvalBatchPreset, TrainBatchPreset
@@ -112,13 +112,12 @@ def train_demo_model(
         model,
         make_loader(train_set, batch_size=batch_size, train=True, seed=seed),
         loaders[0],
-        epochs=epochs,
-        lr=lr,
-        weight_decay=1e-4,
-        pos_weight=pos_weight,
-        device=device,
-        train_transform=TrainBatchPreset(crop_size=size, channels_last=False),
-        eval_transform=evaluation,
+        Hyperparameters(epochs, lr, weight_decay=args["weight_decay"], pos_weight=pos_weight),
+        Placement(
+            device,
+            train_transform=TrainBatchPreset(crop_size=size, channels_last=False),
+            eval_transform=evaluation,
+        ),
         progress=progress,
     )
     model.load_state_dict(result.best_state)

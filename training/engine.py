@@ -265,6 +265,57 @@ def make_criterion(pos_weight: float, device: torch.device) -> nn.BCEWithLogitsL
     return nn.BCEWithLogitsLoss(pos_weight=weight)
 
 
+@dataclass(frozen=True)
+class Hyperparameters:
+    """What :func:`fit` optimises and for how long: ``epochs`` of AdamW (``weight_decay`` off
+    norms and biases) on a one-cycle schedule peaking at ``lr``, BCEWithLogitsLoss weighted by
+    ``pos_weight``; with ``patience``, an early stop after that many epochs without a better
+    validation AUC, counted only after the one-cycle warm-up.
+
+    Raises
+    ------
+    ValueError
+        ``epochs`` is below 1 or ``patience`` is below 1.
+    """
+
+    epochs: int
+    lr: float
+    weight_decay: float
+    pos_weight: float
+    patience: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be at least 1, got {self.patience}")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where :func:`fit` trains and how a loader's batch becomes the network's input there:
+    autocast (``amp``), the channels-last memory format, and the batch presets of
+    :mod:`training.presets` (``train_transform`` augments, ``eval_transform`` only
+    standardises); without presets the batches are the input already."""
+
+    device: torch.device
+    amp: bool = False
+    channels_last: bool = False
+    train_transform: BatchTransform | None = None
+    eval_transform: BatchTransform | None = None
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where :func:`fit` writes ``checkpoint.pth`` every epoch and ``best.pth`` (weights only)
+    when validation AUC improves, the arguments recorded in them, and a ``checkpoint.pth``
+    to resume from."""
+
+    folder: Path
+    args: dict[str, Any] = field(default_factory=dict)
+    resume_from: Path | None = None
+
+
 @dataclass
 class FitResult:
     """What :func:`fit` returns; ``best_state`` is the best-AUC model state_dict (on CPU)."""
@@ -303,25 +354,21 @@ def one_cycle(
 
 def make_training(
     model: nn.Module,
-    *,
-    epochs: int,
+    hparams: Hyperparameters,
     steps_per_epoch: int,
-    lr: float,
-    weight_decay: float,
-    pos_weight: float,
     device: torch.device,
     amp: bool,
 ) -> Training:
-    """Criterion (on ``device``), AdamW, OneCycleLR over ``epochs``, scaler for fp16."""
-    optimizer = make_optimizer(model, lr, weight_decay)
+    """Criterion (on ``device``), AdamW, OneCycleLR over ``hparams.epochs``, scaler for fp16."""
+    optimizer = make_optimizer(model, hparams.lr, hparams.weight_decay)
     amp_dtype = amp_dtype_for(device, amp)
     return Training(
-        make_criterion(pos_weight, device),
+        make_criterion(hparams.pos_weight, device),
         optimizer,
-        one_cycle(optimizer, lr, epochs * max(steps_per_epoch, 1)),
+        one_cycle(optimizer, hparams.lr, hparams.epochs * max(steps_per_epoch, 1)),
         torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
         amp_dtype,
-        math.ceil(PCT_START * epochs),
+        math.ceil(PCT_START * hparams.epochs),
     )
 
 
@@ -367,16 +414,16 @@ BEST_FILE = "best.pth"
 
 
 def save_checkpoint(
-    folder: Path,
+    checkpoints: Checkpoints,
     model: nn.Module,
     training: Training,
     result: FitResult,
     epoch: int,
-    args: dict[str, Any] | None,
     improved: bool,
 ) -> None:
-    """``checkpoint.pth`` (everything to resume) every epoch; ``best.pth`` (weights, epoch and
-    AUC only) when the validation AUC improved."""
+    """``checkpoint.pth`` (everything to resume, the arguments too) every epoch; ``best.pth``
+    (weights, epoch and AUC only) when the validation AUC improved."""
+    folder = checkpoints.folder
     folder.mkdir(parents=True, exist_ok=True)
     weights = model.state_dict()
     checkpoint = {
@@ -385,7 +432,7 @@ def save_checkpoint(
         "lr_scheduler": training.scheduler.state_dict(),
         "scaler": training.scaler.state_dict() if training.scaler is not None else None,
         "epoch": epoch,
-        "args": copy.deepcopy(args or {}),
+        "args": copy.deepcopy(checkpoints.args),
         "history": result.history,
         "best_epoch": result.best_epoch,
         "best_auc": result.best_auc,
@@ -450,60 +497,36 @@ def fit(
     model: nn.Module,
     train_loader: Any,
     val_loader: Any,
+    hparams: Hyperparameters,
+    placement: Placement,
+    checkpoints: Checkpoints | None = None,
     *,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    pos_weight: float,
-    device: torch.device,
-    patience: int | None = None,
-    amp: bool = False,
-    channels_last: bool = False,
-    train_transform: BatchTransform | None = None,
-    eval_transform: BatchTransform | None = None,
-    checkpoint_dir: Path | None = None,
-    args: dict[str, Any] | None = None,
-    resume_from: Path | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:
-    """Train with BCEWithLogitsLoss(pos_weight), AdamW and OneCycleLR; keep the best val AUC.
+    """Train with BCEWithLogitsLoss, AdamW and OneCycleLR as ``hparams`` say, on
+    ``placement``'s device; keep the best validation AUC.
 
-    ``train_transform`` and ``eval_transform`` (batch presets of :mod:`training.presets`)
-    turn the loaders' batches into the network's input on ``device``; without them the
-    batches are the input already.
-
-    With ``checkpoint_dir``, ``checkpoint.pth`` is written there each epoch and ``best.pth``
-    (weights only) when validation AUC improves; ``resume_from`` continues from a
-    checkpoint. Training stops early after ``patience`` epochs without a better validation
-    AUC, counted only after the one-cycle warm-up.
+    With ``checkpoints``, ``checkpoint.pth`` is written to its folder each epoch and
+    ``best.pth`` when validation AUC improves, and training continues from its
+    ``resume_from``, if any. ``on_epoch`` is called with each epoch's row of the history.
 
     Raises
     ------
     ValueError
-        ``epochs`` is below 1, ``pos_weight`` is not positive or ``patience`` is below 1.
+        ``hparams.lr`` or ``hparams.pos_weight`` is not positive, or
+        ``hparams.weight_decay`` is negative.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    if patience is not None and patience < 1:
-        raise ValueError(f"patience must be at least 1, got {patience}")
+    device, channels_last = placement.device, placement.channels_last
     configure_device(device)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    training = make_training(
-        model,
-        epochs=epochs,
-        steps_per_epoch=len(train_loader),
-        lr=lr,
-        weight_decay=weight_decay,
-        pos_weight=pos_weight,
-        device=device,
-        amp=amp,
-    )
-    start, result = (
-        (0, FitResult()) if resume_from is None else resume(resume_from, model, training, lr)
-    )
+    training = make_training(model, hparams, len(train_loader), device, placement.amp)
+    start, result = 0, FitResult()
+    if checkpoints is not None and checkpoints.resume_from is not None:
+        start, result = resume(checkpoints.resume_from, model, training, hparams.lr)
+    epochs, patience = hparams.epochs, hparams.patience
     for epoch in range(start, epochs):
         train = train_one_epoch(
             model,
@@ -516,7 +539,7 @@ def fit(
             amp_dtype=training.amp_dtype,
             scaler=training.scaler,
             channels_last=channels_last,
-            transform=train_transform,
+            transform=placement.train_transform,
             progress=progress,
         )
         val = evaluate(
@@ -526,13 +549,13 @@ def fit(
             device,
             amp_dtype=training.amp_dtype,
             channels_last=channels_last,
-            transform=eval_transform,
+            transform=placement.eval_transform,
         )
         row, improved = record_epoch(result, model, epoch, train, val, training.warmup_epochs)
         if on_epoch is not None:
             on_epoch(row)
-        if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, model, training, result, epoch, args, improved)
+        if checkpoints is not None:
+            save_checkpoint(checkpoints, model, training, result, epoch, improved)
         if patience is not None and result.stale_epochs >= patience and epoch + 1 < epochs:
             logger.info("early stop: no better validation AUC for %d epochs", patience)
             result.stopped_early = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -63,8 +63,14 @@ def max_f1_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(taus[int(np.argmax(f1))])
 
 
-def threshold_for_sensitivity(labels: np.ndarray, probs: np.ndarray, target: float) -> float:
-    """The highest tau whose sensitivity reaches ``target``.
+def _reaching(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    metric: Literal["sensitivity", "specificity"],
+    target: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate taus (descending) and the indices of those at which ``metric`` reaches
+    ``target``.
 
     Raises
     ------
@@ -72,26 +78,36 @@ def threshold_for_sensitivity(labels: np.ndarray, probs: np.ndarray, target: flo
         ``target`` is not in (0, 1], or the inputs are unusable.
     """
     if not 0.0 < target <= 1.0:
-        raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
-    taus, tp, _, pos, _ = _curve(labels, probs)
-    reached = np.flatnonzero(tp / pos >= target - 1e-12)
+        raise ValueError(f"target {metric} must be in (0, 1], got {target}")
+    taus, tp, fp, pos, neg = _curve(labels, probs)
+    rate = tp / pos if metric == "sensitivity" else 1.0 - fp / neg
+    return taus, np.flatnonzero(rate >= target - 1e-12)
+
+
+def threshold_for_sensitivity(labels: np.ndarray, probs: np.ndarray, target: float) -> float:
+    """The highest tau whose sensitivity reaches ``target`` (the lowest score always does:
+    flagging everything finds every positive).
+
+    Raises
+    ------
+    ValueError
+        ``target`` is not in (0, 1], or the inputs are unusable.
+    """
+    taus, reached = _reaching(labels, probs, "sensitivity", target)
     return float(taus[int(reached[0])])
 
 
 def threshold_for_specificity(labels: np.ndarray, probs: np.ndarray, target: float) -> float:
-    """The lowest tau whose specificity reaches ``target``.
+    """The lowest tau whose specificity reaches ``target``; where even the highest score lets
+    too many negatives through, a tau just above it (nothing is flagged).
 
     Raises
     ------
     ValueError
         ``target`` is not in (0, 1], or the inputs are unusable.
     """
-    if not 0.0 < target <= 1.0:
-        raise ValueError(f"target specificity must be in (0, 1], got {target}")
-    taus, _, fp, _, neg = _curve(labels, probs)
-    specificity = 1.0 - fp / neg
-    reached = np.flatnonzero(specificity >= target - 1e-12)
-    if reached.size == 0:  # even the highest score lets too many negatives through
+    taus, reached = _reaching(labels, probs, "specificity", target)
+    if reached.size == 0:
         return float(np.nextafter(taus[0], math.inf))
     return float(taus[int(reached[-1])])
 

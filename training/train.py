@@ -30,7 +30,15 @@ from governance.registry import sha256_file
 from training import metrics, report
 from training.calibration import probabilities
 from training.datasets import ServedImageDataset, UnitImageDataset, default_workers, make_loader
-from training.engine import FitResult, fit, set_seed, zero_init_residual
+from training.engine import (
+    Checkpoints,
+    FitResult,
+    Hyperparameters,
+    Placement,
+    fit,
+    set_seed,
+    zero_init_residual,
+)
 from training.export import MODEL_FILE, register_run, score_exported
 from training.finalize import Finalized, Scores, finalize
 from training.prepare import PreparedData, load_data, subgroup_metrics
@@ -268,6 +276,10 @@ class RunResult:
     version: str | None
 
 
+#: the fields of :class:`RunOptions` named as the arguments they resolve, recorded in their place
+RESOLVED_ARGS = ("lr", "workers", "batch_size", "amp", "channels_last", "device", "split_manifest")
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What a run resolves from its arguments and settings (the arguments stay untouched)."""
@@ -284,20 +296,17 @@ class RunOptions:
     progress: bool
 
     def training_args(self, args: argparse.Namespace, pos_weight: float) -> dict[str, Any]:
-        """The arguments as recorded in checkpoints and the report, resolved values included."""
-        recorded = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        recorded.update(
-            lr=self.lr,
-            workers=self.workers,
-            batch_size=self.batch_size,
-            amp=self.amp,
-            channels_last=self.channels_last,
-            device=str(self.device),
-            pos_weight=pos_weight,
-            output_dir=str(self.run_dir),
-            split_manifest=str(self.split_manifest) if self.split_manifest else None,
-        )
-        return recorded
+        """The arguments as recorded in checkpoints and the report, resolved values included
+        (paths and the device as text)."""
+        recorded = {
+            **vars(args),
+            **{name: getattr(self, name) for name in RESOLVED_ARGS},
+            "pos_weight": pos_weight,
+            "output_dir": self.run_dir,
+        }
+        return {
+            k: (str(v) if isinstance(v, Path | torch.device) else v) for k, v in recorded.items()
+        }
 
 
 def resolve_options(args: argparse.Namespace, settings: Settings) -> RunOptions:
@@ -432,19 +441,15 @@ def train_model(
         model,
         loaders.train,
         loaders.val,
-        epochs=args.epochs,
-        lr=options.lr,
-        weight_decay=args.weight_decay,
-        pos_weight=pos_weight,
-        device=options.device,
-        patience=args.patience,
-        amp=options.amp,
-        channels_last=options.channels_last,
-        train_transform=loaders.augment,
-        eval_transform=loaders.evaluation,
-        checkpoint_dir=options.run_dir,
-        args=training_args,
-        resume_from=args.resume,
+        Hyperparameters(args.epochs, options.lr, args.weight_decay, pos_weight, args.patience),
+        Placement(
+            options.device,
+            amp=options.amp,
+            channels_last=options.channels_last,
+            train_transform=loaders.augment,
+            eval_transform=loaders.evaluation,
+        ),
+        Checkpoints(options.run_dir, training_args, resume_from=args.resume),
         progress=options.progress,
     )
     model.load_state_dict(result.best_state)

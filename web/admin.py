@@ -9,9 +9,11 @@ is audited with the admin's token name and address.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.types import DecoratedCallable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -48,6 +50,14 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix="/api", tags=["admin"], responses=REFUSALS)
 
 Admin = Annotated[Identity, Depends(RequireRole(Role.ADMIN))]
+
+
+def _change_route(
+    path: str, summary: str, **route: Any
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """Route ``POST /api/PATH``: an audited change, which the registry or the token store may
+    refuse (404 or 409, :data:`CONFLICT`); ``route`` is passed on to ``router.post``."""
+    return router.post(path, responses=CONFLICT, summary=summary, **route)
 
 
 def _models(session: Session) -> dict[str, Any]:
@@ -101,11 +111,10 @@ def _change(store: Store, work: Any) -> dict[str, Any]:
     return store.run(run)
 
 
-@router.post(
+@_change_route(
     "/models/{version}/activate",
+    "Make a model version the one that serves (it needs a threshold policy)",
     response_model=ModelsOut,
-    responses=CONFLICT,
-    summary="Make a model version the one that serves (it needs a threshold policy)",
 )
 def activate(
     request: Request,
@@ -120,11 +129,10 @@ def activate(
     )
 
 
-@router.post(
+@_change_route(
     "/models/rollback",
+    "Activate again the version that was active before the current one",
     response_model=ModelsOut,
-    responses=CONFLICT,
-    summary="Activate again the version that was active before the current one",
 )
 def rollback(request: Request, store: StoreDep, identity: Admin) -> dict[str, Any]:
     address = client_address(request)
@@ -177,12 +185,11 @@ def get_policies(
     return read_store(store, lambda session: _policies(session, model_version))
 
 
-@router.post(
+@_change_route(
     "/policies",
+    "Add a threshold policy version; tau defaults to the model's recorded one",
     response_model=PolicyOut,
     status_code=201,
-    responses=CONFLICT,
-    summary="Add a threshold policy version; tau defaults to the model's recorded one",
 )
 def post_policy(store: StoreDep, identity: Admin, body: PolicyIn) -> PolicyOut:
     def work(session: Session) -> PolicyOut:
@@ -212,13 +219,12 @@ def get_tokens(store: StoreDep, _identity: Admin) -> list[TokenOut]:
     return read_store(store, lambda session: [_token_out(t) for t in list_tokens(session)])
 
 
-@router.post(
+@_change_route(
     "/tokens",
+    "Create a radiologist token; the answer is the only time it is shown (admin and "
+    "auditor tokens: `cxr-triage token create` on the store's machine)",
     response_model=TokenCreatedOut,
     status_code=201,
-    responses=CONFLICT,
-    summary="Create a radiologist token; the answer is the only time it is shown (admin and "
-    "auditor tokens: `cxr-triage token create` on the store's machine)",
 )
 def post_token(
     request: Request, response: Response, store: StoreDep, identity: Admin, body: TokenIn
@@ -253,11 +259,8 @@ def post_token(
     return store.run(work)
 
 
-@router.post(
-    "/tokens/{name}/revoke",
-    response_model=TokenOut,
-    responses=CONFLICT,
-    summary="Revoke a token: it is refused from now on",
+@_change_route(
+    "/tokens/{name}/revoke", "Revoke a token: it is refused from now on", response_model=TokenOut
 )
 def post_revoke(
     request: Request,
@@ -291,10 +294,9 @@ def get_exports(
         return [deliveries.delivery_dict(row) for row in rows]
 
 
-@router.post(
+@_change_route(
     "/exports/{delivery_id}/retry",
-    responses=CONFLICT,
-    summary="Retry a failed export or notification: a fresh set of attempts, now",
+    "Retry a failed export or notification: a fresh set of attempts, now",
 )
 def post_export_retry(
     store: StoreDep,

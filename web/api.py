@@ -209,11 +209,19 @@ def _heatmap_png(settings: Settings, study_uid: str, model_version: str | None) 
     return png if png.is_file() else None
 
 
-@router.get(
-    "/studies/{study_instance_uid}/heatmap.png",
-    responses={**NOT_FOUND, 200: {"content": {"image/png": {}}}},
-    response_class=Response,
-    summary="The Grad-CAM heatmap over the scored image (AI triage, not for diagnostic use)",
+def _study_png(name: str, summary: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """Route ``GET /api/studies/{study_instance_uid}/NAME.png``, answered with a PNG (404
+    without one): the handler returns :func:`_png_response`."""
+    return router.get(
+        f"/studies/{{study_instance_uid}}/{name}.png",
+        responses={**NOT_FOUND, 200: {"content": {"image/png": {}}}},
+        response_class=Response,
+        summary=summary,
+    )
+
+
+@_study_png(
+    "heatmap", "The Grad-CAM heatmap over the scored image (AI triage, not for diagnostic use)"
 )
 def get_heatmap(
     store: StoreDep, settings: SettingsDep, _identity: Radiologist, study_instance_uid: StudyUid
@@ -227,11 +235,8 @@ def get_heatmap(
     return _png_response(png.read_bytes())
 
 
-@router.get(
-    "/studies/{study_instance_uid}/thumbnail.png",
-    responses={**NOT_FOUND, 200: {"content": {"image/png": {}}}},
-    response_class=Response,
-    summary="A small PNG of the image that decided the study's score (never cached publicly)",
+@_study_png(
+    "thumbnail", "A small PNG of the image that decided the study's score (never cached publicly)"
 )
 def get_thumbnail(
     store: StoreDep, _identity: Radiologist, study_instance_uid: StudyUid
