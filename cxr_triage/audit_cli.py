@@ -377,9 +377,9 @@ def _record_use(
         if tampered:
             record(
                 session,
+                "audit_trail",
                 actor=actor,
                 action=Action.AUDIT_TAMPER_DETECTED,
-                object_type="audit_trail",
                 outcome=Outcome.FAILURE,
                 detail=detail,
             )

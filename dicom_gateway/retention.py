@@ -112,9 +112,9 @@ def _audit(store: Store, report: PruneReport, retention_h: float) -> None:
     store.run(
         lambda session: audit.record(
             session,
+            "spool",
             actor=ACTOR,
             action=Action.SPOOL_PRUNED,
-            object_type="spool",
             detail=detail,
         )
     )

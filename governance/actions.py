@@ -75,11 +75,11 @@ class _Act:
         """Audit the action in the session's transaction; the study changed."""
         audit.record(
             self.session,
+            "study",
+            self.study_uid,
             actor=self.actor,
             actor_address=self.actor_address,
             action=action,
-            object_type="study",
-            object_uid=self.study_uid,
             occurred_at=occurred_at,
             detail=detail,
         )

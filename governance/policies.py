@@ -111,10 +111,10 @@ def set_policy(
     session.flush()
     audit.record(
         session,
+        "threshold_policy",
+        policy_uid(model.version, policy.version),
         actor=actor or approved_by,
         action=audit.Action.POLICY_SET,
-        object_type="threshold_policy",
-        object_uid=policy_uid(model.version, policy.version),
         detail={
             "model_version": model.version,
             "policy_version": policy.version,
@@ -230,10 +230,10 @@ def set_mode(
     policy.temperature, policy.logit_shift = current.temperature, current.logit_shift
     audit.record(
         session,
+        "threshold_policy",
+        policy_uid(model.version, policy.version),
         actor=approved_by,
         action=audit.Action.POLICY_MODE_CHANGED,
-        object_type="threshold_policy",
-        object_uid=policy_uid(model.version, policy.version),
         detail={"from": current.mode, "to": mode, "reason": reason.strip()},
     )
     return policy

@@ -37,6 +37,7 @@ from governance.models import RecalibrationState as State
 from governance.monitoring.labels import labelled
 from governance.monitoring.performance import parse_targets
 from governance.policies import flag_mask, policy_in_force, set_policy
+from governance.rows import newest
 
 logger = logging.getLogger(__name__)
 
@@ -343,12 +344,7 @@ def labels_since(session: Session, model_version_id: int, since: Any) -> int:
 
 def start_if_due(session: Session, model: ModelVersion, *, every: int) -> RecalibrationJob | None:
     """Queue a job when ``every`` new labels have accumulated since the version's last job."""
-    last = session.scalar(
-        select(RecalibrationJob)
-        .where(RecalibrationJob.model_version_id == model.id)
-        .order_by(RecalibrationJob.created_at.desc(), RecalibrationJob.id.desc())
-        .limit(1)
-    )
+    last = newest(session, RecalibrationJob, model.id)
     if last is not None and last.state in (State.QUEUED, State.RUNNING, State.WAITING):
         return None  # the open job takes the new labels when it runs
     if labels_since(session, model.id, last.created_at if last else None) < every:

@@ -132,11 +132,11 @@ def prepare_retry(
     triage_results.mark_queued(session, uids, utcnow())
     audit.record(
         session,
+        "study",
+        uids[0] if len(uids) == 1 else None,
         actor=actor,
         actor_address=actor_address,
         action=audit.Action.STUDIES_REQUEUED,
-        object_type="study",
-        object_uid=uids[0] if len(uids) == 1 else None,
         detail={
             "by": "person",
             "count": len(uids),

@@ -175,9 +175,9 @@ def reconcile(
     if result.requeue or result.gave_up:
         audit.record(
             session,
+            "study",
             actor=ACTOR,
             action=audit.Action.STUDIES_REQUEUED,
-            object_type="study",
             detail={
                 "by": "reconciler",
                 "requeued": result.counts,

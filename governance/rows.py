@@ -1,5 +1,5 @@
-"""Rows as plain values: named attributes as a dict, a dataclass filled from a row, and the
-newest row a table keeps for a model version.
+"""Rows as plain values: a dataclass filled from a row, and the newest row a table keeps for a
+model version. (A row's columns as a dict: :meth:`governance.models.Base.columns`.)
 
 What the JSON API, the audit answers and the listings show of a row is mostly its attributes
 under their own names; these helpers say that once instead of copying attribute by attribute.
@@ -24,16 +24,11 @@ if TYPE_CHECKING:
 Row = TypeVar("Row", DriftBaseline, RecalibrationJob)
 
 
-def attributes(source: object, *names: str) -> dict[str, Any]:
-    """``{name: source.<name>}`` for each of ``names``, in their order."""
-    return {name: getattr(source, name) for name in names}
-
-
 def from_attributes(cls: type[Record], source: object, **values: Any) -> Record:
     """An instance of the dataclass ``cls``: ``values`` for the fields they name, and for every
     other field the attribute of ``source`` with the field's name."""
-    names = [f.name for f in fields(cls) if f.name not in values]
-    return cls(**attributes(source, *names), **values)
+    taken = {f.name: getattr(source, f.name) for f in fields(cls) if f.name not in values}
+    return cls(**taken, **values)
 
 
 def newest(session: Session, table: type[Row], model_version_id: int) -> Row | None:

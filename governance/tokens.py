@@ -101,11 +101,11 @@ def _audit(
     """Audit something done to or with a token, named by its name, role and prefix."""
     audit.record(
         session,
+        "api_token",
+        token.name,
         actor=actor,
         actor_address=actor_address,
         action=action,
-        object_type="api_token",
-        object_uid=token.name,
         detail={**detail, "role": token.role, "token_prefix": token.token_prefix},
     )
 
@@ -291,11 +291,11 @@ def record_refusal(
     """
     audit.record(
         session,
+        "route",
+        refusal.route[:128],
         actor=refusal.actor or "anonymous",
         actor_address=actor_address,
         action=audit.Action.TOKEN_REFUSED,
-        object_type="route",
-        object_uid=refusal.route[:128],
         outcome=audit.Outcome.REFUSED,
         detail={
             "reason": refusal.reason,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,6 @@ from training.export import MODEL_FILE, SUMMARY_FILE, score_exported
 from training.prepare import synthetic_source
 from training.thresholds import POLICY_CRITERIA
 from worker.model import resolve_device
-
-logger = logging.getLogger(__name__)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,8 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorOut, "description": "Refused by the registry (e.g. no policy)."},
 }
 
+# A route names its response_model only where its handler returns something other than the
+# schema (a dict, a row); elsewhere the handler's return annotation is the schema.
 router = APIRouter(prefix="/api", tags=["admin"], responses=REFUSALS)
 
 Admin = Annotated[Identity, Depends(RequireRole(Role.ADMIN))]
@@ -173,9 +175,7 @@ def _policies(session: Session, model_version: str | None) -> list[PolicyOut]:
 
 
 @router.get(
-    "/policies",
-    response_model=list[PolicyOut],
-    summary="Threshold policies of every model version (or of one), oldest first",
+    "/policies", summary="Threshold policies of every model version (or of one), oldest first"
 )
 def get_policies(
     store: StoreDep,
@@ -188,7 +188,6 @@ def get_policies(
 @_change_route(
     "/policies",
     "Add a threshold policy version; tau defaults to the model's recorded one",
-    response_model=PolicyOut,
     status_code=201,
 )
 def post_policy(store: StoreDep, identity: Admin, body: PolicyIn) -> PolicyOut:
@@ -214,7 +213,7 @@ def _token_out(row: ApiToken) -> TokenOut:
     return TokenOut.model_validate(row, from_attributes=True)
 
 
-@router.get("/tokens", response_model=list[TokenOut], summary="API tokens (never the tokens)")
+@router.get("/tokens", summary="API tokens (never the tokens)")
 def get_tokens(store: StoreDep, _identity: Admin) -> list[TokenOut]:
     return read_store(store, lambda session: [_token_out(t) for t in list_tokens(session)])
 
@@ -223,7 +222,6 @@ def get_tokens(store: StoreDep, _identity: Admin) -> list[TokenOut]:
     "/tokens",
     "Create a radiologist token; the answer is the only time it is shown (admin and "
     "auditor tokens: `cxr-triage token create` on the store's machine)",
-    response_model=TokenCreatedOut,
     status_code=201,
 )
 def post_token(
@@ -259,9 +257,7 @@ def post_token(
     return store.run(work)
 
 
-@_change_route(
-    "/tokens/{name}/revoke", "Revoke a token: it is refused from now on", response_model=TokenOut
-)
+@_change_route("/tokens/{name}/revoke", "Revoke a token: it is refused from now on")
 def post_revoke(
     request: Request,
     store: StoreDep,

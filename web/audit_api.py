@@ -57,10 +57,10 @@ def _note_use(
         if tampered:
             audit.record(
                 session,
+                "audit_trail",
                 actor=identity.name,
                 actor_address=address,
                 action=audit.Action.AUDIT_TAMPER_DETECTED,
-                object_type="audit_trail",
                 outcome=audit.Outcome.FAILURE,
                 detail=detail,
             )

@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 
 from governance.audit.chain import TRIAGE_ACTIONS, Action, event_fields
 from governance.models import AuditEvent, ModelVersion, ThresholdPolicy, policy_uid
-from governance.rows import attributes
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -283,11 +282,11 @@ def add_decided_by(session: Session, records: list[AuditRecord]) -> list[AuditRe
 def _policy(policy: ThresholdPolicy, *, set_by: str | None) -> dict[str, Any]:
     """What ``decided_by`` tells of the policy in force: its terms, approver and setter."""
     return {
-        **attributes(policy, "operating_point", "tau", "approved_by", "rationale", "target_metric"),
+        **policy.columns("operating_point", "tau", "approved_by", "rationale", "target_metric"),
         "effective_from": policy.effective_from.isoformat(),
         "set_by": set_by,
     }
 
 
 def _fields(query: AuditQuery) -> dict[str, Any]:
-    return attributes(query, *query.__dataclass_fields__)
+    return asdict(query)

@@ -18,7 +18,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance.models import ImageFeature, ImageInference, Instance, Study
-from governance.rows import attributes
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ def record_image_features(
                 probability=inference.probability,
                 age_band=age_band(study.patient_age_years),
                 sex=study.patient_sex,
-                **attributes(instance, *_INSTANCE_COLUMNS),
+                **instance.columns(*_INSTANCE_COLUMNS),
                 # None where the worker did not reach the pixels: those columns stay NULL.
                 **(asdict(features) if features is not None else {}),
             )

@@ -119,10 +119,10 @@ def import_labels(session: Session, data: bytes, *, actor: str) -> ImportReport:
     report.imported = len(rows)
     audit.record(
         session,
+        "labels",
+        f"sha256:{digest[:16]}",
         actor=actor,
         action=audit.Action.LABELS_IMPORTED,
-        object_type="labels",
-        object_uid=f"sha256:{digest[:16]}",
         detail={"rows": len(rows), "sha256": digest},
     )
     return report

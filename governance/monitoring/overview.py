@@ -14,7 +14,6 @@ from governance.monitoring.runs import latest_runs
 from governance.monitoring.subgroups import shadow_period, subgroup_report
 from governance.policies import policy_in_force
 from governance.registry import active_model
-from governance.rows import attributes
 
 HISTORY = 60
 
@@ -93,7 +92,7 @@ def overview(session: Session, *, subgroup_min: int = 30) -> dict[str, Any]:
 def _policy(policy: ThresholdPolicy) -> dict[str, Any]:
     """The policy in force, with the targets its target metric names."""
     return {
-        **attributes(policy, "version", "mode", "tau", "target_metric"),
+        **policy.columns("version", "mode", "tau", "target_metric"),
         "targets": parse_targets(policy.target_metric),
     }
 
@@ -101,7 +100,7 @@ def _policy(policy: ThresholdPolicy) -> dict[str, Any]:
 def _latest_run(run: DriftRun) -> dict[str, Any]:
     """The latest run in full: its score histogram, tests, CUSUM and flag-rate interval too."""
     return {
-        **attributes(run, "id", "status", "n_studies"),
+        **run.columns("id", "status", "n_studies"),
         "histogram": run.results.get("score_histogram"),
         "tests": run.results.get("tests", []),
         "cusum": run.results.get("cusum"),

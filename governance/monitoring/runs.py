@@ -178,11 +178,10 @@ def run_drift(
         if report is not None and report.alerts:
             audit.record(
                 session,
+                "model_version",
+                inputs["model_version"],
                 actor=actor,
                 action=audit.Action.DRIFT_ALERT,
-                object_type="model_version",
-                object_uid=inputs["model_version"],
-                outcome=audit.Outcome.SUCCESS,
                 detail={
                     "drift_run": run.id,
                     "window_studies": report.n_studies,
@@ -266,10 +265,10 @@ def pin_baseline(
     session.add(pin)
     audit.record(
         session,
+        "model_version",
+        model.version,
         actor=pinned_by,
         action=audit.Action.CONFIGURATION_CHANGED,
-        object_type="model_version",
-        object_uid=model.version,
         detail={
             "drift_baseline": {"from": starts_at.isoformat(), "to": ends_at.isoformat()},
             "reason": reason.strip(),
