@@ -118,17 +118,18 @@ def tau_for(p: np.ndarray, y: np.ndarray, target: dict[str, float]) -> float:
         return float(candidates[-1])
     if "specificity" in target:
         for tau in candidates[::-1]:  # ascending: the smallest tau meeting the specificity
-            if ((p < tau) & ~y).sum() / negatives >= target["specificity"]:
+            if (~flag_mask(p, tau) & ~y).sum() / negatives >= target["specificity"]:
                 return float(tau)
         return float(candidates[0])
-    youden = [
-        ((p >= t) & y).sum() / positives + ((p < t) & ~y).sum() / negatives for t in candidates
-    ]
+    youden = []
+    for t in candidates:
+        flagged = flag_mask(p, t)
+        youden.append((flagged & y).sum() / positives + (~flagged & ~y).sum() / negatives)
     return float(candidates[int(np.argmax(youden))])
 
 
 def operating(p: np.ndarray, y: np.ndarray, tau: float) -> dict[str, float | None]:
-    flags = p >= tau
+    flags = flag_mask(p, tau)
     pos, neg = int(y.sum()), int((~y).sum())
     return {
         "sensitivity": float((flags & y).sum() / pos) if pos else None,

@@ -14,7 +14,15 @@ from governance.db import Store
 from governance.errors import TriageError
 from governance.models import AuditEvent, RecalibrationJob, RecalibrationState, utcnow
 from governance.policies import policy_in_force
-from governance.recalibration import decide, recalibrate, run_job, sigmoid, start_if_due
+from governance.recalibration import (
+    decide,
+    operating,
+    recalibrate,
+    run_job,
+    sigmoid,
+    start_if_due,
+    tau_for,
+)
 from tests.governance.monitoring.store_data import add_model, insert_studies
 from tests.governance.monitoring.synth import draw
 
@@ -25,6 +33,30 @@ def overconfident(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndar
     labels = rng.random(n) < sigmoid(true_logit)
     logits = 3.0 * true_logit
     return logits, sigmoid(logits), labels
+
+
+# Six studies, highest score first: three positives (0.9, 0.8, 0.6), three negatives.
+SCORES = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.3])
+LABELS = np.array([True, True, False, True, False, False])
+
+
+@pytest.mark.parametrize(
+    ("target", "tau"),
+    [
+        ({"sensitivity": 0.6}, 0.8),  # the largest tau flagging 2 of 3 positives
+        ({"sensitivity": 1.0}, 0.6),  # a tie at tau flags: 0.6 itself is caught
+        ({"specificity": 0.6}, 0.6),  # the smallest tau leaving 2 of 3 negatives unflagged
+        ({"specificity": 1.0}, 0.8),
+        ({}, 0.8),  # Youden: 2/3 + 1 at 0.8 and 1 + 2/3 at 0.6; the higher tau first
+    ],
+)
+def test_tau_for_known_answers(target: dict[str, float], tau: float) -> None:
+    assert tau_for(SCORES, LABELS, target) == tau
+
+
+def test_operating_counts_a_score_at_tau_as_flagged() -> None:
+    assert operating(SCORES, LABELS, 0.6) == {"sensitivity": 1.0, "specificity": 2 / 3}
+    assert operating(SCORES, LABELS, 0.61) == {"sensitivity": 2 / 3, "specificity": 2 / 3}
 
 
 def test_recalibration_lowers_nll_and_ece_and_moves_tau_to_the_target() -> None:
