@@ -7,18 +7,20 @@ under their own names; these helpers say that once instead of copying attribute 
 
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import Field, fields
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance.models import DriftBaseline, RecalibrationJob
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
 
-    Record = TypeVar("Record", bound=DataclassInstance)
+class _Dataclass(Protocol):
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+
+Record = TypeVar("Record", bound=_Dataclass)
 
 #: The tables that keep rows per model version, each with its creation time.
 Row = TypeVar("Row", DriftBaseline, RecalibrationJob)
