@@ -250,6 +250,11 @@ def record_authenticated(
     )
 
 
+def record_logged_out(session: Session, identity: Identity, *, actor_address: str | None) -> None:
+    """Audit a sign-out of the worklist (DICOM 110123 Logout)."""
+    _audit(session, audit.Action.USER_LOGGED_OUT, identity, identity.name, actor_address)
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """A refused request as it is audited (DICOM 110113 Security Alert).

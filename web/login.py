@@ -21,9 +21,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from governance import audit
 from governance.db import Store
-from governance.tokens import Identity, Refusal, check_token, record_authenticated
+from governance.tokens import (
+    Identity,
+    Refusal,
+    check_token,
+    record_authenticated,
+    record_logged_out,
+)
 from governance.web_sessions import end_session, start_session
 from web.auth import (
     CSRF_COOKIE,
@@ -167,15 +172,7 @@ def _logout(store: Store, session_text: str, address: str | None) -> Identity | 
     def work(session: Session) -> Identity | None:
         identity = end_session(session, session_text, reason="logout")
         if identity is not None:
-            audit.record(
-                session,
-                "api_token",
-                identity.name,
-                actor=identity.name,
-                actor_address=address,
-                action=audit.Action.USER_LOGGED_OUT,
-                detail={"role": identity.role, "token_prefix": identity.token_prefix},
-            )
+            record_logged_out(session, identity, actor_address=address)
         return identity
 
     return store.run(work)
