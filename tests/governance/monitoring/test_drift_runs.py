@@ -54,7 +54,7 @@ def test_drift_runs_are_stored_and_an_injected_shift_is_audited(
     # An admin pins the period of the shifted studies as the baseline: they no longer alert.
     store.run(
         lambda s: pin_baseline(
-            s, s.get(ModelVersion, model.id), starts_at=t - 200 * STEP, ends_at=t,
+            s, s.get_one(ModelVersion, model.id), starts_at=t - 200 * STEP, ends_at=t,
             pinned_by="admin1", reason="new detector accepted",
         )
     )  # fmt: skip

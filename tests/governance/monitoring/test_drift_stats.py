@@ -51,7 +51,7 @@ def test_ks_against_the_recorded_quantiles_agrees_with_scipy() -> None:
     rng = np.random.default_rng(3)
     ref = rng.beta(2, 5, 20_000)
     win = rng.beta(2.6, 5, 300)
-    x, f = stats.reference_cdf(np.percentile(ref, np.arange(0, 101, 5)))
+    x, f = stats.reference_cdf(np.percentile(ref, np.arange(0, 101, 5)).tolist())
     ours = stats.ks_against_cdf(win, x, f, ref.size)
     theirs = sps.ks_2samp(ref, win)
     assert ours.statistic == pytest.approx(theirs.statistic, abs=0.02)
@@ -123,7 +123,9 @@ def test_prevalence_rise_trips_the_cusum_with_its_delay_reported() -> None:
     cusum_test = next(t for t in report.alerts if t.test == "cusum")
     assert cusum_test.detail["alarm_at"] < 200
     assert report.cusum["expected_detection_delay"] > 0
-    assert report.flag_rate > report.flag_rate_interval[0] > report.expected_flag_rate
+    interval, expected = report.flag_rate_interval, report.expected_flag_rate
+    assert report.flag_rate is not None and interval is not None and expected is not None
+    assert report.flag_rate > interval[0] > expected
 
 
 def test_a_small_window_says_too_few_studies() -> None:
