@@ -41,16 +41,10 @@ from torchvision.transforms import v2
 
 from training.cache import quantize
 from training.datasets import UnitImageDataset, default_workers, make_loader
-from training.engine import (
-    amp_dtype_for,
-    configure_device,
-    make_optimizer,
-    to_input,
-    train_step,
-    zero_init_residual,
-)
+from training.engine import configure_device, to_input, train_step, zero_init_residual
+from training.optimisation import amp_dtype_for, make_optimizer
+from training.options import CPU_BATCH_SIZE, CUDA_BATCH_SIZE
 from training.presets import AUGMENTATION_PRESETS, EvalBatchPreset, TrainBatchPreset
-from training.train import CPU_BATCH_SIZE, CUDA_BATCH_SIZE
 from worker.model import build_model, resolve_device
 from worker.preprocess import prepare, standardize
 

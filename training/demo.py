@@ -27,9 +27,10 @@ from governance.policies import set_policy
 from governance.registry import activate_model, active_model, sha256_file
 from training.cache import quantize
 from training.datasets import UnitImageDataset, make_loader
-from training.engine import Hyperparameters, Placement, fit, set_seed, zero_init_residual
+from training.engine import Placement, fit, set_seed, zero_init_residual
 from training.export import export_checked, json_safe, register_version
 from training.finalize import Finalized, eager_scores, finalize
+from training.optimisation import Hyperparameters
 from training.presets import EvalBatchPreset, TrainBatchPreset
 from training.synthetic.studies import synthetic_arrays
 from training.thresholds import POLICY_CRITERIA

@@ -1,21 +1,20 @@
-"""The training loop: one epoch, evaluation, checkpoints, early stopping on validation AUC.
+"""The training loop: one step, one epoch, inference, evaluation, and fit on validation AUC.
 
 Shaped after torchvision's ``references/classification/train.py``: ``train_one_epoch`` and
 ``evaluate`` are plain functions, and a checkpoint is a dict of state_dicts plus the
-arguments. :func:`fit` composes them for both ``cxr-triage train`` and the demo model.
+arguments (:mod:`training.checkpoints`). :func:`fit` composes them for both
+``cxr-triage train`` and the demo model.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm import tqdm
 
-from training.calibration import checked_pos_weight
+from training.checkpoints import Checkpoints, FitResult, resume, save_checkpoint
+from training.optimisation import Hyperparameters, make_training
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +48,6 @@ def configure_device(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def amp_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
-    """The autocast dtype: bf16 where the device supports it, else fp16 (CUDA); None for off."""
-    if not amp:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
-
-
 def zero_init_residual(model: nn.Module) -> None:
     """Zero the last BatchNorm of each bottleneck: each block starts as the identity, which
     makes a randomly initialised ResNet-50 train much faster (Goyal et al. 2017)."""
@@ -64,30 +55,6 @@ def zero_init_residual(model: nn.Module) -> None:
         bn3 = getattr(module, "bn3", None)
         if isinstance(bn3, nn.BatchNorm2d):
             nn.init.zeros_(bn3.weight)
-
-
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW without weight decay on norms and biases.
-
-    Raises
-    ------
-    ValueError
-        ``lr`` is not positive or ``weight_decay`` is negative.
-    """
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must not be negative, got {weight_decay}")
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=lr)
 
 
 def autocast(
@@ -258,39 +225,6 @@ def evaluate(
     return Evaluation(loss, logits, labels)
 
 
-def make_criterion(pos_weight: float, device: torch.device) -> nn.BCEWithLogitsLoss:
-    """BCEWithLogitsLoss with ``pos_weight`` on ``device``, where every loss is computed; a
-    weight that is not positive raises ``ValueError`` (:func:`checked_pos_weight`)."""
-    weight = torch.tensor(checked_pos_weight(pos_weight), device=device)
-    return nn.BCEWithLogitsLoss(pos_weight=weight)
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    """What :func:`fit` optimises and for how long: ``epochs`` of AdamW (``weight_decay`` off
-    norms and biases) on a one-cycle schedule peaking at ``lr``, BCEWithLogitsLoss weighted by
-    ``pos_weight``; with ``patience``, an early stop after that many epochs without a better
-    validation AUC, counted only after the one-cycle warm-up.
-
-    Raises
-    ------
-    ValueError
-        ``epochs`` is below 1 or ``patience`` is below 1.
-    """
-
-    epochs: int
-    lr: float
-    weight_decay: float
-    pos_weight: float
-    patience: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be at least 1, got {self.patience}")
-
-
 @dataclass(frozen=True)
 class Placement:
     """Where :func:`fit` trains and how a loader's batch becomes the network's input there:
@@ -303,146 +237,6 @@ class Placement:
     channels_last: bool = False
     train_transform: BatchTransform | None = None
     eval_transform: BatchTransform | None = None
-
-
-@dataclass(frozen=True)
-class Checkpoints:
-    """Where :func:`fit` writes ``checkpoint.pth`` every epoch and ``best.pth`` (weights only)
-    when validation AUC improves, the arguments recorded in them, and a ``checkpoint.pth``
-    to resume from."""
-
-    folder: Path
-    args: dict[str, Any] = field(default_factory=dict)
-    resume_from: Path | None = None
-
-
-@dataclass
-class FitResult:
-    """What :func:`fit` returns; ``best_state`` is the best-AUC model state_dict (on CPU)."""
-
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = -1
-    best_auc: float = -math.inf
-    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
-    stopped_early: bool = False
-    stale_epochs: int = 0
-
-
-@dataclass
-class Training:
-    """What one optimisation holds: loss, optimiser, one-cycle schedule, fp16 scaler."""
-
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.OneCycleLR
-    scaler: torch.amp.GradScaler | None
-    amp_dtype: torch.dtype | None
-    warmup_epochs: int
-
-
-PCT_START = 0.25  # share of the one cycle spent warming up
-
-
-def one_cycle(
-    optimizer: torch.optim.Optimizer, lr: float, total_steps: int, last_epoch: int = -1
-) -> torch.optim.lr_scheduler.OneCycleLR:
-    """OneCycleLR with this loop's warm-up share."""
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=total_steps, pct_start=PCT_START, last_epoch=last_epoch
-    )
-
-
-def make_training(
-    model: nn.Module,
-    hparams: Hyperparameters,
-    steps_per_epoch: int,
-    device: torch.device,
-    amp: bool,
-) -> Training:
-    """Criterion (on ``device``), AdamW, OneCycleLR over ``hparams.epochs``, scaler for fp16."""
-    optimizer = make_optimizer(model, hparams.lr, hparams.weight_decay)
-    amp_dtype = amp_dtype_for(device, amp)
-    return Training(
-        make_criterion(hparams.pos_weight, device),
-        optimizer,
-        one_cycle(optimizer, hparams.lr, hparams.epochs * max(steps_per_epoch, 1)),
-        torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
-        amp_dtype,
-        math.ceil(PCT_START * hparams.epochs),
-    )
-
-
-def resume(path: Path, model: nn.Module, training: Training, lr: float) -> tuple[int, FitResult]:
-    """Load ``checkpoint.pth`` (and its ``best.pth``) into ``model`` and ``training``.
-
-    Returns the epoch to start from and the result so far. With a different number of
-    epochs than before, the one-cycle schedule is stretched over the new total.
-    """
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    training.optimizer.load_state_dict(state["optimizer"])
-    if state["lr_scheduler"].get("total_steps") == training.scheduler.total_steps:
-        training.scheduler.load_state_dict(state["lr_scheduler"])
-    else:
-        done = int(state["lr_scheduler"]["last_epoch"])
-        logger.warning(
-            "resuming with a different number of epochs: the one-cycle "
-            "learning-rate schedule is stretched from step %d",
-            done,
-        )
-        training.scheduler = one_cycle(
-            training.optimizer, lr, training.scheduler.total_steps, last_epoch=done - 1
-        )
-    if training.scaler is not None and state.get("scaler"):
-        training.scaler.load_state_dict(state["scaler"])
-    result = FitResult(
-        history=list(state.get("history", [])),
-        best_epoch=state["best_epoch"],
-        best_auc=state["best_auc"],
-        stale_epochs=state.get("stale_epochs", 0),
-    )
-    best_path = Path(path).with_name(BEST_FILE)
-    best = torch.load(best_path, map_location="cpu") if best_path.is_file() else state
-    result.best_state = best["model"]
-    start = state["epoch"] + 1
-    logger.info("resumed from %s at epoch %d (best AUC %.4f)", path, start, result.best_auc)
-    return start, result
-
-
-CHECKPOINT_FILE = "checkpoint.pth"
-BEST_FILE = "best.pth"
-
-
-def save_checkpoint(
-    checkpoints: Checkpoints,
-    model: nn.Module,
-    training: Training,
-    result: FitResult,
-    epoch: int,
-    improved: bool,
-) -> None:
-    """``checkpoint.pth`` (everything to resume, the arguments too) every epoch; ``best.pth``
-    (weights, epoch and AUC only) when the validation AUC improved."""
-    folder = checkpoints.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = model.state_dict()
-    checkpoint = {
-        "model": weights,
-        "optimizer": training.optimizer.state_dict(),
-        "lr_scheduler": training.scheduler.state_dict(),
-        "scaler": training.scaler.state_dict() if training.scaler is not None else None,
-        "epoch": epoch,
-        "args": copy.deepcopy(checkpoints.args),
-        "history": result.history,
-        "best_epoch": result.best_epoch,
-        "best_auc": result.best_auc,
-        "stale_epochs": result.stale_epochs,
-    }
-    _atomic_save(checkpoint, folder / CHECKPOINT_FILE)
-    if improved:
-        _atomic_save(
-            {"model": weights, "epoch": epoch, "val_auc": result.best_auc}, folder / BEST_FILE
-        )
 
 
 def record_epoch(
@@ -561,9 +355,3 @@ def fit(
             result.stopped_early = True
             break
     return result
-
-
-def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)

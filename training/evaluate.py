@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from training.export import MODEL_FILE, SUMMARY_FILE, score_exported
 from training.prepare import synthetic_source
 from training.thresholds import POLICY_CRITERIA
 from worker.model import resolve_device
+
+logger = logging.getLogger(__name__)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from cxr_triage.settings import Settings
-from training.train import RunResult, get_args_parser, train
+from training.pipeline import RunResult, train
+from training.train import get_args_parser
 
 TRAIN_ARGS = [
     "--input-size", "64", "--epochs", "6", "--batch-size", "16", "--workers", "0",

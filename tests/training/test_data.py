@@ -17,6 +17,7 @@ import training.cache
 from governance.errors import ConfigError
 from training.cache import build_cache, cache_key, quantize, unit_image
 from training.data import (
+    ImageRecord,
     deduplicate,
     load_dicom_folder,
     load_kaggle,
@@ -27,6 +28,12 @@ from training.data import (
 from training.datasets import ServedImageDataset
 from training.prepare import load_data
 from worker.preprocess import prepare, preprocess, standardize
+
+
+def _path(record: ImageRecord) -> Path:
+    """The file of a record read from disk (only a synthetic record has none)."""
+    assert record.path is not None, record.name
+    return record.path
 
 
 def test_kaggle_reads_only_split_folders_and_skips_non_images(kaggle_dir: Path):
@@ -54,15 +61,15 @@ def test_duplicates_are_dropped_and_reported(kaggle_dir: Path):
 
 def test_rgb_jpeg_becomes_gray_and_cache_equals_serving(kaggle_dir: Path, tmp_path: Path):
     records, _ = deduplicate(load_kaggle(kaggle_dir).records)
-    rgb = [r for r in records if Image.open(r.path).mode == "RGB"]
+    rgb = [r for r in records if Image.open(_path(r)).mode == "RGB"]
     assert len(rgb) == 1
-    gray = read_gray(rgb[0].path)
+    gray = read_gray(_path(rgb[0]))
     assert gray.ndim == 2
     chosen = [rgb[0], records[0], records[-1]]
     cache = build_cache(chosen, 48, tmp_path, progress=False)
     assert cache.dtype == np.uint8 and cache.shape == (3, 48, 48)  # one byte, one channel
     for row, record in zip(cache, chosen, strict=True):
-        np.testing.assert_array_equal(row, quantize(prepare(read_gray(record.path), 48).unit))
+        np.testing.assert_array_equal(row, quantize(prepare(read_gray(_path(record)), 48).unit))
     again = build_cache(chosen, 48, tmp_path, progress=False)  # reused, not rebuilt
     assert isinstance(again, np.memmap) and len(list(tmp_path.glob("*.npy"))) == 1
 
@@ -78,7 +85,7 @@ def test_served_dataset_gives_serving_input_not_the_cache(kaggle_dir: Path, tmp_
     images, _ = ServedImageDataset(cache, labels, paths, 48).__getitems__([0, 1, 2])
     assert images.dtype == torch.float32 and tuple(images.shape) == (3, 48, 48)
     for i in (0, 1):
-        exact = prepare(chosen[i].path, 48).unit
+        exact = prepare(_path(chosen[i]), 48).unit
         np.testing.assert_array_equal(images[i].numpy(), exact)
         assert np.abs(cache[i] / np.float32(255) - exact).max() > 0  # the cache is not exact
     np.testing.assert_array_equal(images[2].numpy(), cache[2] / np.float32(255))
@@ -110,10 +117,10 @@ def test_dicom_folder_source_keeps_frontal_hashes_patients(
     assert len(source.records) == 8 and source.report["laterals_left_out"] == 8
     assert all(r.kind == "dicom" and r.patient.startswith("h:") for r in source.records)
     first = source.records[0]
-    ds = pydicom.dcmread(first.path)
+    ds = pydicom.dcmread(_path(first))
     assert ds.PatientID not in first.patient
     np.testing.assert_allclose(
-        standardize(unit_image("dicom", first.path, 64)), preprocess(ds, 64), atol=0
+        standardize(unit_image("dicom", _path(first), 64)), preprocess(ds, 64), atol=0
     )
     args = argparse.Namespace(
         synthetic=None,
@@ -130,7 +137,7 @@ def test_dicom_folder_source_keeps_frontal_hashes_patients(
     data = load_data(args, tmp_path / "run", None, workers=0, progress=False)  # type: ignore[arg-type]
     text = (tmp_path / "run" / "split_manifest.csv").read_text()
     for record in data.records:
-        patient_id = pydicom.dcmread(record.path, stop_before_pixels=True).PatientID
+        patient_id = pydicom.dcmread(_path(record), stop_before_pixels=True).PatientID
         assert patient_id not in text
     assert set(data.splits.tolist()) == {"train", "val", "test"}
     assert {"sex", "age", "view"} <= set(text.splitlines()[0].split(","))

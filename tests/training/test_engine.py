@@ -10,16 +10,9 @@ import torch
 from torch import nn
 
 from training import metrics
-from training.engine import (
-    EpochStats,
-    Evaluation,
-    FitResult,
-    evaluate,
-    make_criterion,
-    make_optimizer,
-    record_epoch,
-    train_one_epoch,
-)
+from training.checkpoints import FitResult
+from training.engine import EpochStats, Evaluation, evaluate, record_epoch, train_one_epoch
+from training.optimisation import make_criterion, make_optimizer
 
 
 def _tiny_model() -> nn.Module:

@@ -4,6 +4,7 @@ within quantisation; training augments every image, never flips, and never reads
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ import torch
 from training.cache import build_cache, quantize
 from training.data import deduplicate, load_dicom_folder, load_kaggle
 from training.datasets import UnitImageDataset, make_loader
-from training.engine import make_criterion, make_optimizer, to_input, train_one_epoch
+from training.engine import to_input, train_one_epoch
+from training.optimisation import make_criterion, make_optimizer
 from training.presets import (
     AUGMENTATION_PRESETS,
     EvalBatchPreset,
@@ -195,23 +197,31 @@ def test_cuda_epoch_with_bf16_and_channels_last_never_syncs_the_host():
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 1),
-    ).to(cuda, memory_format=torch.channels_last)  # fmt: skip
+    ).to(cuda).to(memory_format=torch.channels_last)  # fmt: skip
     images = quantize(np.random.default_rng(0).random((64, 64, 64)))
     loader = make_loader(
         UnitImageDataset(images, np.arange(64) % 2), batch_size=16, train=True, pin_memory=True
     )
     optimizer = make_optimizer(model, 1e-3, 1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=8)
-    preset = TrainBatchPreset.preset("published", 64)
-    kw = {"amp_dtype": torch.bfloat16, "channels_last": True, "transform": preset}
-    criterion = make_criterion(2.0, cuda)
-    train_one_epoch(model, criterion, optimizer, scheduler, loader, cuda, 0, progress=False, **kw)
+    epoch = partial(
+        train_one_epoch,
+        model,
+        make_criterion(2.0, cuda),
+        optimizer,
+        scheduler,
+        loader,
+        cuda,
+        amp_dtype=torch.bfloat16,
+        channels_last=True,
+        transform=TrainBatchPreset.preset("published", 64),
+        progress=False,
+    )
+    epoch(0)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        stats = train_one_epoch(
-            model, criterion, optimizer, scheduler, loader, cuda, 1, progress=False, **kw
-        )
+        stats = epoch(1)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert stats.images == 64 and math.isfinite(float(stats.loss))

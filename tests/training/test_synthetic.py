@@ -108,7 +108,9 @@ def test_stored_values_fit_the_bit_depth_and_the_window_covers_them():
     image = chest_radiograph(rng, (64, 64), positive=False)
     for bits in (8, 10, 12, 14, 16):
         encoding = Encoding(bits, "MONOCHROME2", 2.0, 100.0, True)
-        stored, (center, width) = to_stored(image, encoding, rng)
+        stored, window = to_stored(image, encoding, rng)
+        assert window is not None  # the encoding asks for one
+        center, width = window
         assert stored.dtype == (np.uint8 if bits == 8 else np.uint16)
         assert int(stored.max()) < 2**bits
         rescaled = 2.0 * stored.astype(float) + 100.0

@@ -22,8 +22,9 @@ from governance.registry import active_model, get_model, sha256_file
 from training.cache import quantize
 from training.data import read_gray
 from training.export import register_run
+from training.pipeline import train
 from training.presets import EvalBatchPreset
-from training.train import get_args_parser, train
+from training.train import get_args_parser
 from worker.inference import ModelSpec, calibrate, load_model, predict_logits
 from worker.preprocess import prepare, preprocess
 
@@ -215,6 +216,7 @@ def test_register_run_with_a_policy_activates(trained_run, store):
         active = active_model(session)
         assert active is not None and active.version == model.version == version
         policy = policy_in_force(session, active.id)
+        assert policy is not None
         assert policy.operating_point == "triage" and policy.approved_by == "Dr Test"
         assert policy.tau == pytest.approx(summary["operating_points"]["target_sensitivity"]["tau"])
 
@@ -316,7 +318,7 @@ def test_train_refuses_bad_arguments_in_one_line(tmp_path, capsys, monkeypatch):
 
 def test_a_tiny_validation_split_is_refused_unless_forced(caplog):
     from governance.errors import ConfigError
-    from training.train import check_validation
+    from training.pipeline import check_validation
 
     with pytest.raises(ConfigError, match="fewer than 10 of a class.*--force"):
         check_validation(np.array([0] * 30 + [1] * 3), force=False)
@@ -353,7 +355,7 @@ def test_shuffled_labels_do_not_learn(tmp_path, kaggle_dir, monkeypatch):
             *TRAIN_ARGS,
         ]
     )
-    import training.train as train_module
+    import training.pipeline as train_module
 
     monkeypatch.setattr(train_module, "load_data", shuffled)
     result = train(args, settings)
@@ -426,6 +428,7 @@ def test_policy_set_takes_tau_from_what_training_recorded(
     recorded = _summary(trained_run)["operating_points"][criterion]
     with store.read() as session:
         policy = policy_in_force(session, get_model(session, version).id)
+        assert policy is not None
         assert policy.tau == pytest.approx(recorded["tau"])
         assert policy.target_metric == recorded["criterion"]
         assert policy.validation == pytest.approx(recorded["validation"])
