@@ -149,7 +149,10 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     """Build Settings explicitly (never from the environment) with a data dir under tmp_path."""
 
     def make(**overrides: object) -> Settings:
+        # model_validate hands the mapping to Settings.__init__, so "_env_file": None keeps a
+        # developer's .env out as Settings(_env_file=None, ...) does; pydantic checks the types.
         values: dict[str, object] = {
+            "_env_file": None,
             "data_dir": tmp_path / "data",
             "dicom_host": "127.0.0.1",
             "dicom_port": free_port(),
@@ -157,7 +160,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "queue": f"cxr-test-{uuid.uuid4().hex[:8]}",
         }
         values.update(overrides)
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        return Settings.model_validate(values)
 
     return make
 

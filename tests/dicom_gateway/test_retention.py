@@ -53,6 +53,7 @@ def test_a_triaged_studys_files_go_after_retention_and_their_rows_stay(
     assert all(marks.values()) and set(marks) == {"1.2.3.1.1", "1.2.3.1.2"}
     with store.read() as session:  # what monitoring needs is still there
         instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == "1.2.3.1.1"))
+        assert instance is not None
         assert (instance.size_bytes, instance.view_position, instance.body_part) == (
             1000,
             "PA",

@@ -15,6 +15,7 @@ import pytest
 
 from cxr_triage.settings import Settings
 from results.sr import PROBABILITY
+from tests.results.reports import coded_value, measurement_report
 from tests.services import Service, Stack, wait_until
 from training.synthetic.studies import write_studies
 
@@ -68,7 +69,7 @@ def test_a_study_pushed_from_orthanc_comes_back_as_a_report(
     sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
     assert sr.StudyInstanceUID == study_uid
     assert stack.model.version in sr.SoftwareVersions
-    group = sr.content.get_image_measurement_groups()[0]
+    group = measurement_report(sr.content).get_image_measurement_groups()[0]
     (probability,) = group.get_measurements(name=PROBABILITY)
     with stack.store.read() as session:
         from sqlalchemy import select
@@ -83,7 +84,7 @@ def test_a_study_pushed_from_orthanc_comes_back_as_a_report(
         assert result is not None
         expected_p, flagged = result.probability, result.flagged
     assert probability.value == pytest.approx(expected_p, abs=1e-6)
-    meaning = group.get_qualitative_evaluations()[0].value.meaning
+    meaning = coded_value(group.get_qualitative_evaluations()[0]).meaning
     assert meaning == (
         "Flagged for priority reading" if flagged else "Not flagged; routine reading"
     )

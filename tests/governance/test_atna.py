@@ -13,6 +13,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -286,8 +287,8 @@ def test_tcp_export_uses_octet_counting(store: Store) -> None:
     try:
         for n in range(3):
             store.run(
-                lambda s, n=n: audit.record(
-                    s,
+                partial(
+                    audit.record,
                     actor="worker",
                     action=audit.Action.STUDY_TRIAGED,
                     object_type="study",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from functools import partial
 
 import pytest
 from sqlalchemy import func, select, text
@@ -72,8 +73,11 @@ def test_concurrent_writers_keep_the_chain_linear(store: Store) -> None:
         try:
             for n in range(25):
                 store.run(
-                    lambda s, n=n: audit.record(
-                        s, actor=f"writer-{number}", action=audit.Action.QUERY, detail={"n": n}
+                    partial(
+                        audit.record,
+                        actor=f"writer-{number}",
+                        action=audit.Action.QUERY,
+                        detail={"n": n},
                     )
                 )
         except BaseException as exc:  # reported below; a thread's exception is otherwise lost

@@ -3,6 +3,7 @@ rewritten wholesale, is found (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,7 @@ def _keyed_store(url: str, anchor_file: Path, key: bytes = KEY) -> Store:
 
 def _write(store: Store, count: int, start: int = 0) -> None:
     for n in range(start, start + count):
-        store.run(
-            lambda s, n=n: audit.record(
-                s, actor="pytest", action=audit.Action.QUERY, detail={"n": n}
-            )
-        )
+        store.run(partial(audit.record, actor="pytest", action=audit.Action.QUERY, detail={"n": n}))
 
 
 def test_new_rows_are_keyed_and_old_unkeyed_rows_still_verify(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from dicom_gateway.spool import Spool
 from governance.audit import Action
@@ -37,6 +37,7 @@ def run(store: Store, now: dt.datetime, max_attempts: int = 3) -> dict[str, str]
 def study(store: Store, uid: str) -> tuple[str, str | None, int]:
     with store.read() as session:
         row = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+        assert row is not None, uid
         return row.status, row.status_detail, row.reconcile_attempts
 
 
@@ -87,7 +88,7 @@ def test_the_reconciler_never_picks_an_up_to_date_recent_or_pruned_study(
     set_study(store, "1.3.4", status=StudyStatus.FAILED, queued_at=DAY_AGO)
     store.run(
         lambda s: s.execute(
-            Instance.__table__.update()
+            update(Instance)
             .where(Instance.sop_instance_uid == "1.3.4.1")
             .values(pruned_at=utcnow())
         )
@@ -120,9 +121,7 @@ def test_dead_workers_failures_and_new_instances_are_queued_again(
     set_study(store, "1.3.9", status=StudyStatus.FAILED, queued_at=DAY_AGO)
     store.run(
         lambda s: s.execute(
-            Study.__table__.update()
-            .where(Study.study_instance_uid == "1.3.9")
-            .values(reconcile_attempts=3)
+            update(Study).where(Study.study_instance_uid == "1.3.9").values(reconcile_attempts=3)
         )
     )
 

@@ -45,6 +45,7 @@ def test_peer_text_is_cut_and_reports_are_audited_one_row_each(store: Store) -> 
     counter = RefusalCounter(60)
     long_peer = "p" * 500
     first = counter.note(long_peer, actor="A" * 300 + "\n", reason="r" * 400)
+    assert first is not None  # a quiet peer's first refusal is reported at once
     for _ in range(5):
         counter.note(long_peer, actor="A", reason="limit")
     reports = [first, *counter.drain()]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from governance.db import Store
 from governance.errors import ModelIntegrityError, NoActiveModel, TriageError
-from governance.models import AuditEvent, ModelVersion
+from governance.models import AuditEvent, ModelVersion, ThresholdPolicy
 from governance.policies import policy_in_force, set_policy, set_policy_at_point
 from governance.registry import (
     activate_model,
@@ -64,28 +67,26 @@ def test_verify_model_file_detects_a_changed_file(weights: Path) -> None:
 
 
 def test_activation_needs_a_policy_and_retires_the_previous(store: Store, weights: Path) -> None:
-    def setup(session):  # type: ignore[no-untyped-def]
+    def setup(session: Session) -> None:
         for version in ("v1", "v2"):
             register_model(session, version=version, path=weights, input_size=64)
+
+    def approve(session: Session, version: str) -> None:
+        model = session.scalars(select(ModelVersion).where(ModelVersion.version == version)).one()
+        set_policy(
+            session, model, operating_point="balanced", tau=0.4, rationale="r", approved_by="dr who"
+        )
 
     store.run(setup)
     with pytest.raises(NoActiveModel, match="policy"):
         store.run(lambda s: activate_model(s, "v1"))
     for version in ("v1", "v2"):
-        store.run(
-            lambda s, v=version: set_policy(
-                s,
-                s.scalar(select(ModelVersion).where(ModelVersion.version == v)),
-                operating_point="balanced",
-                tau=0.4,
-                rationale="r",
-                approved_by="dr who",
-            )
-        )
+        store.run(partial(approve, version=version))
     store.run(lambda s: activate_model(s, "v1"))
     store.run(lambda s: activate_model(s, "v2"))
     with store.read() as session:
-        assert active_model(session).version == "v2"  # type: ignore[union-attr]
+        active = active_model(session)
+        assert active is not None and active.version == "v2"
         statuses = dict(session.execute(select(ModelVersion.version, ModelVersion.status)).all())
         assert statuses == {"v1": "retired", "v2": "active"}
 
@@ -125,11 +126,11 @@ def test_a_policy_takes_tau_from_the_point_training_recorded(store: Store, weigh
         lambda s: register_model(s, version="v1", path=weights, input_size=64, details=details)
     )
 
-    def at_point(operating_point: str, tau: float | None):  # type: ignore[no-untyped-def]
+    def at_point(operating_point: str, tau: float | None) -> ThresholdPolicy:
         return store.run(
             lambda s: set_policy_at_point(
                 s,
-                s.get(ModelVersion, model.id),
+                s.get_one(ModelVersion, model.id),
                 operating_point=operating_point,
                 tau=tau,
                 rationale="site SOP",
@@ -147,6 +148,15 @@ def test_a_policy_takes_tau_from_the_point_training_recorded(store: Store, weigh
         at_point("precision", None)
 
 
+class PolicyArguments(TypedDict, total=False):
+    """The keyword arguments of ``set_policy`` that a refused policy gets wrong."""
+
+    operating_point: str
+    tau: float
+    rationale: str
+    approved_by: str
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -157,15 +167,13 @@ def test_a_policy_takes_tau_from_the_point_training_recorded(store: Store, weigh
     ],
 )
 def test_bad_policies_are_refused(
-    store: Store, weights: Path, kwargs: dict[str, object], message: str
+    store: Store, weights: Path, kwargs: PolicyArguments, message: str
 ) -> None:
     model = store.run(lambda s: register_model(s, version="v1", path=weights, input_size=64))
-    values: dict[str, object] = dict(
-        operating_point="balanced", tau=0.5, rationale="r", approved_by="dr a"
-    )
+    values = PolicyArguments(operating_point="balanced", tau=0.5, rationale="r", approved_by="dr a")
     values.update(kwargs)
     with pytest.raises(ValueError, match=message):
-        store.run(lambda s: set_policy(s, s.get(ModelVersion, model.id), **values))
+        store.run(lambda s: set_policy(s, s.get_one(ModelVersion, model.id), **values))
 
 
 def test_activation_needs_a_policy_in_force_now(store: Store, weights: Path) -> None:
@@ -174,7 +182,7 @@ def test_activation_needs_a_policy_in_force_now(store: Store, weights: Path) -> 
     store.run(
         lambda s: set_policy(
             s,
-            s.get(ModelVersion, model.id),
+            s.get_one(ModelVersion, model.id),
             operating_point="balanced",
             tau=0.5,
             rationale="from tomorrow",

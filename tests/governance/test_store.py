@@ -6,6 +6,7 @@ import datetime as dt
 import sqlite3
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -130,11 +131,8 @@ def test_concurrent_writers_never_see_a_locked_store(store: Store) -> None:
     def writer(n: int) -> None:
         try:
             for i in range(25):
-                store.run(
-                    lambda s, i=i: record_instance(
-                        s, item(study=f"1.2.{n}", sop=f"1.2.{n}.{i}", path=f"/spool/{n}/{i}")
-                    )
-                )
+                received = item(study=f"1.2.{n}", sop=f"1.2.{n}.{i}", path=f"/spool/{n}/{i}")
+                store.run(partial(record_instance, item=received))
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 

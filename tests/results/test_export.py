@@ -23,6 +23,7 @@ from results.delivery import ResultsContext, plan_event, sweep
 from results.main import check_destinations
 from results.sr import PROBABILITY
 from tests.peers import ORTHANC_BIN, Orthanc, _wait_http
+from tests.results.reports import coded_value, measurement_report
 from tests.results.triaged import triaged_study
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,7 @@ def _restart(orthanc: Orthanc) -> None:
 
 def _reports(orthanc: Orthanc) -> dict[str, pydicom.Dataset]:
     """Every SR instance Orthanc holds, by SOP Instance UID (read back over REST)."""
-    found = {}
+    found: dict[str, pydicom.Dataset] = {}
     for orthanc_id in orthanc.request("GET", "/instances"):
         with urllib.request.urlopen(f"{orthanc.url}/instances/{orthanc_id}/file") as answer:
             ds = pydicom.dcmread(io.BytesIO(answer.read()))
@@ -129,9 +130,10 @@ port = {backup.dicom_port}
     sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
     assert sr.StudyInstanceUID == first.study_instance_uid
     assert "demo-results" in sr.SoftwareVersions
-    group = sr.content.get_image_measurement_groups()[0]
+    group = measurement_report(sr.content).get_image_measurement_groups()[0]
     assert group.get_measurements(name=PROBABILITY)[0].value == pytest.approx(0.83)
-    assert group.get_qualitative_evaluations()[0].value.meaning == "Flagged for priority reading"
+    evaluation = coded_value(group.get_qualitative_evaluations()[0])
+    assert evaluation.meaning == "Flagged for priority reading"
     (backup_sr,) = _reports(backup).values()
     assert backup_sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
 

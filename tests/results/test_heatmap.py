@@ -64,7 +64,7 @@ def test_heatmap_secondary_capture_from_the_worker_arrays(
     (spool / "random.pt").write_bytes(random_model.read_bytes())
     triaged = triaged_study(store, result_studies[0], spool, probability=0.7, version="random")
     npz = compute_study_heatmap(store, settings, triaged.study_instance_uid)
-    assert npz == settings.heatmap_file(triaged.study_instance_uid, "random")
+    assert npz is not None and npz == settings.heatmap_file(triaged.study_instance_uid, "random")
     assert npz.with_suffix(".png").is_file()
     with np.load(npz) as arrays:
         assert arrays["overlay"].shape == (512, 512, 3)

@@ -11,6 +11,7 @@ import pytest
 
 from results.sr import NOT_EVALUATED, PNEUMONIA, PROBABILITY, ReportInput, build_report
 from tests.peers import dcmtk
+from tests.results.reports import coded_value, measurement_report
 
 DCIODVFY = Path("/usr/bin/dciodvfy")
 
@@ -83,7 +84,8 @@ def test_report_of_a_flagged_study(result_studies: list[Path], tmp_path: Path, s
         for item in series.ReferencedSOPSequence
     }
     assert {h.SOPInstanceUID for h in headers} <= referenced
-    groups = sr.content.get_image_measurement_groups()
+    content = measurement_report(sr.content)
+    groups = content.get_image_measurement_groups()
     assert len(groups) == 1
     group = groups[0]
     assert group.finding_type == PNEUMONIA
@@ -91,7 +93,7 @@ def test_report_of_a_flagged_study(result_studies: list[Path], tmp_path: Path, s
     measurement = group.get_measurements(name=PROBABILITY)[0]
     assert measurement.value == pytest.approx(0.8312)
     (evaluation,) = group.get_qualitative_evaluations()
-    assert evaluation.value.meaning == "Flagged for priority reading"
+    assert coded_value(evaluation).meaning == "Flagged for priority reading"
     texts = _texts(group[0])
     assert ("111003", "demo-7") in texts  # Algorithm Version
     parameters = {text for code, text in texts if code == "111002"}  # Algorithm Parameters
@@ -99,9 +101,10 @@ def test_report_of_a_flagged_study(result_studies: list[Path], tmp_path: Path, s
     assert [s.referenced_sop_instance_uid for s in group.source_images] == [
         f.SOPInstanceUID for f in frontal
     ]
-    observer = sr.content.get_observer_contexts()[0]
-    assert observer.observer_identifying_attributes.name == "cxr-triage"
-    assert observer.observer_identifying_attributes.model_name == "demo-7"
+    device = content.get_observer_contexts()[0].observer_identifying_attributes
+    assert isinstance(device, hd.sr.DeviceObserverIdentifyingAttributes)
+    assert device.name == "cxr-triage"
+    assert device.model_name == "demo-7"
 
 
 def test_report_of_a_study_without_frontal_image_says_so(
@@ -119,11 +122,11 @@ def test_report_of_a_study_without_frontal_image_says_so(
     path = tmp_path / "no-frontal.dcm"
     build_report(report).save_as(path, enforce_file_format=True)
     validate(path)
-    group = hd.sr.srread(path).content.get_image_measurement_groups()[0]
+    group = measurement_report(hd.sr.srread(path).content).get_image_measurement_groups()[0]
     assert group.get_measurements() == []
     (evaluation,) = group.get_qualitative_evaluations()
     assert evaluation.value == NOT_EVALUATED
-    assert "no frontal chest radiograph" in evaluation.value.meaning
+    assert "no frontal chest radiograph" in coded_value(evaluation).meaning
 
 
 def test_a_retriage_report_supersedes_the_earlier_one(result_studies: list[Path], tmp_path: Path):

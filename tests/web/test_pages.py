@@ -116,7 +116,7 @@ def test_every_full_page_starts_with_the_shared_head(name: str) -> None:
 
 
 def test_an_include_line_is_replaced_by_its_file() -> None:
-    page = error_page(404, "No such study").body.decode()
+    page = bytes(error_page(404, "No such study").body).decode()
     head = (STATIC_DIR / "head.html").read_text(encoding="utf-8")
     assert page.startswith(head.replace("$title", "404"))
     assert "<!--#include" not in page and page.count("<head>") == 1

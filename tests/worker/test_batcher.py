@@ -191,4 +191,8 @@ def probabilities(store: Store, version: str) -> dict[str, float]:
             .join(ImageInference.instance)
             .where(ImageInference.model_version_id == model_id)
         )
-        return {uid: p for uid, p in rows}
+        scored: dict[str, float] = {}
+        for uid, p in rows:
+            assert p is not None, f"{uid} was not scored"
+            scored[uid] = p
+        return scored

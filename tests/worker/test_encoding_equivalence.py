@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -55,7 +56,7 @@ def make_ds(
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = syntax if syntax != "compress" else ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = UID(syntax) if syntax != "compress" else ExplicitVRLittleEndian
     ds.SOPClassUID = ComputedRadiographyImageStorage
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = generate_uid()

@@ -105,8 +105,9 @@ def test_triage_scores_frontals_skips_others_and_flags(
                 )
             )
         }
-        assert rows[pa] is not None and rows[ap] is not None
-        assert outcome.probability == max(rows[pa], rows[ap])
+        pa_probability, ap_probability = rows[pa], rows[ap]
+        assert pa_probability is not None and ap_probability is not None
+        assert outcome.probability == max(pa_probability, ap_probability)
         result = session.scalar(select(StudyInference))
         assert result is not None and result.model_sha256 == model.sha256
         assert result.policy_version == 1 and result.flagged
@@ -116,8 +117,12 @@ def test_triage_scores_frontals_skips_others_and_flags(
             select(ImageInference).where(ImageInference.probability.is_not(None))
         )
         assert inference is not None
-        assert inference.started_at <= inference.decoded_at <= inference.preprocessed_at
-        assert inference.preprocessed_at <= inference.inferred_at
+        started, decoded = inference.started_at, inference.decoded_at
+        preprocessed, inferred = inference.preprocessed_at, inference.inferred_at
+        assert started is not None and decoded is not None
+        assert preprocessed is not None and inferred is not None
+        assert started <= decoded <= preprocessed
+        assert preprocessed <= inferred
         actions = session.scalars(
             select(AuditEvent.action).where(AuditEvent.object_uid == study_uid)
         ).all()

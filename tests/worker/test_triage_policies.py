@@ -100,7 +100,7 @@ def test_shadow_flags_are_recorded_not_prioritised_until_switched_to_live(
     model = activate(tau=0.0)  # every scored study reaches tau
     store.run(
         lambda s: set_mode(
-            s, s.get(ModelVersion, model.id), "shadow", approved_by="admin1", reason="go-live"
+            s, s.get_one(ModelVersion, model.id), "shadow", approved_by="admin1", reason="go-live"
         )
     )
     silent = generate_uid()
@@ -132,7 +132,7 @@ def test_shadow_flags_are_recorded_not_prioritised_until_switched_to_live(
 
     store.run(
         lambda s: set_mode(
-            s, s.get(ModelVersion, model.id), "live", approved_by="admin2", reason="signed off"
+            s, s.get_one(ModelVersion, model.id), "live", approved_by="admin2", reason="signed off"
         )
     )
     live = generate_uid()
